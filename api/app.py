@@ -1,0 +1,54 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api import problems
+from api.routes import health, timers
+from db.database import Database
+from db.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# A companion started and stopped with the app (the dispatcher, in ``timerhook serve``).
+Companion = tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]
+
+
+def create_app(
+    settings: Settings, database_url: str, *, companions: Sequence[Companion] = ()
+) -> FastAPI:
+    """The app, connected to ``database_url``; companions start after the pool opens and stop
+    before it closes (inside uvicorn's graceful shutdown, so SIGTERM reaches them first)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = Database(database_url, max_size=settings.pool_size, name="api")
+        await db.open()
+        app.state.db = db
+        app.state.settings = settings
+        started: list[Companion] = []
+        try:
+            for companion in companions:
+                await companion[0]()
+                started.append(companion)
+            yield
+        finally:
+            for companion in reversed(started):
+                await companion[1]()
+            await db.close()
+
+    app = FastAPI(
+        title="timerhook",
+        version="0.1.0",
+        summary="Webhook timers: call this URL in 4 hours, once, on time.",
+        lifespan=lifespan,
+    )
+    problems.install(app)
+    app.include_router(timers.router)
+    app.include_router(health.router)
+    return app

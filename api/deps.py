@@ -1,0 +1,24 @@
+"""Shared dependencies as Annotated aliases."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from db.database import Database
+from db.settings import Settings
+
+
+def _database(request: Request) -> Database:
+    db: Database = request.app.state.db
+    return db
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+DatabaseDep = Annotated[Database, Depends(_database)]
+SettingsDep = Annotated[Settings, Depends(_settings)]

@@ -1,0 +1,104 @@
+"""RFC 9457 problem details for every error the API returns, validation errors included."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from db.connection import DatabaseUnavailable
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class FieldError(Exception):
+    """A request was well-formed but a field's value is refused; answered with 422."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+def problem(
+    status: int,
+    detail: str,
+    *,
+    errors: list[dict[str, str]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """A problem+json response; ``errors`` lists {field, reason} for validation failures."""
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+    }
+    if errors is not None:
+        body["errors"] = errors
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _field_of(loc: tuple[int | str, ...]) -> str:
+    """("body", "hours") -> "hours"; ("path", "timer_id") -> "timer_id"; a JSON error -> "body"."""
+    parts = [str(p) for p in loc[1:] if not isinstance(p, int)] if len(loc) > 1 else []
+    return ".".join(parts) or str(loc[0]) if loc else "body"
+
+
+def _reason(error: dict[str, Any]) -> str:
+    kind = error.get("type", "")
+    if kind == "json_invalid":
+        return f"the body is not valid JSON ({error.get('ctx', {}).get('error', 'parse error')})"
+    if kind == "missing" and tuple(error.get("loc", ())) == ("body",):
+        return "a JSON object body is required"
+    if kind == "extra_forbidden":
+        return "is not a known field"
+    if kind == "int_type":
+        return "must be a whole number (no strings, floats, booleans or nulls)"
+    message = str(error.get("msg", "is invalid"))
+    return message.removeprefix("Value error, ")
+
+
+def validation_errors(exc: RequestValidationError) -> list[dict[str, str]]:
+    """Pydantic's errors as a list of {field, reason}, in the order they were found."""
+    return [{"field": _field_of(tuple(e["loc"])), "reason": _reason(e)} for e in exc.errors()]
+
+
+def install(app: FastAPI) -> None:
+    """Makes every error of the app a problem+json response, and logs the ones that are ours."""
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = validation_errors(exc)
+        detail = "; ".join(f"{e['field']}: {e['reason']}" for e in errors)
+        log.info("refused %s %s: %s", request.method, request.url.path, detail)
+        return problem(422, detail, errors=errors)
+
+    @app.exception_handler(FieldError)
+    async def on_field_error(request: Request, exc: FieldError) -> JSONResponse:
+        log.info("refused %s %s: %s", request.method, request.url.path, exc)
+        return problem(422, str(exc), errors=[{"field": exc.field, "reason": exc.reason}])
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers) if exc.headers else None
+        return problem(exc.status_code, str(exc.detail), headers=headers)
+
+    @app.exception_handler(DatabaseUnavailable)
+    async def on_db_down(request: Request, exc: DatabaseUnavailable) -> JSONResponse:
+        log.error("%s %s: database unavailable: %s", request.method, request.url.path, exc)
+        return problem(
+            503, "the database is unavailable; retry shortly", headers={"Retry-After": "1"}
+        )
+
+    @app.exception_handler(Exception)
+    async def on_bug(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error in %s %s", request.method, request.url.path)
+        return problem(500, "internal error; the server log has the details")

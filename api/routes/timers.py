@@ -1,0 +1,55 @@
+"""``/timer``: the published contract (DESIGN section 6), kept exactly."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, HTTPException, Response
+
+from api.deps import DatabaseDep, SettingsDep
+from api.problems import FieldError
+from api.schemas import TimerCreate, TimerPublic
+from db.ids import parse_timer_id
+from db.timers import MissingPartition
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/timer", tags=["timers"])
+
+_NOT_FOUND = {404: {"description": "No timer has this id (or the id is malformed)."}}
+_REFUSED = {422: {"description": "A field was refused; the problem names it and says why."}}
+
+
+@router.post("", response_model=TimerPublic, responses=_REFUSED)
+async def create_timer(
+    body: TimerCreate, db: DatabaseDep, settings: SettingsDep, response: Response
+) -> TimerPublic:
+    """Creates a timer that POSTs ``{"id": ...}`` to ``url`` once the delay has passed."""
+    horizon = settings.horizon_days * 86_400
+    if body.delay_seconds > horizon:
+        raise FieldError(
+            "hours, minutes, seconds",
+            f"add up to {body.delay_seconds} s; the longest accepted delay is {horizon} s "
+            f"({settings.horizon_days} days)",
+        )
+    args = ([body.delay_seconds * 1000], [body.url])
+    try:
+        created = await db.timers.insert(*args, shards=settings.shards)
+    except MissingPartition:
+        # Maintenance fell behind (a server that was down for days): make the days and retry.
+        log.warning("a timer's partition was missing; creating partitions now")
+        await db.partitions.ensure(horizon_days=settings.horizon_days)
+        created = await db.timers.insert(*args, shards=settings.shards)
+    timer = created[0]
+    response.headers["Location"] = f"/timer/{timer.id}"
+    return TimerPublic(id=timer.id, time_left=timer.time_left)
+
+
+@router.get("/{timer_id}", response_model=TimerPublic, responses=_NOT_FOUND)
+async def get_timer(timer_id: str, db: DatabaseDep) -> TimerPublic:
+    """Seconds left until the timer is due, rounded up; 0 once it has expired."""
+    parsed = parse_timer_id(timer_id)
+    timer = await db.timers.get(parsed) if parsed else None
+    if timer is None:
+        raise HTTPException(404, f"no timer with id {timer_id!r}")
+    return TimerPublic(id=timer.id, time_left=timer.time_left)

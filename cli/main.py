@@ -1,0 +1,120 @@
+"""``timerhook``: serve, api, dispatcher, migrate."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import typer
+import uvicorn
+from rich.console import Console
+
+from api.app import create_app
+from db import embedded
+from db.database import Database
+from db.migrate import migrate as run_migrations
+from db.settings import Settings, get_settings
+from dispatcher.service import Dispatcher, run_until_signalled
+
+app = typer.Typer(help="timerhook: self-hosted webhook timers.", no_args_is_help=True)
+console = Console(stderr=True)
+log = logging.getLogger("timerhook")
+
+
+def _setup_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # APScheduler logs every tick at INFO: once a second per process is noise, not news.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+
+def _database_url(settings: Settings) -> str:
+    """The configured URL, or the embedded server's (started or joined) when none is set."""
+    if settings.database_url:
+        return settings.database_url
+    return embedded.start(settings.data_dir)
+
+
+async def _prepare_async(url: str, settings: Settings) -> list[str]:
+    applied = await run_migrations(url)
+    async with Database(url, max_size=1, name="migrate") as db:
+        await db.partitions.ensure(horizon_days=settings.horizon_days)
+    return applied
+
+
+def _prepare() -> tuple[Settings, str]:
+    settings = get_settings()
+    _setup_logging(settings)
+    url = _database_url(settings)
+    asyncio.run(_prepare_async(url, settings))
+    return settings, url
+
+
+@app.command()
+def migrate() -> None:
+    """Brings the database schema up to date and creates the partitions ahead."""
+    settings = get_settings()
+    _setup_logging(settings)
+    url = _database_url(settings)
+    applied = asyncio.run(_prepare_async(url, settings))
+    console.print(f"migrated: {', '.join(applied) if applied else 'already up to date'}")
+
+
+def _serve(settings: Settings, url: str, *, with_dispatcher: bool) -> None:
+    companions = []
+    if with_dispatcher:
+        holder: dict[str, tuple[Database, Dispatcher]] = {}
+
+        async def start() -> None:
+            db = Database(url, max_size=settings.pool_size, name="dispatcher")
+            await db.open()
+            dispatcher = Dispatcher(db, settings)
+            await dispatcher.start()
+            holder["d"] = (db, dispatcher)
+
+        async def stop() -> None:
+            if "d" in holder:
+                db, dispatcher = holder.pop("d")
+                await dispatcher.stop()
+                await db.close()
+
+        companions.append((start, stop))
+    web = create_app(settings, url, companions=companions)
+    uvicorn.run(web, host=settings.host, port=settings.port, log_config=None, access_log=False)
+
+
+@app.command()
+def serve() -> None:
+    """API and one dispatcher in one process (embedded PostgreSQL unless a URL is set)."""
+    settings, url = _prepare()
+    _serve(settings, url, with_dispatcher=True)
+
+
+@app.command()
+def api() -> None:
+    """The HTTP API alone."""
+    settings, url = _prepare()
+    _serve(settings, url, with_dispatcher=False)
+
+
+@app.command()
+def dispatcher() -> None:
+    """One dispatcher process; start as many as you like, on any machines."""
+    settings, url = _prepare()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        async with Database(url, max_size=settings.pool_size, name="dispatcher") as db:
+            await run_until_signalled(Dispatcher(db, settings), stop)
+
+    asyncio.run(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,93 @@
+"""Typed rows: everything that leaves db/ is one of these, never a bare dict."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+TimerState = Literal["pending", "inflight", "delivered", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedTimer:
+    """A timer just inserted: what POST /timer answers."""
+
+    id: uuid.UUID
+    due_at: datetime
+    time_left: int
+
+
+@dataclass(frozen=True, slots=True)
+class Timer:
+    """One stored timer, as GET /timer/{id} reads it."""
+
+    id: uuid.UUID
+    state: TimerState
+    due_at: datetime
+    run_at: datetime
+    url: str
+    attempts: int
+    created_at: datetime
+    fired_at: datetime | None
+    finished_at: datetime | None
+    last_status: int | None
+    last_error: str | None
+    time_left: int
+
+
+@dataclass(frozen=True, slots=True)
+class DueKey:
+    """A (slot, shard) claim key with pending rows due."""
+
+    slot: datetime
+    shard: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedTimer:
+    """A row leased to this dispatcher, to be sent at run_at."""
+
+    id: uuid.UUID
+    bucket: datetime
+    url: str
+    run_at: datetime
+    attempts: int
+    db_now: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SendOutcome:
+    """What one send ended in, to be recorded."""
+
+    id: uuid.UUID
+    bucket: datetime
+    state: TimerState
+    status: int | None
+    error: str | None
+    fired_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ReapedLease:
+    """An in-flight row put back to pending, and the owner it was taken from."""
+
+    id: uuid.UUID
+    lease_owner: str
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatcher:
+    """A registry row."""
+
+    id: str
+    host: str
+    pid: int
+    started_at: datetime
+    heartbeat_at: datetime
+    stopped_at: datetime | None
+    in_flight: int
+    sent_total: int
+    failed_total: int
+    alive: bool

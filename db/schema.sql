@@ -1,0 +1,118 @@
+-- timerhook: the whole current schema.
+-- A fresh database is built from this file; an existing one reaches the same state through
+-- db/migrations/NNNN_*.sql (tests/migration checks that both roads end in the same place).
+
+-- The id of a timer is shaped like a UUIDv7: its leading 48 bits are the timer's due time in
+-- Unix milliseconds, the rest (but for the version and variant bits) come from
+-- gen_random_uuid(), so an id tells its partition and is still unguessable (74 random bits).
+create function timerhook_id(due_ms bigint) returns uuid
+language sql volatile parallel safe as $$
+    select encode(set_byte(raw, 6, (get_byte(raw, 6) & 15) | 112), 'hex')::uuid  -- version 7
+    from (select overlay(uuid_send(gen_random_uuid())
+                         placing substring(int8send(due_ms) from 3) from 1 for 6) as raw) as r
+$$;
+
+create table timers (
+    id          uuid        not null,
+    -- Partition key: the whole second at or after the timer's due time. Never changes, and
+    -- is derived from the id, so a lookup by id prunes to one partition.
+    bucket      timestamptz not null,
+    -- The due time the client asked for, to the millisecond (rounded up: never early).
+    due_at      timestamptz not null,
+    -- When the next send is due (equal to due_at until a retry moves it on).
+    run_at      timestamptz not null,
+    -- The whole second at or after run_at: dispatchers claim by (slot, shard).
+    slot        timestamptz not null,
+    -- Splits a slot so that a herd due in one second is drained by several dispatchers.
+    shard       smallint    not null default 0,
+    url         text        not null,
+    -- pending:   waiting for run_at; only these rows are in the partial index below.
+    -- inflight:  leased by lease_owner until lease_until, being sent right now.
+    -- delivered: the target answered 2xx.
+    -- failed:    the last attempt failed and no attempt is left.
+    state       text        not null default 'pending',
+    attempts    integer     not null default 0,
+    lease_owner text,
+    lease_until timestamptz,
+    created_at  timestamptz not null default now(),
+    fired_at    timestamptz,
+    finished_at timestamptz,
+    last_status integer,
+    last_error  text,
+    primary key (id, bucket),
+    constraint timers_state_check
+        check (state in ('pending', 'inflight', 'delivered', 'failed')),
+    constraint timers_lease_check
+        check ((state = 'inflight') = (lease_owner is not null and lease_until is not null)),
+    constraint timers_slot_check check (slot >= bucket and run_at <= slot)
+) partition by range (bucket);
+
+-- "What is due" reads only pending rows, however much delivered history the partitions hold.
+create index timers_pending_idx on timers (slot, shard, run_at) where state = 'pending';
+-- The lease reaper reads only in-flight rows.
+create index timers_inflight_idx on timers (lease_until) where state = 'inflight';
+
+-- Creates the missing daily partitions for [first_day, last_day]; returns how many it made.
+-- Serialised by an advisory lock so that processes starting together do not collide.
+create function timerhook_partitions_ensure(first_day date, last_day date) returns integer
+language plpgsql as $$
+declare
+    day date;
+    made integer := 0;
+begin
+    perform pg_advisory_xact_lock(hashtext('timerhook.partitions'));
+    for day in select generate_series(first_day, last_day, interval '1 day')::date loop
+        if to_regclass(format('timers_p%s', to_char(day, 'YYYYMMDD'))) is null then
+            execute format(
+                'create table %I partition of timers for values from (%L) to (%L)',
+                format('timers_p%s', to_char(day, 'YYYYMMDD')),
+                day::timestamp at time zone 'UTC',
+                (day + 1)::timestamp at time zone 'UTC');
+            made := made + 1;
+        end if;
+    end loop;
+    return made;
+end
+$$;
+
+-- Drops daily partitions that ended before cutoff and hold no pending or in-flight row: this
+-- is how fired timers are purged, with no DELETE storm and no bloat. Returns the names dropped.
+create function timerhook_partitions_drop(cutoff date) returns setof text
+language plpgsql as $$
+declare
+    part record;
+    busy boolean;
+begin
+    perform pg_advisory_xact_lock(hashtext('timerhook.partitions'));
+    for part in
+        select c.relname
+        from pg_inherits i
+        join pg_class c on c.oid = i.inhrelid
+        where i.inhparent = 'timers'::regclass
+          and c.relname ~ '^timers_p[0-9]{8}$'
+          and to_date(substring(c.relname from 9), 'YYYYMMDD') < cutoff
+        order by c.relname
+    loop
+        execute format('select exists (select 1 from %I where state in (''pending'', ''inflight''))',
+                       part.relname) into busy;
+        if not busy then
+            execute format('drop table %I', part.relname);
+            return next part.relname;
+        end if;
+    end loop;
+end
+$$;
+
+-- Every dispatcher process registers here; a stale heartbeat marks it dead.
+create table dispatchers (
+    id           text        primary key,
+    host         text        not null,
+    pid          integer     not null,
+    started_at   timestamptz not null default now(),
+    heartbeat_at timestamptz not null default now(),
+    -- set when the dispatcher deregistered on a clean shutdown
+    stopped_at   timestamptz,
+    in_flight    integer     not null default 0,
+    sent_total   bigint      not null default 0,
+    failed_total bigint      not null default 0
+);

@@ -1,0 +1,64 @@
+"""The one Settings class, read from the environment (prefix ``TIMERHOOK_``) and an optional .env.
+
+It lives in db/ because db is the bottom layer that api, dispatcher and cli all depend on.
+"""
+
+from __future__ import annotations
+
+import socket
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Configuration of every timerhook process; each field is documented in README.md."""
+
+    model_config = SettingsConfigDict(env_prefix="TIMERHOOK_", env_file=".env", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None, description="PostgreSQL 15+ URL; unset starts the embedded server."
+    )
+    data_dir: Path = Field(default=Path(".timerhook"), description="Embedded PostgreSQL data.")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    log_level: str = "INFO"
+
+    horizon_days: int = Field(default=365, ge=1, le=3650, description="Longest accepted delay.")
+    retention_days: int = Field(default=7, ge=1, description="Days fired timers are kept.")
+    shards: int = Field(default=16, ge=1, le=1024, description="Shards per one-second bucket.")
+
+    allow_private_targets: bool = False
+    http_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    concurrency: int = Field(default=256, ge=1, le=10_000, description="Sends in flight.")
+    batch_size: int = Field(default=1000, ge=1, le=50_000, description="Rows per claim.")
+    lease_seconds: float = Field(default=60.0, ge=5)
+    tick_seconds: float = Field(default=1.0, gt=0, le=60)
+    heartbeat_seconds: float = Field(default=2.0, gt=0)
+    dead_after_seconds: float = Field(default=10.0, gt=0)
+    shutdown_grace_seconds: float = Field(default=15.0, ge=0)
+    pool_size: int = Field(default=8, ge=1, le=200)
+
+    @model_validator(mode="after")
+    def _check_liveness(self) -> Settings:
+        if self.dead_after_seconds <= self.heartbeat_seconds * 2:
+            raise ValueError(
+                "dead_after_seconds must exceed twice heartbeat_seconds, "
+                "or live dispatchers would be declared dead between two heartbeats"
+            )
+        if self.lease_seconds <= self.http_timeout_seconds:
+            raise ValueError("lease_seconds must exceed http_timeout_seconds")
+        return self
+
+    @property
+    def hostname(self) -> str:
+        """This machine's name, as the dispatcher registry records it."""
+        return socket.gethostname()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

@@ -1,0 +1,164 @@
+"""Timer rows: insert, look up, claim, record, release and reap leases."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+
+from psycopg import errors as pg_errors
+from psycopg.rows import class_row
+
+from db.connection import PoolOwner, retry_transient
+from db.ids import bucket_of, lock_key
+from db.models import ClaimedTimer, CreatedTimer, DueKey, ReapedLease, SendOutcome, Timer
+from db.query_loader import query
+
+log = logging.getLogger(__name__)
+
+
+class MissingPartition(RuntimeError):
+    """A timer's day has no partition yet (partition maintenance is behind)."""
+
+
+class TimerStore(PoolOwner):
+    """Every query on the timers table."""
+
+    async def insert(
+        self,
+        delays_ms: Sequence[int],
+        urls: Sequence[str],
+        *,
+        shards: int,
+        now: datetime | None = None,
+    ) -> list[CreatedTimer]:
+        """Inserts timers in one statement and one commit; returns them in input order.
+
+        Not retried on a lost connection: the commit may have happened, and a blind retry
+        would create a second timer. The caller reports the failure instead.
+        """
+        params = {"delay_ms": list(delays_ms), "url": list(urls), "shards": shards, "now": now}
+        async with self.connection() as conn:
+            try:
+                cur = await conn.execute(query("timer_insert"), params)
+            except pg_errors.CheckViolation as exc:
+                if "no partition" in str(exc):
+                    raise MissingPartition(str(exc)) from exc
+                raise
+            rows = await cur.fetchall()
+        return [CreatedTimer(id=r[1], due_at=r[2], time_left=int(r[3])) for r in rows]
+
+    async def get(self, timer_id: uuid.UUID, *, now: datetime | None = None) -> Timer | None:
+        """The timer with this id, looked up in the one partition its id names."""
+
+        async def op() -> Timer | None:
+            async with self.connection() as conn:
+                cur = conn.cursor(row_factory=class_row(Timer))
+                await cur.execute(
+                    query("timer_get"), {"id": timer_id, "bucket": bucket_of(timer_id), "now": now}
+                )
+                return await cur.fetchone()
+
+        return await retry_transient(op, what="timer_get")
+
+    async def due_keys(
+        self, *, limit: int, lookahead_seconds: float = 0.0, now: datetime | None = None
+    ) -> list[DueKey]:
+        """The oldest (slot, shard) keys with rows due by now + lookahead."""
+
+        async def op() -> list[DueKey]:
+            async with self.connection() as conn:
+                cur = conn.cursor(row_factory=class_row(DueKey))
+                await cur.execute(
+                    query("bucket_keys_due"),
+                    {"limit": limit, "lookahead": lookahead_seconds, "now": now},
+                )
+                return await cur.fetchall()
+
+        return await retry_transient(op, what="bucket_keys_due")
+
+    async def claim(
+        self,
+        key: DueKey,
+        *,
+        owner: str,
+        batch: int,
+        lease_seconds: float,
+        now: datetime | None = None,
+    ) -> list[ClaimedTimer]:
+        """Leases up to ``batch`` pending rows of one key; empty if another dispatcher holds it."""
+        params = {
+            "slot": key.slot,
+            "shard": key.shard,
+            "lock_key": lock_key(key.slot, key.shard),
+            "owner": owner,
+            "batch": batch,
+            "lease_seconds": lease_seconds,
+            "now": now,
+        }
+
+        async def op() -> list[ClaimedTimer]:
+            async with self.connection() as conn, conn.transaction():
+                cur = conn.cursor(row_factory=class_row(ClaimedTimer))
+                await cur.execute(query("bucket_claim"), params)
+                return await cur.fetchall()
+
+        # A claim that failed mid-way rolled back whole, so running it again is safe.
+        return await retry_transient(op, what="bucket_claim")
+
+    async def record(self, outcomes: Sequence[SendOutcome], *, owner: str) -> int:
+        """Records send outcomes in one statement; returns how many rows it updated."""
+        if not outcomes:
+            return 0
+        params = {
+            "id": [o.id for o in outcomes],
+            "bucket": [o.bucket for o in outcomes],
+            "state": [o.state for o in outcomes],
+            "status": [o.status for o in outcomes],
+            "error": [o.error for o in outcomes],
+            "fired_at": [o.fired_at for o in outcomes],
+            "owner": owner,
+        }
+
+        async def op() -> int:
+            async with self.connection() as conn:
+                cur = await conn.execute(query("timer_record"), params)
+                return cur.rowcount
+
+        # Conditioned on the lease (state and owner), so a repeat changes nothing more.
+        return await retry_transient(op, what="timer_record")
+
+    async def release(self, timers: Sequence[ClaimedTimer], *, owner: str) -> int:
+        """Gives leased rows that were never sent back to pending."""
+        if not timers:
+            return 0
+        params = {"id": [t.id for t in timers], "bucket": [t.bucket for t in timers], "owner": owner}
+
+        async def op() -> int:
+            async with self.connection() as conn:
+                cur = await conn.execute(query("lease_release"), params)
+                return cur.rowcount
+
+        return await retry_transient(op, what="lease_release")
+
+    async def reap(
+        self, *, dead_after_seconds: float, now: datetime | None = None
+    ) -> list[ReapedLease]:
+        """Returns to pending the rows leased by dead dispatchers or with expired leases."""
+
+        async def op() -> list[ReapedLease]:
+            async with self.connection() as conn:
+                cur = conn.cursor(row_factory=class_row(ReapedLease))
+                await cur.execute(
+                    query("lease_reap"), {"dead_after_seconds": dead_after_seconds, "now": now}
+                )
+                return await cur.fetchall()
+
+        return await retry_transient(op, what="lease_reap")
+
+    async def counts(self) -> dict[str, int]:
+        """How many timers are in each state."""
+        async with self.connection() as conn:
+            cur = await conn.execute(query("timer_counts"))
+            return {str(state): int(n) for state, n in await cur.fetchall()}

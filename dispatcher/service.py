@@ -1,0 +1,339 @@
+"""The dispatcher process: ticks, the drain loop, timed sends, the recorder, maintenance."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from db.connection import DatabaseUnavailable
+from db.database import Database
+from db.models import ClaimedTimer, DueKey, SendOutcome
+from db.settings import Settings
+from dispatcher.sender import Result, Sender
+
+log = logging.getLogger(__name__)
+
+# How many (slot, shard) keys one pass of the drain loop looks at.
+_KEYS_PER_PASS = 64
+# The recorder writes outcomes at least this often (seconds) while sends complete.
+_RECORD_INTERVAL = 0.05
+
+
+def new_dispatcher_id(host: str) -> str:
+    """A registry id that says where the process runs and stays unique across restarts."""
+    return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class Dispatcher:
+    """Claims due timers and sends them; ``await start()``, later ``await stop()``."""
+
+    def __init__(self, db: Database, settings: Settings, *, dispatcher_id: str | None = None):
+        self.db = db
+        self.settings = settings
+        self.id = dispatcher_id or new_dispatcher_id(settings.hostname)
+        self.sender = Sender(
+            timeout_seconds=settings.http_timeout_seconds,
+            concurrency=settings.concurrency,
+            allow_private=settings.allow_private_targets,
+        )
+        self.lookahead_seconds = settings.tick_seconds * 1.5
+        self.sent_total = 0
+        self.failed_total = 0
+        self.recorded_total = 0
+        self._scheduler: AsyncIOScheduler | None = None
+        self._stopping = False
+        self._wake = asyncio.Event()
+        self._record_wake = asyncio.Event()
+        self._sem = asyncio.Semaphore(settings.concurrency)
+        # Every claimed row not yet recorded: waiting for its time, or being sent.
+        self._claimed: dict[asyncio.Task[None], ClaimedTimer] = {}
+        self._sending: set[asyncio.Task[None]] = set()
+        self._outcomes: list[SendOutcome] = []
+        self._progress = asyncio.Condition()
+        self._drain_task: asyncio.Task[None] | None = None
+        self._record_task: asyncio.Task[None] | None = None
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Registers, opens the HTTP session and starts the ticks and maintenance jobs."""
+        await self.db.dispatchers.register(
+            dispatcher_id=self.id, host=self.settings.hostname, pid=os.getpid()
+        )
+        await self.db.partitions.ensure(horizon_days=self.settings.horizon_days)
+        await self.sender.start()
+        self._drain_task = asyncio.create_task(self._drain_loop(), name=f"drain-{self.id}")
+        self._record_task = asyncio.create_task(self._record_loop(), name=f"record-{self.id}")
+        self._scheduler = self._build_scheduler()
+        self._scheduler.start()
+        self._wake.set()  # whatever fell due while nothing ran goes out now
+        log.info("dispatcher %s started", self.id)
+
+    def _build_scheduler(self) -> AsyncIOScheduler:
+        s = self.settings
+        scheduler = AsyncIOScheduler(timezone=UTC)
+        now = datetime.now(UTC)
+        first_tick = now.replace(microsecond=0) + timedelta(seconds=1)
+        scheduler.add_job(
+            self._tick,
+            IntervalTrigger(seconds=s.tick_seconds, start_date=first_tick, timezone=UTC),
+            id="tick", max_instances=1, coalesce=True, misfire_grace_time=None,
+        )  # fmt: skip
+        scheduler.add_job(
+            self._heartbeat, IntervalTrigger(seconds=s.heartbeat_seconds, timezone=UTC),
+            id="heartbeat", max_instances=1, coalesce=True,
+        )  # fmt: skip
+        scheduler.add_job(
+            self._reap, IntervalTrigger(seconds=s.heartbeat_seconds, timezone=UTC),
+            id="reap", max_instances=1, coalesce=True, next_run_time=now,
+        )  # fmt: skip
+        scheduler.add_job(
+            self._maintain_partitions, CronTrigger(minute=7, timezone=UTC),
+            id="partitions", max_instances=1, coalesce=True,
+        )  # fmt: skip
+        return scheduler
+
+    async def stop(self) -> None:
+        """Stops claiming, gives back unsent rows, finishes sends in progress, deregisters."""
+        if self._stopping:
+            return
+        self._stopping = True
+        log.info("dispatcher %s stopping", self.id)
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+        self._wake.set()
+        async with self._progress:
+            self._progress.notify_all()
+        if self._drain_task is not None:
+            await self._drain_task
+        # Rows still waiting for their time were never sent: give them back.
+        waiting = {t: row for t, row in self._claimed.items() if t not in self._sending}
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+        released = await self._release(list(waiting.values()))
+        # Sends in progress get the grace period; the rest keep their lease (reaped at once).
+        if self._sending:
+            _, late = await asyncio.wait(
+                set(self._sending), timeout=self.settings.shutdown_grace_seconds
+            )
+            for task in late:
+                task.cancel()
+            if late:
+                log.warning("%d sends outlived the grace period; their leases are reaped", len(late))
+                await asyncio.gather(*late, return_exceptions=True)
+        if self._record_task is not None:
+            self._record_task.cancel()
+            await asyncio.gather(self._record_task, return_exceptions=True)
+        await self._flush()
+        await self.sender.close()
+        await self.db.dispatchers.deregister(dispatcher_id=self.id)
+        log.info(
+            "dispatcher %s stopped: %d sent, %d failed, %d released unsent",
+            self.id, self.sent_total, self.failed_total, released,
+        )  # fmt: skip
+
+    # -- ticks and claims ---------------------------------------------------------------
+
+    async def _tick(self) -> None:
+        self._wake.set()
+
+    async def _drain_loop(self) -> None:
+        while not self._stopping:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.drain()
+            except DatabaseUnavailable as exc:
+                log.error("claim pass failed, trying again at the next tick: %s", exc)
+            except Exception:
+                log.exception("claim pass failed unexpectedly; trying again at the next tick")
+
+    async def drain(self, *, now: datetime | None = None) -> int:
+        """Claims every due key it can (by ``now``, default the database clock); returns rows."""
+        claimed = 0
+        while not self._stopping:
+            keys = await self.db.timers.due_keys(
+                limit=_KEYS_PER_PASS, lookahead_seconds=self.lookahead_seconds, now=now
+            )
+            progress = 0
+            for key in keys:
+                if self._stopping:
+                    break
+                got = await self._claim(key, now)
+                progress += got
+            claimed += progress
+            # Nothing claimable (none due, or every key held by another dispatcher), or every
+            # due key was looked at: the next tick comes back for more.
+            if progress == 0 or len(keys) < _KEYS_PER_PASS:
+                break
+        return claimed
+
+    def _room(self) -> int:
+        """How many more rows may be claimed: a buffer of two batches past the send limit."""
+        limit = self.settings.concurrency + 2 * self.settings.batch_size
+        return max(0, limit - len(self._claimed))
+
+    async def _claim(self, key: DueKey, now: datetime | None) -> int:
+        total = 0
+        while not self._stopping:
+            async with self._progress:
+                await self._progress.wait_for(lambda: self._room() > 0 or self._stopping)
+            if self._stopping:
+                break
+            batch = min(self.settings.batch_size, self._room())
+            rows = await self.db.timers.claim(
+                key, owner=self.id, batch=batch,
+                lease_seconds=self.settings.lease_seconds, now=now,
+            )  # fmt: skip
+            claimed_at = time.monotonic()
+            for row in rows:
+                # Sent at the monotonic instant matching run_at on the database clock; db_now
+                # was read before claimed_at, so the estimate can only err late.
+                deadline = claimed_at + (row.run_at - row.db_now).total_seconds()
+                task = asyncio.create_task(self._send(row, deadline, claimed_at))
+                self._claimed[task] = row
+            total += len(rows)
+            if len(rows) < batch:
+                break
+        return total
+
+    async def _send(self, row: ClaimedTimer, deadline: float, claimed_at: float) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        try:
+            delay = deadline - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            async with self._sem:
+                self._sending.add(task)
+                sent_mono = time.monotonic()
+                result = await self.sender.send(row)
+            fired_at = row.db_now + timedelta(seconds=sent_mono - claimed_at)
+            self._outcome(row, result, fired_at)
+        finally:
+            self._sending.discard(task)
+            self._claimed.pop(task, None)
+            async with self._progress:
+                self._progress.notify_all()
+
+    def _outcome(self, row: ClaimedTimer, result: Result, fired_at: datetime) -> None:
+        if result.state == "delivered":
+            self.sent_total += 1
+        else:
+            self.failed_total += 1
+        self._outcomes.append(
+            SendOutcome(row.id, row.bucket, result.state, result.status, result.error, fired_at)
+        )
+        if len(self._outcomes) >= self.settings.batch_size:
+            self._record_wake.set()
+
+    # -- recording ----------------------------------------------------------------------
+
+    async def _record_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._record_wake.wait(), _RECORD_INTERVAL)
+            self._record_wake.clear()
+            try:
+                await self._flush()
+            except DatabaseUnavailable as exc:
+                log.error("recording outcomes failed, will retry: %s", exc)
+
+    async def _flush(self) -> None:
+        if not self._outcomes:
+            return
+        batch, self._outcomes = self._outcomes, []
+        try:
+            await self.db.timers.record(batch, owner=self.id)
+        except DatabaseUnavailable:
+            self._outcomes[:0] = batch  # keep them for the next flush
+            raise
+        async with self._progress:
+            self.recorded_total += len(batch)
+            self._progress.notify_all()
+
+    async def _release(self, rows: list[ClaimedTimer]) -> int:
+        try:
+            return await self.db.timers.release(rows, owner=self.id)
+        except DatabaseUnavailable as exc:
+            log.error("could not give back %d unsent rows (their leases expire): %s", len(rows), exc)
+            return 0
+
+    # -- signals for callers and tests --------------------------------------------------
+
+    async def wait_recorded(self, count: int, timeout: float) -> None:
+        """Waits until at least ``count`` outcomes were recorded in the database."""
+        await self._wait_for(lambda: self.recorded_total >= count, timeout)
+
+    async def wait_idle(self, timeout: float) -> None:
+        """Waits until nothing claimed is waiting, being sent or unrecorded."""
+        await self._wait_for(lambda: not self._claimed and not self._outcomes, timeout)
+
+    async def _wait_for(self, predicate: Callable[[], bool], timeout: float) -> None:
+        async def wait() -> None:
+            async with self._progress:
+                await self._progress.wait_for(predicate)
+
+        await asyncio.wait_for(wait(), timeout)
+
+    @property
+    def in_flight(self) -> int:
+        """Rows claimed and not yet recorded."""
+        return len(self._claimed)
+
+    # -- maintenance --------------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        await self._guarded(
+            "heartbeat",
+            self.db.dispatchers.heartbeat(
+                dispatcher_id=self.id, in_flight=self.in_flight,
+                sent_total=self.sent_total, failed_total=self.failed_total,
+            ),
+        )  # fmt: skip
+
+    async def _reap(self) -> None:
+        async def reap() -> None:
+            reaped = await self.db.timers.reap(dead_after_seconds=self.settings.dead_after_seconds)
+            if reaped:
+                owners = sorted({r.lease_owner for r in reaped})
+                log.warning("took back %d in-flight timers from %s", len(reaped), owners)
+                self._wake.set()
+
+        await self._guarded("lease reap", reap())
+
+    async def _maintain_partitions(self) -> None:
+        async def maintain() -> None:
+            await self.db.partitions.ensure(horizon_days=self.settings.horizon_days)
+            await self.db.partitions.drop_expired(retention_days=self.settings.retention_days)
+
+        await self._guarded("partition maintenance", maintain())
+
+    @staticmethod
+    async def _guarded(what: str, op: Awaitable[object]) -> None:
+        try:
+            await op
+        except DatabaseUnavailable as exc:
+            log.error("%s failed, will run again: %s", what, exc)
+        except Exception:
+            log.exception("%s failed unexpectedly, will run again", what)
+
+
+async def run_until_signalled(dispatcher: Dispatcher, stop: asyncio.Event) -> None:
+    """Starts the dispatcher, waits for ``stop``, then stops it cleanly."""
+    await dispatcher.start()
+    try:
+        await stop.wait()
+    finally:
+        await dispatcher.stop()

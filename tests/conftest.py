@@ -1,0 +1,140 @@
+"""Shared fixtures: a real PostgreSQL (template + a copy per test), settings, sinks, factories."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import datetime
+from typing import Any
+
+import httpx
+import pytest
+
+from api.app import create_app
+from db.database import Database
+from db.models import CreatedTimer
+from db.settings import Settings
+from dispatcher.service import Dispatcher
+from tests.support import postgres
+from tests.support.sink import Sink
+
+# Short, so that each per-test copy of the template is quick (partitions dominate its cost).
+TEST_HORIZON_DAYS = 30
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> Iterator[str]:
+    """The admin URL of this session's PostgreSQL server."""
+    with postgres.server_url() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def template_name(pg_admin_url: str) -> Iterator[str]:
+    """A database migrated once per session, copied for every test."""
+    name = postgres.build_template(pg_admin_url, TEST_HORIZON_DAYS)
+    yield name
+    postgres.drop_database(pg_admin_url, name)
+
+
+@pytest.fixture
+def database_url(pg_admin_url: str, template_name: str) -> Iterator[str]:
+    """A fresh copy of the template database for this test, dropped afterwards."""
+    name = f"timerhook_test_{secrets.token_hex(6)}"
+    url = postgres.create_database(pg_admin_url, name, template=template_name)
+    yield url
+    postgres.drop_database(pg_admin_url, name)
+
+
+@pytest.fixture
+def make_settings(database_url: str) -> Callable[..., Settings]:
+    """Settings for this test's database, loopback targets allowed; overridable per call."""
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "database_url": database_url,
+            "allow_private_targets": True,
+            "horizon_days": TEST_HORIZON_DAYS,
+            "http_timeout_seconds": 5.0,
+        }
+        values.update(overrides)
+        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    """Default test settings."""
+    return make_settings()
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    """An open Database on this test's copy; no connection may be left checked out."""
+    database = Database(database_url, max_size=4, name="test")
+    await database.open()
+    yield database
+    stats = database.pool.get_stats()
+    await database.close()
+    assert stats.get("pool_size", 0) == stats.get("pool_available", 0), (
+        f"a pooled connection was left checked out: {stats}"
+    )
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[Sink]:
+    """A recording HTTP sink on loopback."""
+    s = Sink()
+    await s.start()
+    yield s
+    await s.stop()
+
+
+MakeTimer = Callable[..., Awaitable[CreatedTimer]]
+
+
+@pytest.fixture
+def make_timer(db: Database, sink: Sink, settings: Settings) -> MakeTimer:
+    """Inserts a timer straight into the database (default: due in 1 s, aimed at the sink)."""
+
+    async def make(
+        delay_ms: int = 1000, url: str | None = None, now: datetime | None = None
+    ) -> CreatedTimer:
+        created = await db.timers.insert(
+            [delay_ms], [url or f"{sink.url}/hook"], shards=settings.shards, now=now
+        )
+        return created[0]
+
+    return make
+
+
+@pytest.fixture
+async def start_dispatcher(
+    database_url: str, settings: Settings
+) -> AsyncIterator[Callable[..., Awaitable[Dispatcher]]]:
+    """Starts dispatchers (each on its own pool) and stops them all at the end of the test."""
+    running: list[tuple[Database, Dispatcher]] = []
+
+    async def start(settings_: Settings | None = None, **kwargs: Any) -> Dispatcher:
+        database = Database(database_url, max_size=4, name="dispatcher")
+        await database.open()
+        dispatcher = Dispatcher(database, settings_ or settings, **kwargs)
+        await dispatcher.start()
+        running.append((database, dispatcher))
+        return dispatcher
+
+    yield start
+    for database, dispatcher in running:
+        await dispatcher.stop()
+        await database.close()
+
+
+@pytest.fixture
+async def client(settings: Settings, database_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client on the real app (lifespan run), talking ASGI in-process."""
+    app = create_app(settings, database_url)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://timerhook") as c:
+            yield c

@@ -1,0 +1,91 @@
+"""The published contract of DESIGN section 6, through the real app on a real database."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import httpx
+
+from db.database import Database
+from db.ids import bucket_of, due_ms_of, partition_of
+from tests.conftest import MakeTimer
+
+URL = "https://someserver.com"
+
+
+async def test_create_answers_id_and_time_left_rounded_up(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/timer", json={"hours": 4, "minutes": 0, "seconds": 1, "url": URL}
+    )
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) == {"id", "time_left"}
+    assert body["time_left"] == 14401
+    assert uuid.UUID(body["id"]).version == 7
+    assert response.headers["location"] == f"/timer/{body['id']}"
+
+
+async def test_get_answers_the_same_shape_counting_down(client: httpx.AsyncClient) -> None:
+    created = (await client.post("/timer", json={"minutes": 10, "url": URL})).json()
+    response = await client.get(f"/timer/{created['id']}")
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) == {"id", "time_left"}
+    assert body["id"] == created["id"]
+    assert 599 <= body["time_left"] <= 600
+
+
+async def test_an_expired_timer_says_zero_never_negative(
+    client: httpx.AsyncClient, make_timer: MakeTimer
+) -> None:
+    past = datetime.now(UTC) - timedelta(hours=1)
+    timer = await make_timer(delay_ms=5000, now=past)  # due 55 minutes ago
+    body = (await client.get(f"/timer/{timer.id}")).json()
+    assert body == {"id": str(timer.id), "time_left": 0}
+
+
+async def test_unknown_and_malformed_ids_are_404_problems(client: httpx.AsyncClient) -> None:
+    unknown_v7 = uuid.UUID(int=(1_795_000_000_000 << 80) | (7 << 76) | (2 << 62) | 12345)
+    for timer_id in [str(unknown_v7), str(uuid.uuid4()), "nope", "1" * 300, "%00"]:
+        response = await client.get(f"/timer/{timer_id}")
+        assert response.status_code == 404, timer_id
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["status"] == 404
+
+
+async def test_the_timer_lands_in_the_partition_its_id_names(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    created = (await client.post("/timer", json={"hours": 30, "url": URL})).json()
+    timer_id = uuid.UUID(created["id"])
+    async with db.pool.connection() as conn:
+        cur = await conn.execute(
+            "select tableoid::regclass::text, bucket, due_at from timers where id = %s",
+            (timer_id,),
+        )
+        row = await cur.fetchone()
+    assert row is not None
+    partition, bucket, due_at = row
+    assert bucket == bucket_of(timer_id)
+    assert partition == partition_of(bucket)
+    assert int(due_at.timestamp() * 1000) == due_ms_of(timer_id)
+    assert due_at <= bucket < due_at + timedelta(seconds=1)
+
+
+async def test_ids_are_unique_and_unguessable(client: httpx.AsyncClient) -> None:
+    ids = [
+        uuid.UUID((await client.post("/timer", json={"seconds": 60, "url": URL})).json()["id"])
+        for _ in range(20)
+    ]
+    assert len(set(ids)) == 20
+    # Same due second or not, the 74 random bits differ.
+    randoms = {i.int & ((1 << 62) - 1) for i in ids}
+    assert len(randoms) == 20
+
+
+async def test_openapi_is_served(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    assert "/timer" in spec["paths"]
+    assert "/timer/{timer_id}" in spec["paths"]
+    assert (await client.get("/docs")).status_code == 200

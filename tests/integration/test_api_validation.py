@@ -1,0 +1,121 @@
+"""Every refusal is a 4xx problem+json naming the field and the reason; nothing is a 500."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from api.app import create_app
+from db.database import Database
+from db.settings import Settings
+
+URL = "https://someserver.com"
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "reason"),
+    [
+        ({"hours": "4", "url": URL}, "hours", "whole number"),
+        ({"minutes": 1.5, "url": URL}, "minutes", "whole number"),
+        ({"seconds": 2.0, "url": URL}, "seconds", "whole number"),
+        ({"seconds": True, "url": URL}, "seconds", "whole number"),
+        ({"seconds": None, "url": URL}, "seconds", "whole number"),
+        ({"hours": -1, "url": URL}, "hours", "greater than or equal to 0"),
+        ({"seconds": 1}, "url", "required"),
+        ({"seconds": 1, "url": "ftp://x.org"}, "url", "http"),
+        ({"seconds": 1, "url": "x.org/hook"}, "url", "http"),
+        ({"seconds": 1, "url": "http://"}, "url", "host"),
+        ({"seconds": 1, "url": "https://x.org/" + "a" * 2048}, "url", "2048"),
+        ({"seconds": 1, "url": URL, "secs": 3}, "secs", "not a known field"),
+        ({"hours": 30 * 24, "seconds": 1, "url": URL}, "hours, minutes, seconds", "longest accepted"),
+        ({"seconds": 10**30, "url": URL}, "hours, minutes, seconds", "longest accepted"),
+    ],
+)
+async def test_refusals_name_field_and_reason(
+    client: httpx.AsyncClient, body: dict[str, Any], field: str, reason: str
+) -> None:
+    response = await client.post("/timer", json=body)
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["status"] == 422
+    assert problem["title"] == "Unprocessable Entity"
+    matching = [e for e in problem["errors"] if e["field"] == field]
+    assert matching, problem
+    assert reason in matching[0]["reason"]
+    assert field in problem["detail"]
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"", "required"),
+        (b"[1, 2]", "valid dictionary"),
+        (b'"text"', "valid dictionary"),
+    ],
+)
+async def test_bodies_that_are_not_json_objects_are_refused(
+    client: httpx.AsyncClient, content: bytes, reason: str
+) -> None:
+    response = await client.post(
+        "/timer", content=content, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert reason in response.json()["detail"]
+
+
+async def test_exactly_the_horizon_is_accepted(client: httpx.AsyncClient) -> None:
+    response = await client.post("/timer", json={"hours": 30 * 24, "url": URL})  # test horizon
+    assert response.status_code == 200
+    assert response.json()["time_left"] == 30 * 86400
+
+
+def test_the_default_horizon_is_365_days() -> None:
+    assert Settings(_env_file=None).horizon_days == 365  # type: ignore[call-arg]
+
+
+async def test_a_missing_partition_is_made_on_the_spot(
+    make_settings: Callable[..., Settings], database_url: str, db: Database
+) -> None:
+    """Maintenance behind (the template has 30 days): the create still succeeds, no 500."""
+    app = create_app(make_settings(horizon_days=60), database_url)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            response = await client.post("/timer", json={"hours": 55 * 24, "url": URL})
+    assert response.status_code == 200
+    assert await db.timers.counts() == {"pending": 1}
+
+
+async def test_a_refused_request_writes_nothing(client: httpx.AsyncClient, db: Database) -> None:
+    await client.post("/timer", json={"seconds": "1", "url": URL})
+    await client.post("/timer", json={"hours": 10**6, "url": URL})
+    assert await db.timers.counts() == {}
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    body=st.dictionaries(
+        st.sampled_from(["hours", "minutes", "seconds", "url", "extra"]), json_values, max_size=5
+    )
+)
+async def test_no_body_produces_a_server_error(client: httpx.AsyncClient, body: dict[str, Any]) -> None:
+    response = await client.post("/timer", content=json.dumps(body).encode(),
+                                 headers={"content-type": "application/json"})
+    assert response.status_code in (200, 422), response.text
+    if response.status_code == 422:
+        assert response.json()["errors"]

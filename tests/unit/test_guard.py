@@ -1,0 +1,45 @@
+"""Which resolved addresses private-target protection refuses."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from dispatcher.guard import TargetRefused, check_literal, refused_reason
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",
+        "127.8.9.10",
+        "::1",
+        "10.0.0.1",
+        "172.16.5.4",
+        "192.168.1.1",
+        "169.254.169.254",
+        "fe80::1",
+        "fc00::1",
+        "::ffff:127.0.0.1",
+        "::ffff:10.1.2.3",
+        "0.0.0.0",
+        "224.0.0.1",
+        "100.64.0.1",
+        "fd00:ec2::254",
+    ],
+)
+def test_private_and_special_addresses_are_refused(address: str) -> None:
+    assert refused_reason(ipaddress.ip_address(address)) is not None
+    with pytest.raises(TargetRefused, match="target refused"):
+        check_literal(address if ":" not in address else f"[{address}]")
+
+
+@pytest.mark.parametrize("address", ["93.184.215.14", "2606:2800:21f:cb07:6820:80da:af6b:8b2c"])
+def test_public_addresses_pass(address: str) -> None:
+    assert refused_reason(ipaddress.ip_address(address)) is None
+    check_literal(address)
+
+
+def test_names_are_left_to_the_resolver() -> None:
+    check_literal("example.com")  # no exception: the resolver checks what it resolves to
