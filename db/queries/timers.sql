@@ -40,19 +40,23 @@ where id = %(id)s and bucket = %(bucket)s;
 -- name: bucket_keys_due
 -- The oldest (slot, shard) keys with pending rows due by now + lookahead. A loose index scan:
 -- each step jumps to the next key in the partial index instead of walking every row of a
--- herd. bucket <= slot always, so the bucket bound prunes partitions that cannot be due.
-with recursive clock as (
-    select coalesce(%(now)s::timestamptz, now()) + %(lookahead)s * interval '1 second' as horizon
-), keys as (
-    (select t.slot, t.shard from timers t, clock
-     where t.state = 'pending' and t.slot <= clock.horizon and t.bucket <= clock.horizon
+-- herd. bucket <= slot always, so the bucket bound prunes the partitions that cannot be due
+-- (the bound is a stable expression, not a CTE, so pruning happens at executor start-up).
+with recursive keys as (
+    (select t.slot, t.shard from timers t
+     where t.state = 'pending'
+       and t.slot <= coalesce(%(now)s::timestamptz, now()) + %(lookahead)s * interval '1 second'
+       and t.bucket <= coalesce(%(now)s::timestamptz, now()) + %(lookahead)s * interval '1 second'
      order by t.slot, t.shard limit 1)
     union all
     select next.slot, next.shard
-    from keys k, clock,
+    from keys k,
          lateral (select t.slot, t.shard from timers t
                   where t.state = 'pending' and (t.slot, t.shard) > (k.slot, k.shard)
-                    and t.slot <= clock.horizon and t.bucket <= clock.horizon
+                    and t.slot <= coalesce(%(now)s::timestamptz, now())
+                                  + %(lookahead)s * interval '1 second'
+                    and t.bucket <= coalesce(%(now)s::timestamptz, now())
+                                    + %(lookahead)s * interval '1 second'
                   order by t.slot, t.shard limit 1) as next
 )
 select slot, shard from keys limit %(limit)s;
@@ -114,16 +118,23 @@ where t.id = r.id and t.bucket = r.bucket and t.state = 'inflight' and t.lease_o
 with clock as (
     select coalesce(%(now)s::timestamptz, now()) as now
 ), dead as (
+    -- owners that can no longer be sending anything
     select d.id from dispatchers d, clock
     where d.stopped_at is not null
        or d.heartbeat_at < clock.now - %(dead_after_seconds)s * interval '1 second'
+), victims as (
+    -- read before the update so that the owner they are taken from can be reported
+    select t.id, t.bucket, t.lease_owner
+    from timers t, clock
+    where t.state = 'inflight'
+      and (t.lease_until < clock.now or t.lease_owner in (select id from dead))
+    for update of t skip locked
 )
 update timers t
 set state = 'pending', lease_owner = null, lease_until = null
-from clock
-where t.state = 'inflight'
-  and (t.lease_until < clock.now or t.lease_owner in (select id from dead))
-returning t.id, t.lease_owner;
+from victims v
+where t.id = v.id and t.bucket = v.bucket
+returning t.id, v.lease_owner;
 
 -- name: timer_counts
 -- How many timers are in each state (admin and tests).

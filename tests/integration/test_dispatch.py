@@ -1,0 +1,192 @@
+"""The dispatcher against a real database and a real HTTP sink on loopback."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+from db.database import Database
+from db.settings import Settings
+from dispatcher.service import Dispatcher
+from tests.conftest import MakeTimer
+from tests.support.sink import Sink
+
+StartDispatcher = Callable[..., Awaitable[Dispatcher]]
+
+
+async def _state(db: Database, timer_id: object) -> tuple[str, int, int | None, str | None]:
+    async with db.pool.connection() as conn:
+        cur = await conn.execute(
+            "select state, attempts, last_status, last_error from timers where id = %s",
+            (timer_id,),
+        )
+        row = await cur.fetchone()
+    assert row is not None
+    return row[0], row[1], row[2], row[3]
+
+
+async def test_a_due_timer_fires_once_with_the_exact_body(
+    make_timer: MakeTimer, sink: Sink, db: Database, start_dispatcher: StartDispatcher
+) -> None:
+    timer = await make_timer(delay_ms=1200)
+    dispatcher = await start_dispatcher()
+    [received] = await sink.wait_for(1, timeout=10)
+    assert received.body == json.dumps({"id": str(timer.id)}).encode()
+    assert received.body == f'{{"id": "{timer.id}"}}'.encode()
+    assert received.headers["Content-Type"] == "application/json"
+    assert received.headers["Idempotency-Key"] == str(timer.id)
+    assert received.headers["Timerhook-Attempt"] == "1"
+    # Never early (the sink's clock and the database's are this machine's), and on time.
+    due = timer.due_at.timestamp()
+    assert due <= received.at < due + 1.0
+    await dispatcher.wait_recorded(1, timeout=5)
+    assert await _state(db, timer.id) == ("delivered", 1, 200, None)
+    # Nothing more is sent afterwards: another full tick and a drain change nothing.
+    assert await dispatcher.drain() == 0
+    assert len(sink.received) == 1
+
+
+async def test_nothing_is_claimed_before_its_bucket_by_the_database_clock(
+    make_timer: MakeTimer, db: Database, sink: Sink, settings: Settings, database_url: str
+) -> None:
+    base = datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC)
+    timer = await make_timer(delay_ms=10_500, now=base)  # due 12:00:10.5, bucket 12:00:11
+    dispatcher = Dispatcher(db, settings)
+    lookahead = timedelta(seconds=dispatcher.lookahead_seconds)
+    early = base + timedelta(seconds=11) - lookahead - timedelta(milliseconds=1)
+    assert await db.timers.due_keys(limit=10, lookahead_seconds=1.5, now=early) == []
+    keys = await db.timers.due_keys(limit=10, lookahead_seconds=1.5, now=early + timedelta(milliseconds=2))
+    assert [k.slot for k in keys] == [base + timedelta(seconds=11)]
+    claimed = await db.timers.claim(
+        keys[0], owner="t", batch=10, lease_seconds=30, now=base + timedelta(seconds=11)
+    )
+    assert [c.id for c in claimed] == [timer.id]
+    assert claimed[0].run_at == timer.due_at
+
+
+async def test_a_claimed_key_is_skipped_by_a_second_claimer_while_locked(
+    make_timer: MakeTimer, db: Database, database_url: str
+) -> None:
+    timer = await make_timer(delay_ms=0)
+    [key] = await db.timers.due_keys(limit=10, lookahead_seconds=2)
+    from db.ids import lock_key
+
+    async with db.pool.connection() as holder, holder.transaction():
+        await holder.execute("select pg_advisory_xact_lock(%s)", (lock_key(key.slot, key.shard),))
+        assert await db.timers.claim(key, owner="b", batch=10, lease_seconds=30) == []
+    claimed = await db.timers.claim(key, owner="b", batch=10, lease_seconds=30)
+    assert [c.id for c in claimed] == [timer.id]
+
+
+async def test_failures_are_recorded_with_status_and_reason(
+    make_timer: MakeTimer, sink: Sink, db: Database, start_dispatcher: StartDispatcher
+) -> None:
+    sink.status_for = lambda r: 503
+    failing = await make_timer(delay_ms=0)
+    unreachable = await make_timer(delay_ms=0, url="http://127.0.0.1:9/closed-port")
+    dispatcher = await start_dispatcher()
+    await dispatcher.wait_recorded(2, timeout=10)
+    state, attempts, status, error = await _state(db, failing.id)
+    assert (state, attempts, status, error) == ("failed", 1, 503, "HTTP 503")
+    state, _, status, error = await _state(db, unreachable.id)
+    assert state == "failed" and status is None
+    assert error is not None and "ClientConnectorError" in error
+
+
+async def test_private_targets_are_refused_unless_allowed(
+    make_timer: MakeTimer, sink: Sink, db: Database, make_settings: Callable[..., Settings],
+    start_dispatcher: StartDispatcher,
+) -> None:
+    by_literal = await make_timer(delay_ms=0)  # http://127.0.0.1:<port>/hook
+    by_name = await make_timer(delay_ms=0, url=sink.url.replace("127.0.0.1", "localhost") + "/x")
+    dispatcher = await start_dispatcher(make_settings(allow_private_targets=False))
+    await dispatcher.wait_recorded(2, timeout=10)
+    assert sink.received == []
+    for timer in (by_literal, by_name):
+        state, _, status, error = await _state(db, timer.id)
+        assert state == "failed" and status is None
+        assert error is not None and "target refused" in error and "loopback" in error
+
+
+async def test_two_dispatchers_share_the_work_and_send_each_timer_once(
+    db: Database, sink: Sink, settings: Settings, start_dispatcher: StartDispatcher
+) -> None:
+    count = 600
+    created = await db.timers.insert(
+        [1500 + i % 1000 for i in range(count)], [f"{sink.url}/h"] * count, shards=settings.shards
+    )
+    first = await start_dispatcher()
+    second = await start_dispatcher()
+    await sink.wait_for(count, timeout=20)
+    await first.wait_idle(timeout=10)
+    await second.wait_idle(timeout=10)
+    ids = [json.loads(r.body)["id"] for r in sink.received]
+    assert sorted(ids) == sorted(str(t.id) for t in created)
+    assert await db.timers.counts() == {"delivered": count}
+    assert first.sent_total + second.sent_total == count
+
+
+async def test_a_stopped_dispatcher_gives_back_what_it_had_not_sent(
+    db: Database, sink: Sink, make_timer: MakeTimer, start_dispatcher: StartDispatcher,
+    settings: Settings,
+) -> None:
+    dispatcher = Dispatcher(db, settings)
+    await dispatcher.sender.start()
+    try:
+        timer = await make_timer(delay_ms=60_000)
+        # Claimed "at" half a second before it is due: it waits for its time, holding a lease.
+        claimed = await dispatcher.drain(now=timer.due_at - timedelta(milliseconds=500))
+        assert claimed == 1
+        assert await _state(db, timer.id) == ("inflight", 1, None, None)
+    finally:
+        await dispatcher.stop()
+    assert await _state(db, timer.id) == ("pending", 0, None, None)
+    assert sink.received == []
+    # ... and another dispatcher sends it when it is due, once.
+    other = await start_dispatcher()
+    assert await other.drain(now=timer.due_at) == 1
+    await other.wait_recorded(1, timeout=10)
+    assert [json.loads(r.body)["id"] for r in sink.received] == [str(timer.id)]
+
+
+async def test_leases_of_a_dead_dispatcher_are_reaped_at_once(
+    db: Database, make_timer: MakeTimer
+) -> None:
+    timer = await make_timer(delay_ms=0)
+    await db.dispatchers.register(dispatcher_id="ghost", host="h", pid=1)
+    [key] = await db.timers.due_keys(limit=1, lookahead_seconds=1)
+    await db.timers.claim(key, owner="ghost", batch=10, lease_seconds=3600)
+    # Alive: its hour-long lease stands.
+    assert await db.timers.reap(dead_after_seconds=10) == []
+    later = datetime.now(UTC) + timedelta(seconds=11)  # its heartbeat is now 11 s stale
+    reaped = await db.timers.reap(dead_after_seconds=10, now=later)
+    assert [(r.id, r.lease_owner) for r in reaped] == [(timer.id, "ghost")]
+    assert await _state(db, timer.id) == ("pending", 1, None, None)
+
+
+async def test_an_expired_lease_is_reaped_even_if_its_owner_looks_alive(
+    db: Database, make_timer: MakeTimer
+) -> None:
+    timer = await make_timer(delay_ms=0)
+    await db.dispatchers.register(dispatcher_id="slow", host="h", pid=1)
+    [key] = await db.timers.due_keys(limit=1, lookahead_seconds=1)
+    claimed = await db.timers.claim(key, owner="slow", batch=1, lease_seconds=5)
+    assert [c.id for c in claimed] == [timer.id]
+    soon = datetime.now(UTC) + timedelta(seconds=6)
+    await db.dispatchers.heartbeat(dispatcher_id="slow", in_flight=1, sent_total=0, failed_total=0)
+    reaped = await db.timers.reap(dead_after_seconds=3600, now=soon)
+    assert [r.id for r in reaped] == [timer.id]
+
+
+async def test_timers_due_while_nothing_ran_fire_once_at_start(
+    db: Database, sink: Sink, settings: Settings, start_dispatcher: StartDispatcher
+) -> None:
+    past = datetime.now(UTC) - timedelta(hours=2)
+    created = await db.timers.insert(
+        [i * 1000 for i in range(30)], [f"{sink.url}/late"] * 30, shards=settings.shards, now=past
+    )
+    dispatcher = await start_dispatcher()
+    await sink.wait_for(30, timeout=10)
+    await dispatcher.wait_idle(timeout=5)
+    assert sorted(json.loads(b)["id"] for b in sink.bodies()) == sorted(str(t.id) for t in created)

@@ -1,0 +1,77 @@
+"""schema.sql and the migrations reach the same database; migrating is idempotent and safe
+when several processes do it at the same moment."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from db.migrate import migrate, migrations
+from tests.support import postgres
+
+CATALOG = {
+    "columns": """
+        select table_name, column_name, data_type, is_nullable, coalesce(column_default, '')
+        from information_schema.columns where table_schema = 'public'
+        order by table_name, column_name""",
+    "indexes": """
+        select tablename, indexname, indexdef from pg_indexes
+        where schemaname = 'public' order by tablename, indexname""",
+    "constraints": """
+        select conrelid::regclass::text, conname, pg_get_constraintdef(oid)
+        from pg_constraint where connamespace = 'public'::regnamespace
+        order by 1, 2""",
+    "functions": """
+        select proname, pg_get_functiondef(oid) from pg_proc
+        where pronamespace = 'public'::regnamespace order by proname""",
+    "partitioning": """
+        select c.relname, pg_get_partkeydef(c.oid) from pg_class c
+        where c.relkind = 'p' and c.relnamespace = 'public'::regnamespace order by 1""",
+    "ledger": "select version, name from schema_migrations order by version",
+}
+
+
+def _catalog(url: str) -> dict[str, list[tuple[object, ...]]]:
+    with psycopg.connect(url) as conn:
+        return {name: conn.execute(sql).fetchall() for name, sql in CATALOG.items()}  # type: ignore[call-overload]
+
+
+@pytest.fixture
+def empty_database(pg_admin_url: str) -> Iterator[str]:
+    name = f"timerhook_mig_{secrets.token_hex(5)}"
+    url = postgres.create_database(pg_admin_url, name)
+    yield url
+    postgres.drop_database(pg_admin_url, name)
+
+
+@pytest.fixture
+def other_empty_database(pg_admin_url: str) -> Iterator[str]:
+    name = f"timerhook_mig_{secrets.token_hex(5)}"
+    url = postgres.create_database(pg_admin_url, name)
+    yield url
+    postgres.drop_database(pg_admin_url, name)
+
+
+async def test_schema_sql_equals_the_migrations(empty_database: str, other_empty_database: str) -> None:
+    assert await migrate(empty_database) == ["schema.sql"]
+    stepwise = await migrate(other_empty_database, from_schema=False)
+    assert stepwise == [f"{m.version:04d}_{m.name}" for m in migrations()]
+    from_schema, from_steps = _catalog(empty_database), _catalog(other_empty_database)
+    for part in CATALOG:
+        assert from_schema[part] == from_steps[part], part
+    assert from_schema["columns"], "the catalog query found nothing: the comparison proves nothing"
+
+
+async def test_migrating_again_does_nothing(empty_database: str) -> None:
+    await migrate(empty_database)
+    assert await migrate(empty_database) == []
+
+
+async def test_concurrent_migrations_apply_once(empty_database: str) -> None:
+    results = await asyncio.gather(*(migrate(empty_database) for _ in range(4)))
+    assert sorted(results, key=len) == [[], [], [], ["schema.sql"]]
+    assert len(_catalog(empty_database)["ledger"]) == len(migrations())
