@@ -27,7 +27,7 @@ class TimerCreate(BaseModel):
     seconds: int = Field(default=0, ge=0, description="Whole seconds of delay.")
     url: str = Field(
         max_length=MAX_URL_LENGTH,
-        description="Absolute http(s) URL that receives POST {\"id\": ...} when the timer fires.",
+        description='Absolute http(s) URL that receives POST {"id": ...} when the timer fires.',
     )
 
     @field_validator("url")

@@ -1,4 +1,4 @@
-"""The only package that speaks SQL: schema, migrations, named queries, partitions, embedded Postgres.
+"""The only package that speaks SQL: schema, migrations, queries, partitions, embedded Postgres.
 
 Every other package reaches PostgreSQL through the functions here and gets typed models back.
 """

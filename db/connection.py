@@ -9,6 +9,7 @@ from typing import ParamSpec, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from tenacity import (
     AsyncRetrying,
@@ -59,7 +60,7 @@ async def retry_transient(op: Callable[[], Awaitable[T]], *, what: str, attempts
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-async def _configure(conn: psycopg.AsyncConnection[object]) -> None:
+async def _configure(conn: psycopg.AsyncConnection[TupleRow]) -> None:
     # Every timestamp leaves the database in UTC, whatever the server's TimeZone.
     await conn.execute("set timezone = 'UTC'")
 
@@ -85,7 +86,7 @@ class PoolOwner:
         self.pool = pool
 
     @asynccontextmanager
-    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[object]]:
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[TupleRow]]:
         """A pooled autocommit connection; pool exhaustion becomes DatabaseUnavailable."""
         try:
             async with self.pool.connection() as conn:

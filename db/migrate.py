@@ -64,23 +64,23 @@ async def migrate(conninfo: str, *, from_schema: bool = True) -> list[str]:
     """
     steps = migrations()
     applied_now: list[str] = []
-    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
-        async with conn.transaction():
-            await conn.execute("select pg_advisory_xact_lock(hashtext('timerhook.migrate'))")
-            await conn.execute(_LEDGER)
-            cur = await conn.execute("select version from schema_migrations")
-            done = {row[0] for row in await cur.fetchall()}
-            if not done and from_schema:
-                await conn.execute(sql.SQL(schema_sql()))  # type: ignore[arg-type]
-                for step in steps:
+    connect = psycopg.AsyncConnection.connect(conninfo, autocommit=True)
+    async with await connect as conn, conn.transaction():
+        await conn.execute("select pg_advisory_xact_lock(hashtext('timerhook.migrate'))")
+        await conn.execute(_LEDGER)
+        cur = await conn.execute("select version from schema_migrations")
+        done = {row[0] for row in await cur.fetchall()}
+        if not done and from_schema:
+            await conn.execute(sql.SQL(schema_sql()))
+            for step in steps:
+                await _record(conn, step)
+            applied_now.append("schema.sql")
+        else:
+            for step in steps:
+                if step.version not in done:
+                    await conn.execute(sql.SQL(step.sql))
                     await _record(conn, step)
-                applied_now.append("schema.sql")
-            else:
-                for step in steps:
-                    if step.version not in done:
-                        await conn.execute(sql.SQL(step.sql))  # type: ignore[arg-type]
-                        await _record(conn, step)
-                        applied_now.append(f"{step.version:04d}_{step.name}")
+                    applied_now.append(f"{step.version:04d}_{step.name}")
     if applied_now:
         log.info("database migrated: %s", ", ".join(applied_now))
     return applied_now

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from functools import cache
 from importlib import resources
-from typing import LiteralString, cast
+from typing import LiteralString
 
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
@@ -40,7 +40,7 @@ def _all() -> dict[str, str]:
 def query(name: str) -> LiteralString:
     """The SQL of the named query; the text comes from files shipped with the package."""
     try:
-        return cast(LiteralString, _all()[name])
+        return _all()[name]
     except KeyError:
         raise UnknownQuery(name) from None
 

@@ -133,7 +133,11 @@ class TimerStore(PoolOwner):
         """Gives leased rows that were never sent back to pending."""
         if not timers:
             return 0
-        params = {"id": [t.id for t in timers], "bucket": [t.bucket for t in timers], "owner": owner}
+        params = {
+            "id": [t.id for t in timers],
+            "bucket": [t.bucket for t in timers],
+            "owner": owner,
+        }
 
         async def op() -> int:
             async with self.connection() as conn:

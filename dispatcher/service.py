@@ -62,6 +62,7 @@ class Dispatcher:
         self._progress = asyncio.Condition()
         self._drain_task: asyncio.Task[None] | None = None
         self._record_task: asyncio.Task[None] | None = None
+        self._recording = True
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -130,11 +131,15 @@ class Dispatcher:
             for task in late:
                 task.cancel()
             if late:
-                log.warning("%d sends outlived the grace period; their leases are reaped", len(late))
+                log.warning(
+                    "%d sends outlived the grace period; their leases are reaped", len(late)
+                )
                 await asyncio.gather(*late, return_exceptions=True)
+        # The recorder is told to finish, never cancelled: a cancel mid-flush would lose a batch.
+        self._recording = False
+        self._record_wake.set()
         if self._record_task is not None:
-            self._record_task.cancel()
-            await asyncio.gather(self._record_task, return_exceptions=True)
+            await self._record_task
         await self._flush()
         await self.sender.close()
         await self.db.dispatchers.deregister(dispatcher_id=self.id)
@@ -241,7 +246,7 @@ class Dispatcher:
     # -- recording ----------------------------------------------------------------------
 
     async def _record_loop(self) -> None:
-        while True:
+        while self._recording:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._record_wake.wait(), _RECORD_INTERVAL)
             self._record_wake.clear()
@@ -256,7 +261,7 @@ class Dispatcher:
         batch, self._outcomes = self._outcomes, []
         try:
             await self.db.timers.record(batch, owner=self.id)
-        except DatabaseUnavailable:
+        except BaseException:
             self._outcomes[:0] = batch  # keep them for the next flush
             raise
         async with self._progress:
@@ -267,7 +272,9 @@ class Dispatcher:
         try:
             return await self.db.timers.release(rows, owner=self.id)
         except DatabaseUnavailable as exc:
-            log.error("could not give back %d unsent rows (their leases expire): %s", len(rows), exc)
+            log.error(
+                "could not give back %d unsent rows (their leases expire): %s", len(rows), exc
+            )
             return 0
 
     # -- signals for callers and tests --------------------------------------------------

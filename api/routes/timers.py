@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import APIRouter, HTTPException, Response
 
@@ -16,8 +17,12 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/timer", tags=["timers"])
 
-_NOT_FOUND = {404: {"description": "No timer has this id (or the id is malformed)."}}
-_REFUSED = {422: {"description": "A field was refused; the problem names it and says why."}}
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No timer has this id (or the id is malformed)."}
+}
+_REFUSED: dict[int | str, dict[str, Any]] = {
+    422: {"description": "A field was refused; the problem names it and says why."}
+}
 
 
 @router.post("", response_model=TimerPublic, responses=_REFUSED)

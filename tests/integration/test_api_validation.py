@@ -33,7 +33,11 @@ URL = "https://someserver.com"
         ({"seconds": 1, "url": "http://"}, "url", "host"),
         ({"seconds": 1, "url": "https://x.org/" + "a" * 2048}, "url", "2048"),
         ({"seconds": 1, "url": URL, "secs": 3}, "secs", "not a known field"),
-        ({"hours": 30 * 24, "seconds": 1, "url": URL}, "hours, minutes, seconds", "longest accepted"),
+        (
+            {"hours": 30 * 24, "seconds": 1, "url": URL},
+            "hours, minutes, seconds",
+            "longest accepted",
+        ),
         ({"seconds": 10**30, "url": URL}, "hours, minutes, seconds", "longest accepted"),
     ],
 )
@@ -102,20 +106,27 @@ async def test_a_refused_request_writes_nothing(client: httpx.AsyncClient, db: D
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     body=st.dictionaries(
         st.sampled_from(["hours", "minutes", "seconds", "url", "extra"]), json_values, max_size=5
     )
 )
-async def test_no_body_produces_a_server_error(client: httpx.AsyncClient, body: dict[str, Any]) -> None:
-    response = await client.post("/timer", content=json.dumps(body).encode(),
-                                 headers={"content-type": "application/json"})
+async def test_no_body_produces_a_server_error(
+    client: httpx.AsyncClient, body: dict[str, Any]
+) -> None:
+    response = await client.post(
+        "/timer", content=json.dumps(body).encode(), headers={"content-type": "application/json"}
+    )
     assert response.status_code in (200, 422), response.text
     if response.status_code == 422:
         assert response.json()["errors"]

@@ -56,7 +56,9 @@ async def test_nothing_is_claimed_before_its_bucket_by_the_database_clock(
     lookahead = timedelta(seconds=dispatcher.lookahead_seconds)
     early = base + timedelta(seconds=11) - lookahead - timedelta(milliseconds=1)
     assert await db.timers.due_keys(limit=10, lookahead_seconds=1.5, now=early) == []
-    keys = await db.timers.due_keys(limit=10, lookahead_seconds=1.5, now=early + timedelta(milliseconds=2))
+    keys = await db.timers.due_keys(
+        limit=10, lookahead_seconds=1.5, now=early + timedelta(milliseconds=2)
+    )
     assert [k.slot for k in keys] == [base + timedelta(seconds=11)]
     claimed = await db.timers.claim(
         keys[0], owner="t", batch=10, lease_seconds=30, now=base + timedelta(seconds=11)
@@ -95,7 +97,10 @@ async def test_failures_are_recorded_with_status_and_reason(
 
 
 async def test_private_targets_are_refused_unless_allowed(
-    make_timer: MakeTimer, sink: Sink, db: Database, make_settings: Callable[..., Settings],
+    make_timer: MakeTimer,
+    sink: Sink,
+    db: Database,
+    make_settings: Callable[..., Settings],
     start_dispatcher: StartDispatcher,
 ) -> None:
     by_literal = await make_timer(delay_ms=0)  # http://127.0.0.1:<port>/hook
@@ -128,7 +133,10 @@ async def test_two_dispatchers_share_the_work_and_send_each_timer_once(
 
 
 async def test_a_stopped_dispatcher_gives_back_what_it_had_not_sent(
-    db: Database, sink: Sink, make_timer: MakeTimer, start_dispatcher: StartDispatcher,
+    db: Database,
+    sink: Sink,
+    make_timer: MakeTimer,
+    start_dispatcher: StartDispatcher,
     settings: Settings,
 ) -> None:
     dispatcher = Dispatcher(db, settings)

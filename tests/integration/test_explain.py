@@ -34,12 +34,14 @@ async def _history(db: Database) -> None:
         await conn.execute(
             """
             insert into timers (id, bucket, due_at, run_at, slot, shard, url, state, finished_at)
-            select timerhook_id(ms), b, d, d, b, (g %% 16)::smallint, 'https://x.org', 'delivered', d
+            select timerhook_id(ms), b, d, d, b, (g %% 16)::smallint, 'https://x.org',
+                   'delivered', d
             from generate_series(1, 20000) g,
                  lateral (select (extract(epoch from %(now)s::timestamptz) * 1000)::bigint
                                  - g * 3 as ms) m,
                  lateral (select 'epoch'::timestamptz + ms * interval '1 millisecond' as d,
-                                 'epoch'::timestamptz + ceil(ms / 1000.0) * interval '1 second' as b) x
+                                 'epoch'::timestamptz + ceil(ms / 1000.0) * interval '1 second'
+                                     as b) x
             """,
             {"now": now},
         )
@@ -62,7 +64,9 @@ def _scans(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
 async def test_the_due_query_reads_the_partial_pending_index(db: Database) -> None:
     await _history(db)
     rows = await _rows(db)
-    nodes = await _explain(db, query("bucket_keys_due"), {"limit": 64, "lookahead": 1.5, "now": None})
+    nodes = await _explain(
+        db, query("bucket_keys_due"), {"limit": 64, "lookahead": 1.5, "now": None}
+    )
     scans = _scans(nodes)
     # Future partitions cannot hold anything due: pruned at executor start-up.
     assert {n["Relation Name"] for n in scans} <= {
@@ -80,15 +84,23 @@ async def test_the_due_query_reads_the_partial_pending_index(db: Database) -> No
 async def test_the_claim_reads_the_partial_pending_index(db: Database) -> None:
     await _history(db)
     [key, *_] = await db.timers.due_keys(limit=1, lookahead_seconds=3)
-    params = {"slot": key.slot, "shard": key.shard, "lock_key": 1, "owner": "x", "batch": 100,
-              "lease_seconds": 30, "now": None}
+    params = {
+        "slot": key.slot,
+        "shard": key.shard,
+        "lock_key": 1,
+        "owner": "x",
+        "batch": 100,
+        "lease_seconds": 30,
+        "now": None,
+    }
     nodes = await _explain(db, query("bucket_claim"), params)
     rows = await _rows(db)
     busy = [n for n in _scans(nodes) if rows[n["Relation Name"]] > 0]
     assert busy, nodes
     # The rows are picked through the pending index, then updated through the primary key.
     assert {s["Index Name"].removeprefix(s["Relation Name"]) for s in busy} <= {
-        "_slot_shard_run_at_idx", "_pkey"
+        "_slot_shard_run_at_idx",
+        "_pkey",
     }, busy
     assert any(s["Index Name"].endswith("_slot_shard_run_at_idx") for s in busy)
 
@@ -96,6 +108,8 @@ async def test_the_claim_reads_the_partial_pending_index(db: Database) -> None:
 async def test_get_by_id_touches_exactly_one_partition(db: Database) -> None:
     [created] = await db.timers.insert([86_400_000 * 3], ["https://x.org"], shards=16)
     bucket = bucket_of(created.id)
-    nodes = await _explain(db, query("timer_get"), {"id": created.id, "bucket": bucket, "now": None})
+    nodes = await _explain(
+        db, query("timer_get"), {"id": created.id, "bucket": bucket, "now": None}
+    )
     touched = [n["Relation Name"] for n in nodes if "Relation Name" in n]
     assert touched == [partition_of(bucket)]

@@ -56,7 +56,9 @@ def other_empty_database(pg_admin_url: str) -> Iterator[str]:
     postgres.drop_database(pg_admin_url, name)
 
 
-async def test_schema_sql_equals_the_migrations(empty_database: str, other_empty_database: str) -> None:
+async def test_schema_sql_equals_the_migrations(
+    empty_database: str, other_empty_database: str
+) -> None:
     assert await migrate(empty_database) == ["schema.sql"]
     stepwise = await migrate(other_empty_database, from_schema=False)
     assert stepwise == [f"{m.version:04d}_{m.name}" for m in migrations()]

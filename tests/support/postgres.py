@@ -59,8 +59,10 @@ def server_url() -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="timerhook-test-pg-") as folder:
         server = get_server(Path(folder) / "pgdata", cleanup_mode="delete")
         # Tests do not need crash durability; they need speed.
-        server.psql("alter system set fsync = off; alter system set synchronous_commit = off;"
-                    " alter system set full_page_writes = off; select pg_reload_conf();")
+        server.psql(
+            "alter system set fsync = off; alter system set synchronous_commit = off;"
+            " alter system set full_page_writes = off; select pg_reload_conf();"
+        )
         try:
             yield str(server.get_uri())
         finally:

@@ -1,0 +1,153 @@
+"""Crash and restart with real ``timerhook serve`` processes and real signals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from db.ids import due_ms_of, parse_timer_id
+from tests.support.processes import Service, free_port
+from tests.support.sink import Sink
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+MakeService = Callable[..., Service]
+
+
+@pytest.fixture
+def make_service(tmp_path: Path) -> Iterator[MakeService]:
+    made: list[Service] = []
+
+    def make(command: str = "serve", **env: str) -> Service:
+        defaults = {
+            "TIMERHOOK_PORT": str(free_port()),
+            "TIMERHOOK_ALLOW_PRIVATE_TARGETS": "1",
+            "TIMERHOOK_HORIZON_DAYS": "30",
+            "TIMERHOOK_SHUTDOWN_GRACE_SECONDS": "10",
+        }
+        service = Service(command, {**defaults, **env}, tmp_path / f"{command}-{len(made)}.log")
+        made.append(service)
+        return service
+
+    yield make
+    for service in made:
+        service.ensure_dead()
+
+
+def _states(url: str) -> dict[str, int]:
+    with psycopg.connect(url) as conn:
+        return dict(conn.execute("select state, count(*) from timers group by state").fetchall())
+
+
+async def _create(service: Service, sink: Sink, delays: list[int]) -> list[str]:
+    async with httpx.AsyncClient(base_url=service.base_url) as client:
+        ids = []
+        for seconds in delays:
+            response = await client.post(
+                "/timer", json={"seconds": seconds, "url": f"{sink.url}/h"}
+            )
+            assert response.status_code == 200, response.text
+            ids.append(response.json()["id"])
+        return ids
+
+
+async def test_sigkill_while_timers_are_pending_loses_none_and_doubles_none(
+    make_service: MakeService, database_url: str, sink: Sink
+) -> None:
+    first = make_service(TIMERHOOK_DATABASE_URL=database_url)
+    first.start()
+    await first.wait_ready()
+    ids = await _create(first, sink, [3 + i % 4 for i in range(40)])  # due in 3 to 6 s
+    await first.kill()
+    assert _states(database_url) == {"pending": 40}
+    # Stay down until every timer is overdue.
+    last_due = max(due_ms_of(parse_timer_id(i)) for i in ids) / 1000  # type: ignore[arg-type]
+    await asyncio.sleep(max(0.0, last_due + 0.5 - time.time()))
+    assert sink.received == []
+
+    second = make_service(TIMERHOOK_DATABASE_URL=database_url, TIMERHOOK_PORT=str(first.port))
+    second.start()
+    await second.wait_ready()
+    await sink.wait_for(40, timeout=30)
+    # A clean stop records every outcome; all 40 delivered means nothing more can be sent.
+    assert await second.terminate() in (0, -15)
+    assert _states(database_url) == {"delivered": 40}
+    received = [json.loads(b)["id"] for b in sink.bodies()]
+    assert sorted(received) == sorted(ids), "lost or doubled"
+
+
+async def test_sigterm_mid_stream_stops_cleanly_and_duplicates_nothing(
+    make_service: MakeService, database_url: str, sink: Sink
+) -> None:
+    service = make_service(TIMERHOOK_DATABASE_URL=database_url)
+    service.start()
+    await service.wait_ready()
+    ids = await _create(service, sink, [1 + i % 6 for i in range(60)])  # a stream over 6 s
+    await sink.wait_for(5, timeout=15)
+    code = await service.terminate()
+    assert code in (0, -15), service.log()
+    assert "stopped:" in service.log()
+    states = _states(database_url)
+    # Nothing was left in flight: sent ones are recorded, unsent ones were given back.
+    assert set(states) <= {"delivered", "pending"}, (states, service.log()[-3000:])
+    assert states.get("delivered", 0) == len(sink.received)
+    restarted = make_service(TIMERHOOK_DATABASE_URL=database_url, TIMERHOOK_PORT=str(service.port))
+    restarted.start()
+    await restarted.wait_ready()
+    await sink.wait_for(60, timeout=30)
+    received = [json.loads(b)["id"] for b in sink.bodies()]
+    assert sorted(received) == sorted(ids)
+    await restarted.terminate()
+
+
+async def test_the_first_readme_command_serves_on_an_embedded_postgres(
+    make_service: MakeService, tmp_path: Path, sink: Sink
+) -> None:
+    """`timerhook serve` with no database URL: embedded server, 2 s timer on time, once."""
+    data_dir = tmp_path / "data"
+    service = make_service(TIMERHOOK_DATA_DIR=str(data_dir))
+    service.env.pop("TIMERHOOK_DATABASE_URL", None)
+    service.start()
+    try:
+        await service.wait_ready(timeout=90)
+        [timer_id] = await _create(service, sink, [2])
+        due = due_ms_of(parse_timer_id(timer_id)) / 1000  # type: ignore[arg-type]
+        [received] = await sink.wait_for(1, timeout=10)
+        assert received.body == f'{{"id": "{timer_id}"}}'.encode()
+        assert due <= received.at <= due + 1.5
+        async with httpx.AsyncClient(base_url=service.base_url) as client:
+            assert (await client.get(f"/timer/{timer_id}")).json() == {
+                "id": timer_id,
+                "time_left": 0,
+            }
+        # A SIGKILL leaves the embedded server running; the next start joins it.
+        await service.kill()
+        again = make_service(TIMERHOOK_DATA_DIR=str(data_dir), TIMERHOOK_PORT=str(service.port))
+        again.env.pop("TIMERHOOK_DATABASE_URL", None)
+        again.start()
+        await again.wait_ready(timeout=60)
+        async with httpx.AsyncClient(base_url=again.base_url) as client:
+            assert (await client.get(f"/timer/{timer_id}")).json() == {
+                "id": timer_id,
+                "time_left": 0,
+            }
+        assert await again.terminate() in (0, -15)
+        assert len(sink.received) == 1
+    finally:
+        _stop_embedded(data_dir / "pgdata")
+
+
+def _stop_embedded(pgdata: Path) -> None:
+    """Stops an embedded server a test left behind (the last clean exit normally does)."""
+    if (pgdata / "postmaster.pid").exists():
+        from db.embedded import PostgresServer
+
+        server = PostgresServer(pgdata, cleanup_mode="stop")
+        server.cleanup()
