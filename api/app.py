@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import problems
+from api.batcher import CreateBatcher
 from api.routes import health, timers
 from db.database import Database
 from db.settings import Settings
@@ -31,6 +32,12 @@ def create_app(
         await db.open()
         app.state.db = db
         app.state.settings = settings
+        batcher = CreateBatcher(
+            db, shards=settings.shards, horizon_days=settings.horizon_days,
+            max_batch=settings.create_batch_max,
+        )  # fmt: skip
+        await batcher.start()
+        app.state.batcher = batcher
         started: list[Companion] = []
         try:
             for companion in companions:
@@ -40,6 +47,7 @@ def create_app(
         finally:
             for companion in reversed(started):
                 await companion[1]()
+            await batcher.stop()
             await db.close()
 
     app = FastAPI(

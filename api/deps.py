@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from api.batcher import CreateBatcher
 from db.database import Database
 from db.settings import Settings
 
@@ -20,5 +21,11 @@ def _settings(request: Request) -> Settings:
     return settings
 
 
+def _batcher(request: Request) -> CreateBatcher:
+    batcher: CreateBatcher = request.app.state.batcher
+    return batcher
+
+
 DatabaseDep = Annotated[Database, Depends(_database)]
+BatcherDep = Annotated[CreateBatcher, Depends(_batcher)]
 SettingsDep = Annotated[Settings, Depends(_settings)]

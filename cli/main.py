@@ -1,16 +1,19 @@
-"""``timerhook``: serve, api, dispatcher, migrate."""
+"""``timerhook``: serve, api, dispatcher, migrate, backlog, dispatchers, caps."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
+from collections.abc import Coroutine
+from typing import Any
 
 import typer
 import uvicorn
 from rich.console import Console
 
 from api.app import create_app
+from cli import admin
 from db import embedded
 from db.database import Database
 from db.migrate import migrate as run_migrations
@@ -113,7 +116,22 @@ def dispatcher() -> None:
         async with Database(url, max_size=settings.pool_size, name="dispatcher") as db:
             await run_until_signalled(Dispatcher(db, settings), stop)
 
-    asyncio.run(main())
+    run_loop(main())
+
+
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Runs a coroutine on uvloop where it is installed (faster sends), else on asyncio."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - Windows
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
+app.command()(admin.backlog)
+app.command()(admin.dispatchers)
+app.add_typer(admin.caps_app, name="caps")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from db.backlog import BacklogStore
+from db.caps import CapStore
 from db.connection import make_pool
 from db.registry import DispatcherStore, PartitionStore
 from db.timers import TimerStore
@@ -16,6 +18,8 @@ class Database:
         self.timers = TimerStore(self.pool)
         self.dispatchers = DispatcherStore(self.pool)
         self.partitions = PartitionStore(self.pool)
+        self.caps = CapStore(self.pool)
+        self.backlog = BacklogStore(self.pool)
 
     async def open(self) -> None:
         """Opens the pool and waits for a first connection (fails fast if unreachable)."""

@@ -91,3 +91,20 @@ class Dispatcher:
     sent_total: int
     failed_total: int
     alive: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Cap:
+    """A per-minute cap and the tokens its bucket holds now."""
+
+    scope: str
+    per_minute: int
+    tokens: float
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """Tokens granted by a cap, and the cap itself (0: none)."""
+
+    granted: int
+    per_minute: int

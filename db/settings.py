@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     retention_days: int = Field(default=7, ge=1, description="Days fired timers are kept.")
     shards: int = Field(default=16, ge=1, le=1024, description="Shards per one-second bucket.")
 
+    max_per_minute: int = Field(
+        default=0, ge=0, description="Global cap on webhooks per minute (0: none); seeds the cap."
+    )
     allow_private_targets: bool = False
     http_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     concurrency: int = Field(default=256, ge=1, le=10_000, description="Sends in flight.")
@@ -40,6 +43,9 @@ class Settings(BaseSettings):
     dead_after_seconds: float = Field(default=10.0, gt=0)
     shutdown_grace_seconds: float = Field(default=15.0, ge=0)
     pool_size: int = Field(default=8, ge=1, le=200)
+    create_batch_max: int = Field(
+        default=256, ge=1, le=5000, description="Creates per INSERT (group commit); 1: none."
+    )
 
     @model_validator(mode="after")
     def _check_liveness(self) -> Settings:

@@ -10,7 +10,7 @@ carry ``lease_owner`` (a dispatcher id) and ``lease_until``. ``delivered`` and `
 final and stay until their daily partition is dropped after the retention period.
 
 Every dispatcher ticks once a second (APScheduler). A tick wakes the drain loop, which asks for
-the oldest (slot, shard) keys due by the database clock plus a lookahead of one tick and a half,
+the oldest (slot, shard) keys due by the database clock plus a lookahead of a tick and 1.5 s,
 and claims each key in a short transaction: ``pg_try_advisory_xact_lock`` on the key (another
 dispatcher holding it is skipped, not waited for), then one UPDATE that moves up to a batch of
 the key's pending rows to ``inflight`` with a lease, and COMMIT, which releases the lock. No

@@ -15,6 +15,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from db.caps import GLOBAL
 from db.connection import DatabaseUnavailable
 from db.database import Database
 from db.models import ClaimedTimer, DueKey, SendOutcome
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 _KEYS_PER_PASS = 64
 # The recorder writes outcomes at least this often (seconds) while sends complete.
 _RECORD_INTERVAL = 0.05
+# While a cap holds sending back, the drain loop asks for tokens this often (seconds), so the
+# stream is smooth within each second, not a burst at every tick.
+_CAPPED_POLL = 0.1
 
 
 def new_dispatcher_id(host: str) -> str:
@@ -46,7 +50,9 @@ class Dispatcher:
             concurrency=settings.concurrency,
             allow_private=settings.allow_private_targets,
         )
-        self.lookahead_seconds = settings.tick_seconds * 1.5
+        # Claim every slot that can fall due before the tick after next: a row is then in hand
+        # at least one tick before its time, so the claim's own duration never makes it late.
+        self.lookahead_seconds = settings.tick_seconds + 1.5
         self.sent_total = 0
         self.failed_total = 0
         self.recorded_total = 0
@@ -60,9 +66,16 @@ class Dispatcher:
         self._sending: set[asyncio.Task[None]] = set()
         self._outcomes: list[SendOutcome] = []
         self._progress = asyncio.Condition()
+        self._progress_waiters = 0
         self._drain_task: asyncio.Task[None] | None = None
         self._record_task: asyncio.Task[None] | None = None
         self._recording = True
+        self._capped = False
+        # True while a cap grants less than asked: then only rows already due are claimed, so
+        # every token is spent at once (tokens taken for rows claimed ahead would all be spent
+        # at their due time, in a burst).
+        self._cap_binding = False
+        self._pace_next = 0.0  # monotonic instant of the next paced send under a cap
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -72,6 +85,8 @@ class Dispatcher:
             dispatcher_id=self.id, host=self.settings.hostname, pid=os.getpid()
         )
         await self.db.partitions.ensure(horizon_days=self.settings.horizon_days)
+        if self.settings.max_per_minute:
+            await self.db.caps.seed(scope=GLOBAL, per_minute=self.settings.max_per_minute)
         await self.sender.start()
         self._drain_task = asyncio.create_task(self._drain_loop(), name=f"drain-{self.id}")
         self._record_task = asyncio.create_task(self._record_loop(), name=f"record-{self.id}")
@@ -163,24 +178,29 @@ class Dispatcher:
                 log.error("claim pass failed, trying again at the next tick: %s", exc)
             except Exception:
                 log.exception("claim pass failed unexpectedly; trying again at the next tick")
+            if self._capped and not self._stopping:
+                await asyncio.sleep(_CAPPED_POLL)
+                self._wake.set()
 
     async def drain(self, *, now: datetime | None = None) -> int:
         """Claims every due key it can (by ``now``, default the database clock); returns rows."""
         claimed = 0
+        self._capped = False
         while not self._stopping:
+            lookahead = 0.0 if self._cap_binding else self.lookahead_seconds
             keys = await self.db.timers.due_keys(
-                limit=_KEYS_PER_PASS, lookahead_seconds=self.lookahead_seconds, now=now
+                limit=_KEYS_PER_PASS, lookahead_seconds=lookahead, now=now
             )
             progress = 0
             for key in keys:
-                if self._stopping:
+                if self._stopping or self._capped:
                     break
                 got = await self._claim(key, now)
                 progress += got
             claimed += progress
-            # Nothing claimable (none due, or every key held by another dispatcher), or every
-            # due key was looked at: the next tick comes back for more.
-            if progress == 0 or len(keys) < _KEYS_PER_PASS:
+            # A cap said stop, nothing was claimable (none due, or every key held by another
+            # dispatcher), or every due key was looked at: come back at the next tick or poll.
+            if self._capped or progress == 0 or len(keys) < _KEYS_PER_PASS:
                 break
         return claimed
 
@@ -192,24 +212,39 @@ class Dispatcher:
     async def _claim(self, key: DueKey, now: datetime | None) -> int:
         total = 0
         while not self._stopping:
-            async with self._progress:
-                await self._progress.wait_for(lambda: self._room() > 0 or self._stopping)
+            await self._wait_progress(lambda: self._room() > 0 or self._stopping)
             if self._stopping:
                 break
-            batch = min(self.settings.batch_size, self._room())
+            wanted = min(self.settings.batch_size, self._room())
+            grant = await self.db.caps.take(scope=GLOBAL, wanted=wanted, now=now)
+            batch = grant.granted
+            self._cap_binding = batch < wanted
+            if batch == 0:
+                self._capped = True
+                break
             rows = await self.db.timers.claim(
                 key, owner=self.id, batch=batch,
                 lease_seconds=self.settings.lease_seconds, now=now,
             )  # fmt: skip
             claimed_at = time.monotonic()
+            if len(rows) < batch:
+                await self.db.caps.give_back(scope=GLOBAL, n=batch - len(rows))
+            elif batch < wanted:
+                self._capped = True
+            spacing = 60.0 / grant.per_minute if grant.per_minute else 0.0
             for row in rows:
                 # Sent at the monotonic instant matching run_at on the database clock; db_now
                 # was read before claimed_at, so the estimate can only err late.
                 deadline = claimed_at + (row.run_at - row.db_now).total_seconds()
+                if spacing:
+                    # Under a cap, sends are paced 1/rate apart: a smooth stream, not a burst
+                    # per grant.
+                    deadline = max(deadline, self._pace_next)
+                    self._pace_next = deadline + spacing
                 task = asyncio.create_task(self._send(row, deadline, claimed_at))
                 self._claimed[task] = row
             total += len(rows)
-            if len(rows) < batch:
+            if len(rows) < batch or self._capped:
                 break
         return total
 
@@ -229,8 +264,9 @@ class Dispatcher:
         finally:
             self._sending.discard(task)
             self._claimed.pop(task, None)
-            async with self._progress:
-                self._progress.notify_all()
+            if self._progress_waiters:  # most sends have no one waiting: skip the lock
+                async with self._progress:
+                    self._progress.notify_all()
 
     def _outcome(self, row: ClaimedTimer, result: Result, fired_at: datetime) -> None:
         if result.state == "delivered":
@@ -288,11 +324,15 @@ class Dispatcher:
         await self._wait_for(lambda: not self._claimed and not self._outcomes, timeout)
 
     async def _wait_for(self, predicate: Callable[[], bool], timeout: float) -> None:
-        async def wait() -> None:
+        await asyncio.wait_for(self._wait_progress(predicate), timeout)
+
+    async def _wait_progress(self, predicate: Callable[[], bool]) -> None:
+        self._progress_waiters += 1
+        try:
             async with self._progress:
                 await self._progress.wait_for(predicate)
-
-        await asyncio.wait_for(wait(), timeout)
+        finally:
+            self._progress_waiters -= 1
 
     @property
     def in_flight(self) -> int:

@@ -7,11 +7,10 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Response
 
-from api.deps import DatabaseDep, SettingsDep
+from api.deps import BatcherDep, DatabaseDep, SettingsDep
 from api.problems import FieldError
 from api.schemas import TimerCreate, TimerPublic
 from db.ids import parse_timer_id
-from db.timers import MissingPartition
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +26,7 @@ _REFUSED: dict[int | str, dict[str, Any]] = {
 
 @router.post("", response_model=TimerPublic, responses=_REFUSED)
 async def create_timer(
-    body: TimerCreate, db: DatabaseDep, settings: SettingsDep, response: Response
+    body: TimerCreate, batcher: BatcherDep, settings: SettingsDep, response: Response
 ) -> TimerPublic:
     """Creates a timer that POSTs ``{"id": ...}`` to ``url`` once the delay has passed."""
     horizon = settings.horizon_days * 86_400
@@ -37,15 +36,7 @@ async def create_timer(
             f"add up to {body.delay_seconds} s; the longest accepted delay is {horizon} s "
             f"({settings.horizon_days} days)",
         )
-    args = ([body.delay_seconds * 1000], [body.url])
-    try:
-        created = await db.timers.insert(*args, shards=settings.shards)
-    except MissingPartition:
-        # Maintenance fell behind (a server that was down for days): make the days and retry.
-        log.warning("a timer's partition was missing; creating partitions now")
-        await db.partitions.ensure(horizon_days=settings.horizon_days)
-        created = await db.timers.insert(*args, shards=settings.shards)
-    timer = created[0]
+    timer = await batcher.create(body.delay_seconds * 1000, body.url)
     response.headers["Location"] = f"/timer/{timer.id}"
     return TimerPublic(id=timer.id, time_left=timer.time_left)
 

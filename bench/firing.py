@@ -1,0 +1,68 @@
+"""Firing throughput: N overdue timers, one then two dispatchers, webhooks/s end to end.
+
+Also measures, in the same run, the raw rate of aiohttp POSTs to the same sink with the same
+concurrency: the ceiling that any Python sender on this machine meets first.
+Run: ``python -m bench.firing [N]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+
+import aiohttp
+import uvloop
+
+from bench import harness
+
+
+async def raw_posts(sink: str, count: int, concurrency: int) -> float:
+    """POSTs per second from one aiohttp session with ``concurrency`` in flight."""
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one() -> None:
+            async with sem, session.post(f"{sink}/hook", data=b'{"x": 1}') as r:
+                await r.read()
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(count)))
+        return count / (time.perf_counter() - start)
+
+
+async def fire(url: str, sink: str, count: int, dispatchers: int) -> float:
+    await harness.sink_reset(sink)
+    harness.insert_due(url, count, first_ms=-60_000, spread_ms=30_000, target=f"{sink}/hook")
+    procs = [harness.dispatcher(url) for _ in range(dispatchers)]
+    try:
+        stats = await harness.wait_count(sink, count, timeout=300)
+    finally:
+        for p in procs:
+            p.stop()
+    assert stats["unique"] == count, stats["unique"]
+    return count / (stats["last"] - stats["first"])
+
+
+async def main(count: int) -> None:
+    async with harness.database() as url, harness.sink() as sink:
+        raw = await raw_posts(sink, min(count, 30_000), 64)
+        one = await fire(url, sink, count, 1)
+        two = await fire(url, sink, count, 2)
+    figures = {
+        "timers": count,
+        "one_dispatcher_per_s": round(one),
+        "two_dispatchers_per_s": round(two),
+        "raw_aiohttp_posts_per_s": round(raw),
+        "one_vs_raw": round(one / raw, 2),
+    }
+    harness.report("firing", figures)
+    print(
+        f"SUMMARY firing: 1 dispatcher {one:,.0f}/s, 2 dispatchers {two:,.0f}/s, "
+        f"raw aiohttp {raw:,.0f}/s (1 dispatcher = {one / raw:.0%} of raw)"
+    )
+
+
+if __name__ == "__main__":
+    uvloop.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 50_000))

@@ -1,0 +1,203 @@
+"""Shared pieces: a fresh embedded PostgreSQL, the sink process, timerhook processes, figures."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psycopg
+
+from db.database import Database
+from db.embedded import get_server
+from db.migrate import migrate
+
+HORIZON_DAYS = 3
+
+
+def machine() -> str:
+    """One line naming the machine the figures come from."""
+    cpu = "unknown cpu"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"{os.cpu_count()} cores, {cpu}, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+@contextlib.asynccontextmanager
+async def database() -> AsyncIterator[str]:
+    """A fresh embedded PostgreSQL with the schema and partitions; yields its URL."""
+    with tempfile.TemporaryDirectory(prefix="timerhook-bench-") as folder:
+        server = get_server(Path(folder) / "pgdata", cleanup_mode="delete")
+        url = str(server.get_uri())
+
+        async def prepare() -> None:
+            await migrate(url)
+            async with Database(url, max_size=1) as db:
+                await db.partitions.ensure(horizon_days=HORIZON_DAYS)
+
+        await prepare()
+        try:
+            yield url
+        finally:
+            server.cleanup()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Proc:
+    """A child process that is always stopped on exit."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.log = tempfile.NamedTemporaryFile(
+            prefix="timerhook-bench-", suffix=".log", delete=False
+        )
+        self.popen = subprocess.Popen(
+            args, env={**os.environ, **(env or {})}, stdout=self.log, stderr=subprocess.STDOUT
+        )
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(30)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+    def rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.popen.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+
+@contextlib.asynccontextmanager
+async def sink() -> AsyncIterator[str]:
+    """The sink process; yields its base URL once it answers."""
+    port = free_port()
+    proc = Proc([sys.executable, "-m", "bench.sink", str(port)])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(100):
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(f"{url}/stats"):
+                        break
+                await asyncio.sleep(0.05)
+        yield url
+    finally:
+        proc.stop()
+
+
+async def sink_stats(url: str) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/stats") as r:
+        return dict(await r.json())
+
+
+async def sink_reset(url: str) -> None:
+    async with aiohttp.ClientSession() as session, session.post(f"{url}/reset"):
+        pass
+
+
+def dispatcher(url: str, **env: str) -> Proc:
+    """A ``timerhook dispatcher`` process on the database."""
+    base = {
+        "TIMERHOOK_DATABASE_URL": url,
+        "TIMERHOOK_ALLOW_PRIVATE_TARGETS": "1",
+        "TIMERHOOK_HORIZON_DAYS": str(HORIZON_DAYS),
+        "TIMERHOOK_LOG_LEVEL": "WARNING",
+    }
+    return Proc([sys.executable, "-m", "cli.main", "dispatcher"], {**base, **env})
+
+
+async def wait_dispatchers(url: str, count: int, timeout: float = 60) -> None:
+    """Until ``count`` dispatchers are registered and alive."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with psycopg.connect(url) as conn:
+            row = conn.execute(
+                "select count(*) from dispatchers where stopped_at is null"
+            ).fetchone()
+        if row and row[0] >= count:
+            return
+        await asyncio.sleep(0.1)
+    raise TimeoutError("dispatchers did not register")
+
+
+async def wait_count(url: str, count: int, timeout: float) -> dict[str, Any]:
+    """Polls the sink until it counted ``count`` arrivals; returns its stats."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = await sink_stats(url)
+        if stats["count"] >= count or time.monotonic() > deadline:
+            return stats
+        await asyncio.sleep(0.2)
+
+
+def insert_due(url: str, count: int, *, first_ms: int, spread_ms: int, target: str) -> None:
+    """Inserts ``count`` timers due from now + first_ms over spread_ms, straight in SQL."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            """
+            with clock as (select ceil(extract(epoch from now()) * 1000)::bigint as now_ms),
+            rows as (
+                select clock.now_ms + %(first)s + (g * %(spread)s / greatest(%(n)s, 1)) as due_ms,
+                       (g %% 16)::smallint as shard
+                from generate_series(0, %(n)s - 1) g, clock
+            ), shaped as (
+                select timerhook_id(due_ms) as id, shard,
+                       'epoch'::timestamptz + due_ms * interval '1 millisecond' as due_at,
+                       'epoch'::timestamptz + ceil(due_ms / 1000.0) * interval '1 second' as bucket
+                from rows
+            )
+            insert into timers (id, bucket, due_at, run_at, slot, shard, url)
+            select id, bucket, due_at, due_at, bucket, shard, %(url)s from shaped
+            """,
+            {"n": count, "first": first_ms, "spread": spread_ms, "url": target},
+        )
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    return (
+        statistics.quantiles(values, n=1000, method="inclusive")[int(q * 10) - 1]
+        if len(values) > 1
+        else values[0]
+    )
+
+
+def report(name: str, figures: dict[str, Any]) -> None:
+    """Prints the figures as JSON and appends them to bench/results/<name>.jsonl."""
+    figures = {
+        "bench": name,
+        "machine": machine(),
+        "at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        **figures,
+    }
+    out = Path("bench/results")
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / f"{name}.jsonl").open("a") as f:
+        f.write(json.dumps(figures) + "\n")
+    print(json.dumps(figures, indent=2))

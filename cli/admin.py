@@ -1,0 +1,153 @@
+"""Admin commands: ``backlog``, ``dispatchers``, ``caps``: rich tables over the database."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from db import embedded
+from db.backlog import BacklogStep, Overdue
+from db.caps import GLOBAL
+from db.database import Database
+from db.settings import get_settings
+
+T = TypeVar("T")
+
+console = Console()
+caps_app = typer.Typer(help="Show or set the per-minute caps.", invoke_without_command=True)
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_BAR = 40
+
+
+def parse_window(text: str) -> int:
+    """'90s', '10m', '2h', '1d' -> seconds."""
+    match = re.fullmatch(r"(\d+)([smhd])", text.strip())
+    if not match or int(match.group(1)) == 0:
+        raise typer.BadParameter("give a positive number and a unit: 90s, 10m, 2h or 1d")
+    return int(match.group(1)) * _UNITS[match.group(2)]
+
+
+def step_for(window_seconds: int) -> int:
+    """A histogram step that gives at most about 60 rows for the window."""
+    for step in (1, 5, 10, 30, 60, 300, 600, 1800, 3600, 21600, 86400):
+        if window_seconds / step <= 60:
+            return step
+    return 86400
+
+
+def _run(action: Callable[[Database], Awaitable[T]]) -> T:
+    settings = get_settings()
+    url = settings.database_url or embedded.start(settings.data_dir)
+
+    async def main() -> T:
+        async with Database(url, max_size=1, name="cli") as db:
+            return await action(db)
+
+    return asyncio.run(main())
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def backlog(
+    window: str = typer.Option("60s", help="How far ahead to look: 90s, 10m, 2h, 1d."),
+) -> None:
+    """Pending timers per second, minute or hour ahead, with the overdue count and age."""
+    window_seconds = parse_window(window)
+    step = step_for(window_seconds)
+
+    async def read(db: Database) -> tuple[list[BacklogStep], Overdue]:
+        steps = await db.backlog.histogram(window_seconds=window_seconds, step_seconds=step)
+        return steps, await db.backlog.overdue()
+
+    histogram, overdue = _run(read)
+    steps = [(s.at, s.pending) for s in histogram]
+    table = Table(title=f"pending timers, next {window} in steps of {step} s")
+    table.add_column("due from (UTC)")
+    table.add_column("pending", justify="right")
+    table.add_column("", min_width=_BAR)
+    peak = max((n for _, n in steps), default=0)
+    for at, n in steps:
+        bar = "█" * max(1, round(_BAR * n / peak)) if peak else ""
+        table.add_row(at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"), f"{n:,}", bar)
+    if not steps:
+        table.add_row("-", "0", "nothing pending in this window")
+    console.print(table)
+    style = "bold red" if overdue.overdue else "green"
+    console.print(
+        Text(f"overdue: {overdue.overdue:,}", style=style),
+        Text(f"  oldest overdue: {_age(overdue.oldest_age_seconds)}"),
+        Text(f"  in flight: {overdue.in_flight:,}  total ahead: {sum(n for _, n in steps):,}"),
+    )
+
+
+def dispatchers() -> None:
+    """The dispatcher registry with liveness judged by the database clock."""
+    settings = get_settings()
+    rows = _run(lambda db: db.dispatchers.list(dead_after_seconds=settings.dead_after_seconds))
+    table = Table(title="dispatchers")
+    for column in ("id", "host", "pid", "state", "heartbeat age", "in flight", "sent", "failed"):
+        table.add_column(column, justify="right" if column in ("pid", "in flight") else "left")
+    now = datetime.now(UTC)
+    for d in rows:
+        if d.stopped_at is not None:
+            state = Text("stopped", style="dim")
+        elif d.alive:
+            state = Text("alive", style="green")
+        else:
+            state = Text("dead", style="bold red")
+        age = _age((now - d.heartbeat_at).total_seconds())
+        table.add_row(
+            d.id, d.host, str(d.pid), state, age,
+            f"{d.in_flight:,}", f"{d.sent_total:,}", f"{d.failed_total:,}",
+        )  # fmt: skip
+    console.print(table)
+
+
+@caps_app.callback()
+def caps_show(ctx: typer.Context) -> None:
+    """Show the caps (``timerhook caps set global N`` changes one at run time)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    rows = _run(lambda db: db.caps.list())
+    table = Table(title="per-minute caps")
+    table.add_column("scope")
+    table.add_column("per minute", justify="right")
+    table.add_column("steady rate", justify="right")
+    table.add_column("tokens now", justify="right")
+    for cap in rows:
+        limit = f"{cap.per_minute:,}" if cap.per_minute else "none"
+        rate = f"{cap.per_minute / 60:,.1f}/s" if cap.per_minute else "-"
+        table.add_row(cap.scope, limit, rate, f"{cap.tokens:,.1f}" if cap.per_minute else "-")
+    if not rows:
+        table.add_row(GLOBAL, "none", "-", "-")
+    console.print(table)
+
+
+@caps_app.command("set")
+def caps_set(
+    scope: str = typer.Argument(..., help="Which cap: global."),
+    per_minute: int = typer.Argument(..., min=0, help="Webhooks per minute; 0 for no cap."),
+) -> None:
+    """Set a cap now, for every running dispatcher, without a restart."""
+    if scope != GLOBAL:
+        raise typer.BadParameter("only the global cap exists so far", param_hint="SCOPE")
+    _run(lambda db: db.caps.set(scope=scope, per_minute=per_minute))
+    shown = f"{per_minute:,}/min ({per_minute / 60:,.1f}/s)" if per_minute else "no cap"
+    console.print(f"{scope} cap: {shown}")

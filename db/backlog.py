@@ -1,0 +1,46 @@
+"""What is waiting: the backlog histogram and the overdue summary for the admin CLI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from db.connection import PoolOwner
+from db.query_loader import query
+
+
+@dataclass(frozen=True, slots=True)
+class BacklogStep:
+    """Pending timers due in one step of the histogram."""
+
+    at: datetime
+    pending: int
+
+
+@dataclass(frozen=True, slots=True)
+class Overdue:
+    """Pending timers already due, the age of the oldest, and rows in flight."""
+
+    overdue: int
+    oldest_age_seconds: float | None
+    in_flight: int
+
+
+class BacklogStore(PoolOwner):
+    """Read-only queries over pending work."""
+
+    async def histogram(self, *, window_seconds: int, step_seconds: int) -> list[BacklogStep]:
+        """Pending timers per step over the coming window."""
+        async with self.connection() as conn:
+            cur = await conn.execute(
+                query("backlog_histogram"), {"window": window_seconds, "step": step_seconds}
+            )
+            return [BacklogStep(at=r[0], pending=int(r[1])) for r in await cur.fetchall()]
+
+    async def overdue(self) -> Overdue:
+        """The overdue summary."""
+        async with self.connection() as conn:
+            cur = await conn.execute(query("backlog_overdue"))
+            row = await cur.fetchone()
+        assert row is not None
+        return Overdue(overdue=int(row[0]), oldest_age_seconds=row[1], in_flight=int(row[2]))

@@ -1,0 +1,70 @@
+"""Per-minute caps: token buckets kept in PostgreSQL so that every dispatcher shares them."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from psycopg.rows import class_row
+
+from db.connection import PoolOwner, retry_transient
+from db.models import Cap, Grant
+from db.query_loader import query
+
+log = logging.getLogger(__name__)
+
+GLOBAL = "global"
+
+
+class CapStore(PoolOwner):
+    """Seeds, sets, takes from and lists the caps."""
+
+    async def seed(self, *, scope: str, per_minute: int) -> None:
+        """Sets a cap only if none is stored yet (the environment's starting value)."""
+
+        async def op() -> None:
+            async with self.connection() as conn:
+                await conn.execute(query("cap_seed"), {"scope": scope, "per_minute": per_minute})
+
+        await retry_transient(op, what="cap_seed")
+
+    async def set(self, *, scope: str, per_minute: int) -> None:
+        """Sets a cap for every dispatcher at once; 0 removes the limit."""
+
+        async def op() -> None:
+            async with self.connection() as conn:
+                await conn.execute(query("cap_set"), {"scope": scope, "per_minute": per_minute})
+
+        await retry_transient(op, what="cap_set")
+        log.info("cap %s set to %d/min", scope, per_minute)
+
+    async def take(self, *, scope: str, wanted: int, now: datetime | None = None) -> Grant:
+        """Takes up to ``wanted`` tokens; grants them all when there is no cap.
+
+        Not retried: a take whose commit was lost may have taken tokens, and taking them again
+        would only slow sending a little, but reporting the failure is the honest answer.
+        """
+        async with self.connection() as conn:
+            cur = await conn.execute(
+                query("cap_take"), {"scope": scope, "wanted": wanted, "now": now}
+            )
+            row = await cur.fetchone()
+        return Grant(int(row[0]), int(row[1])) if row else Grant(wanted, 0)
+
+    async def give_back(self, *, scope: str, n: int) -> None:
+        """Returns tokens taken but not used."""
+        if n <= 0:
+            return
+
+        async def op() -> None:
+            async with self.connection() as conn:
+                await conn.execute(query("cap_give_back"), {"scope": scope, "n": n})
+
+        await retry_transient(op, what="cap_give_back")
+
+    async def list(self) -> list[Cap]:
+        """Every cap with its bucket's current fill."""
+        async with self.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(Cap))
+            await cur.execute(query("cap_list"))
+            return await cur.fetchall()
