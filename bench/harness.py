@@ -35,7 +35,8 @@ def machine() -> str:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    return f"{os.cpu_count()} cores, {cpu}, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+    system = f"{platform.system()} {platform.release()}"
+    return f"{os.cpu_count()} cores, {cpu}, {system}, Python {platform.python_version()}"
 
 
 @contextlib.asynccontextmanager
@@ -69,12 +70,11 @@ class Proc:
     """A child process that is always stopped on exit."""
 
     def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
-        self.log = tempfile.NamedTemporaryFile(
-            prefix="timerhook-bench-", suffix=".log", delete=False
-        )
-        self.popen = subprocess.Popen(
-            args, env={**os.environ, **(env or {})}, stdout=self.log, stderr=subprocess.STDOUT
-        )
+        fd, self.log_path = tempfile.mkstemp(prefix="timerhook-bench-", suffix=".log")
+        with os.fdopen(fd, "wb") as log:
+            self.popen = subprocess.Popen(
+                args, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT
+            )
 
     def stop(self) -> None:
         if self.popen.poll() is None:

@@ -53,11 +53,11 @@ async def test_nothing_is_claimed_before_its_bucket_by_the_database_clock(
     base = datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC)
     timer = await make_timer(delay_ms=10_500, now=base)  # due 12:00:10.5, bucket 12:00:11
     dispatcher = Dispatcher(db, settings)
-    lookahead = timedelta(seconds=dispatcher.lookahead_seconds)
-    early = base + timedelta(seconds=11) - lookahead - timedelta(milliseconds=1)
-    assert await db.timers.due_keys(limit=10, lookahead_seconds=1.5, now=early) == []
+    ahead = dispatcher.lookahead_seconds
+    early = base + timedelta(seconds=11 - ahead) - timedelta(milliseconds=1)
+    assert await db.timers.due_keys(limit=10, lookahead_seconds=ahead, now=early) == []
     keys = await db.timers.due_keys(
-        limit=10, lookahead_seconds=1.5, now=early + timedelta(milliseconds=2)
+        limit=10, lookahead_seconds=ahead, now=early + timedelta(milliseconds=2)
     )
     assert [k.slot for k in keys] == [base + timedelta(seconds=11)]
     claimed = await db.timers.claim(
