@@ -239,7 +239,7 @@ class Dispatcher:
                 if spacing:
                     # Under a cap, sends are paced 1/rate apart: a smooth stream, not a burst
                     # per grant.
-                    deadline = max(deadline, self._pace_next)
+                    deadline = max(deadline, self._pace_next, claimed_at)
                     self._pace_next = deadline + spacing
                 task = asyncio.create_task(self._send(row, deadline, claimed_at))
                 self._claimed[task] = row

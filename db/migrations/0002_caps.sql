@@ -1,8 +1,9 @@
 -- 0002: per-minute caps as token buckets shared by every dispatcher.
 
 -- One row per cap. scope is 'global' (later 'tenant:<name>' and 'host:<name>'). The bucket
--- holds at most one second of tokens and refills continuously at per_minute / 60 per second,
--- so a cap of 6,000/min is a steady 100/s, never 6,000 in the first second of a minute.
+-- holds one second of tokens plus one (so fractions of a token carry over) and refills
+-- continuously at per_minute / 60 per second, so a cap of 6,000/min is a steady 100/s,
+-- never 6,000 in the first second of a minute.
 -- per_minute = 0 means no cap.
 create table caps (
     scope      text             primary key,

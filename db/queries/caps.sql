@@ -13,7 +13,7 @@ insert into caps (scope, per_minute, tokens, updated_at)
 values (%(scope)s, %(per_minute)s, 0, now())
 on conflict (scope) do update
 set per_minute = excluded.per_minute,
-    tokens = least(caps.tokens, excluded.per_minute / 60.0),
+    tokens = least(caps.tokens, excluded.per_minute / 60.0 + 1.0),
     updated_at = now();
 
 -- name: cap_take
@@ -23,18 +23,21 @@ set per_minute = excluded.per_minute,
 with clock as (
     select coalesce(%(now)s::timestamptz, now()) as now
 ), bucket as (
-    -- refill: per_minute / 60 tokens a second, up to one second's worth (at least one token)
+    -- refill: per_minute / 60 tokens a second, up to one second's worth plus one token (the
+    -- extra token keeps the fraction of a token that a refill brings past a whole one)
     select c.scope, c.per_minute,
-           least(greatest(c.per_minute / 60.0, 1.0),
+           least(c.per_minute / 60.0 + 1.0,
                  c.tokens + greatest(extract(epoch from clock.now - c.updated_at), 0)
                             * c.per_minute / 60.0) as available
     from caps c, clock
     where c.scope = %(scope)s and c.per_minute > 0
     for update of c
 ), granted as (
-    select scope, least(%(wanted)s, floor(available))::integer as n, available from bucket
+    -- the epsilon keeps 0.4 + 0.4 + 0.2 of a token from flooring to 0 in floating point
+    select scope, least(%(wanted)s, floor(available + 1e-9))::integer as n, available
+    from bucket
 ), taken as (
-    update caps c set tokens = g.available - g.n, updated_at = clock.now
+    update caps c set tokens = greatest(g.available - g.n, 0), updated_at = clock.now
     from granted g, clock
     where c.scope = g.scope
     returning g.n
@@ -44,13 +47,13 @@ select coalesce((select n from taken), %(wanted)s) as granted,
 
 -- name: cap_give_back
 -- Returns tokens that were taken but not used (fewer rows were due than tokens granted).
-update caps set tokens = least(greatest(per_minute / 60.0, 1.0), tokens + %(n)s)
+update caps set tokens = least(per_minute / 60.0 + 1.0, tokens + %(n)s)
 where scope = %(scope)s and per_minute > 0;
 
 -- name: cap_list
 -- Every cap with its current fill, refilled to now for display.
 select scope, per_minute,
-       least(greatest(per_minute / 60.0, 1.0),
+       least(per_minute / 60.0 + 1.0,
              tokens + greatest(extract(epoch from now() - updated_at), 0) * per_minute / 60.0)
            as tokens
 from caps order by scope;
