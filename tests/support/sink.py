@@ -27,6 +27,7 @@ class Sink:
     received: list[Received] = field(default_factory=list)
     status_for: Callable[[Received], int] = lambda _r: 200
     url: str = ""
+    _distinct: set[bytes] = field(default_factory=set)
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     _runner: web.AppRunner | None = None
 
@@ -50,18 +51,27 @@ class Sink:
         item = Received(request.path, await request.read(), dict(request.headers), time.time())
         async with self._changed:
             self.received.append(item)
+            self._distinct.add(item.body)
             self._changed.notify_all()
         return web.Response(status=self.status_for(item))
 
     async def wait_for(self, count: int, timeout: float) -> list[Received]:
         """Waits until at least ``count`` requests arrived; returns them all."""
+        return await self.wait_until(lambda: len(self.received) >= count, timeout)
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float) -> list[Received]:
+        """Waits until ``predicate`` holds (checked on every arrival); returns all requests."""
 
         async def wait() -> None:
             async with self._changed:
-                await self._changed.wait_for(lambda: len(self.received) >= count)
+                await self._changed.wait_for(predicate)
 
         await asyncio.wait_for(wait(), timeout)
         return list(self.received)
+
+    def distinct_bodies(self) -> int:
+        """How many different bodies arrived (each timer's body is unique)."""
+        return len(self._distinct)
 
     def bodies(self) -> list[bytes]:
         """Every body received, in arrival order."""

@@ -1,0 +1,138 @@
+"""A fleet of real ``timerhook dispatcher`` processes: shared work, SIGKILL and SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from db.database import Database
+from db.settings import Settings
+from tests.support.processes import Service
+from tests.support.sink import Sink
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+FLEET_ENV = {
+    "TIMERHOOK_ALLOW_PRIVATE_TARGETS": "1",
+    "TIMERHOOK_HORIZON_DAYS": "30",
+    "TIMERHOOK_HEARTBEAT_SECONDS": "1",
+    "TIMERHOOK_DEAD_AFTER_SECONDS": "3",
+    "TIMERHOOK_LOG_LEVEL": "WARNING",
+}
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, database_url: str) -> Iterator[Callable[[int], list[Service]]]:
+    started: list[Service] = []
+
+    def start(count: int) -> list[Service]:
+        env = {**FLEET_ENV, "TIMERHOOK_DATABASE_URL": database_url}
+        made = [
+            Service("dispatcher", env, tmp_path / f"dispatcher-{len(started) + i}.log")
+            for i in range(count)
+        ]
+        for service in made:
+            service.start()
+        started.extend(made)
+        return made
+
+    yield start
+    for service in started:
+        service.ensure_dead()
+
+
+def _query(url: str, sql: str, *params: object) -> list[tuple[object, ...]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
+
+
+async def _registered(url: str, services: list[Service], timeout: float = 60) -> dict[int, str]:
+    """Waits until every process registered; returns {pid: dispatcher id}."""
+    pids = {s.proc.pid for s in services if s.proc}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = _query(url, "select pid, id from dispatchers where stopped_at is null")
+        found = {int(pid): str(i) for pid, i in rows if pid in pids}  # type: ignore[call-overload]
+        if len(found) == len(pids):
+            return found
+        for s in services:
+            assert s.proc is not None and s.proc.poll() is None, s.log()
+        await asyncio.sleep(0.1)
+    raise AssertionError("dispatchers did not register in time")
+
+
+def _counts(sink: Sink) -> Counter[str]:
+    return Counter(json.loads(r.body)["id"] for r in sink.received)
+
+
+async def _stream(db: Database, sink: Sink, count: int, seconds: float) -> set[str]:
+    """``count`` timers due evenly over ``seconds``, starting 3 s from now."""
+    delays = [3000 + int(i * seconds * 1000 / count) for i in range(count)]
+    created = await db.timers.insert(delays, [f"{sink.url}/h"] * count, shards=16)
+    return {str(t.id) for t in created}
+
+
+async def test_sigkill_mid_stream_loses_nothing_and_doubles_at_most_what_was_in_flight(
+    fleet: Callable[[int], list[Service]],
+    database_url: str,
+    db: Database,
+    sink: Sink,
+    settings: Settings,
+) -> None:
+    dispatchers = fleet(3)
+    owners = await _registered(database_url, dispatchers)
+    ids = await _stream(db, sink, 20_000, 10.0)
+    await sink.wait_for(5_000, timeout=60)
+    victim = dispatchers[0]
+    await victim.kill()
+    assert victim.proc is not None
+    victim_id = owners[victim.proc.pid]
+    # Frozen now that the process is dead: only these rows can be sent twice.
+    [(in_flight,)] = _query(
+        database_url,
+        "select count(*) from timers where state = 'inflight' and lease_owner = %s",
+        victim_id,
+    )
+    # Every timer, counted once: the survivors take the victim's leases over.
+    await sink.wait_until(lambda: sink.distinct_bodies() == len(ids), timeout=90)
+    for survivor in dispatchers[1:]:
+        assert await survivor.terminate() in (0, -15), survivor.log()
+    counts = _counts(sink)
+    duplicates = sum(n - 1 for n in counts.values())
+    print(f"\nSIGKILL: victim had {in_flight} in flight; {duplicates} sent twice")
+    assert set(counts) == ids, "a timer was lost"
+    assert duplicates <= int(in_flight)  # type: ignore[call-overload]
+    assert _query(database_url, "select state, count(*) from timers group by state") == [
+        ("delivered", len(ids))
+    ]
+    sent = _query(database_url, "select id, sent_total from dispatchers order by id")
+    assert sum(1 for _, n in sent if n) == 3, sent  # every dispatcher took part
+
+
+async def test_sigterm_mid_stream_sends_nothing_twice(
+    fleet: Callable[[int], list[Service]], database_url: str, db: Database, sink: Sink
+) -> None:
+    dispatchers = fleet(3)
+    await _registered(database_url, dispatchers)
+    ids = await _stream(db, sink, 6_000, 5.0)
+    await sink.wait_for(1_500, timeout=60)
+    leaving = dispatchers[0]
+    assert await leaving.terminate() in (0, -15), leaving.log()
+    await sink.wait_until(lambda: sink.distinct_bodies() == len(ids), timeout=60)
+    for survivor in dispatchers[1:]:
+        assert await survivor.terminate() in (0, -15), survivor.log()
+    counts = _counts(sink)
+    print(f"\nSIGTERM: {sum(n - 1 for n in counts.values())} sent twice")
+    assert set(counts) == ids
+    assert max(counts.values()) == 1, "a timer was sent twice"
+    [(stopped,)] = _query(
+        database_url, "select count(*) from dispatchers where stopped_at is not null"
+    )
+    assert stopped == 3
