@@ -162,7 +162,8 @@ def insert_due(url: str, count: int, *, first_ms: int, spread_ms: int, target: s
             """
             with clock as (select ceil(extract(epoch from now()) * 1000)::bigint as now_ms),
             rows as (
-                select clock.now_ms + %(first)s + (g * %(spread)s / greatest(%(n)s, 1)) as due_ms,
+                select clock.now_ms + %(first)s
+                           + (g::bigint * %(spread)s / greatest(%(n)s, 1)) as due_ms,
                        (g %% 16)::smallint as shard
                 from generate_series(0, %(n)s - 1) g, clock
             ), shaped as (

@@ -1,0 +1,22 @@
+"""Every benchmark once, in one run, with its default size: ``python -m bench.all``.
+
+Each prints its figures and a SUMMARY line, and appends them to bench/results/<name>.jsonl.
+"""
+
+from __future__ import annotations
+
+import uvloop
+
+from bench import creates, firing, herd, lateness, memory
+
+
+async def main() -> None:
+    await creates.main(8.0)
+    await firing.main(50_000)
+    await lateness.main(20, 1000)
+    await herd.main(100_000, 60_000)
+    await memory.main(1_000_000)
+
+
+if __name__ == "__main__":
+    uvloop.run(main())
