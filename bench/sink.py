@@ -50,6 +50,11 @@ async def stats(request: web.Request) -> web.Response:
     )
 
 
+async def count(request: web.Request) -> web.Response:
+    """Cheap progress for polling (``/stats`` sorts everything; call it once at the end)."""
+    return web.json_response({"count": len(arrivals), "unique": len(ids)})
+
+
 async def reset(request: web.Request) -> web.Response:
     arrivals.clear()
     lateness_ms.clear()
@@ -61,6 +66,7 @@ def main() -> None:
     app = web.Application()
     app.router.add_post("/hook", hook)
     app.router.add_get("/stats", stats)
+    app.router.add_get("/count", count)
     app.router.add_post("/reset", reset)
     uvloop.install()  # the sink should be the fastest part of the run, not the limit
     web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)

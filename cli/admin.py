@@ -14,9 +14,9 @@ from rich.table import Table
 from rich.text import Text
 
 from db import embedded
-from db.backlog import BacklogStep, Overdue
 from db.caps import GLOBAL
 from db.database import Database
+from db.models import BacklogStep, Overdue
 from db.settings import get_settings
 
 T = TypeVar("T")

@@ -2,28 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
-
 from db.connection import PoolOwner
+from db.models import BacklogStep, Overdue
 from db.query_loader import query
-
-
-@dataclass(frozen=True, slots=True)
-class BacklogStep:
-    """Pending timers due in one step of the histogram."""
-
-    at: datetime
-    pending: int
-
-
-@dataclass(frozen=True, slots=True)
-class Overdue:
-    """Pending timers already due, the age of the oldest, and rows in flight."""
-
-    overdue: int
-    oldest_age_seconds: float | None
-    in_flight: int
 
 
 class BacklogStore(PoolOwner):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from db.backlog import BacklogStore
 from db.caps import CapStore
-from db.connection import make_pool
+from db.connection import make_pool, retry_transient
 from db.registry import DispatcherStore, PartitionStore
 from db.timers import TimerStore
 
@@ -24,6 +24,15 @@ class Database:
     async def open(self) -> None:
         """Opens the pool and waits for a first connection (fails fast if unreachable)."""
         await self.pool.open(wait=True, timeout=30.0)
+
+    async def ping(self) -> None:
+        """One round trip to the database (health checks); raises DatabaseUnavailable."""
+
+        async def op() -> None:
+            async with self.pool.connection() as conn:
+                await conn.execute("select 1")
+
+        await retry_transient(op, what="ping", attempts=2)
 
     async def close(self) -> None:
         """Closes every pooled connection."""

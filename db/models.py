@@ -108,3 +108,20 @@ class Grant:
 
     granted: int
     per_minute: int
+
+
+@dataclass(frozen=True, slots=True)
+class BacklogStep:
+    """Pending timers due in one step of the histogram."""
+
+    at: datetime
+    pending: int
+
+
+@dataclass(frozen=True, slots=True)
+class Overdue:
+    """Pending timers already due, the age of the oldest, and rows in flight."""
+
+    overdue: int
+    oldest_age_seconds: float | None
+    in_flight: int

@@ -10,7 +10,7 @@ from datetime import datetime
 from psycopg import errors as pg_errors
 from psycopg.rows import class_row
 
-from db.connection import PoolOwner, retry_transient
+from db.connection import TRANSIENT, DatabaseUnavailable, PoolOwner, retry_transient
 from db.ids import bucket_of, lock_key
 from db.models import ClaimedTimer, CreatedTimer, DueKey, ReapedLease, SendOutcome, Timer
 from db.query_loader import query
@@ -39,14 +39,17 @@ class TimerStore(PoolOwner):
         would create a second timer. The caller reports the failure instead.
         """
         params = {"delay_ms": list(delays_ms), "url": list(urls), "shards": shards, "now": now}
-        async with self.connection() as conn:
-            try:
+        try:
+            async with self.connection() as conn:
                 cur = await conn.execute(query("timer_insert"), params)
-            except pg_errors.CheckViolation as exc:
-                if "no partition" in str(exc):
-                    raise MissingPartition(str(exc)) from exc
-                raise
-            rows = await cur.fetchall()
+                rows = await cur.fetchall()
+        except pg_errors.CheckViolation as exc:
+            if "no partition" in str(exc):
+                raise MissingPartition(str(exc)) from exc
+            raise
+        except TRANSIENT as exc:
+            log.error("timer_insert failed, %d timers not created: %s", len(urls), exc)
+            raise DatabaseUnavailable(f"timer_insert: {exc}") from exc
         return [CreatedTimer(id=r[1], due_at=r[2], time_left=int(r[3])) for r in rows]
 
     async def get(self, timer_id: uuid.UUID, *, now: datetime | None = None) -> Timer | None:

@@ -76,6 +76,10 @@ class Dispatcher:
         # at their due time, in a burst).
         self._cap_binding = False
         self._pace_next = 0.0  # monotonic instant of the next paced send under a cap
+        # Under a binding cap the drain runs ten times a second; it resumes these keys rather
+        # than searching again (a search steps over the index entries of every row already
+        # claimed from a herd, which grows as the herd drains). Cleared at every tick.
+        self._resume_keys: list[DueKey] = []
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -166,6 +170,7 @@ class Dispatcher:
     # -- ticks and claims ---------------------------------------------------------------
 
     async def _tick(self) -> None:
+        self._resume_keys = []
         self._wake.set()
 
     async def _drain_loop(self) -> None:
@@ -187,16 +192,22 @@ class Dispatcher:
         claimed = 0
         self._capped = False
         while not self._stopping:
-            lookahead = 0.0 if self._cap_binding else self.lookahead_seconds
-            keys = await self.db.timers.due_keys(
-                limit=_KEYS_PER_PASS, lookahead_seconds=lookahead, now=now
-            )
+            if self._cap_binding and self._resume_keys:
+                keys, self._resume_keys = self._resume_keys, []
+            else:
+                lookahead = 0.0 if self._cap_binding else self.lookahead_seconds
+                keys = await self.db.timers.due_keys(
+                    limit=_KEYS_PER_PASS, lookahead_seconds=lookahead, now=now
+                )
             progress = 0
-            for key in keys:
-                if self._stopping or self._capped:
+            for index, key in enumerate(keys):
+                if self._stopping:
                     break
                 got = await self._claim(key, now)
                 progress += got
+                if self._capped:
+                    self._resume_keys = keys[index:]  # this key may still hold rows
+                    break
             claimed += progress
             # A cap said stop, nothing was claimable (none due, or every key held by another
             # dispatcher), or every due key was looked at: come back at the next tick or poll.

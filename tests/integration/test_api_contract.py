@@ -89,3 +89,28 @@ async def test_openapi_is_served(client: httpx.AsyncClient) -> None:
     assert "/timer" in spec["paths"]
     assert "/timer/{timer_id}" in spec["paths"]
     assert (await client.get("/docs")).status_code == 200
+
+
+async def test_health_is_ok_while_the_database_answers(client: httpx.AsyncClient) -> None:
+    response = await client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+async def test_a_lost_database_is_a_503_problem_never_a_500(
+    client: httpx.AsyncClient, pg_admin_url: str, database_url: str
+) -> None:
+    from psycopg.conninfo import conninfo_to_dict
+
+    from tests.support import postgres
+
+    postgres.drop_database(pg_admin_url, str(conninfo_to_dict(database_url)["dbname"]))
+    for method, path, body in [
+        ("POST", "/timer", {"seconds": 5, "url": URL}),
+        ("GET", "/timer/01a208e8-fcba-7d11-90dc-a8ad99086503", None),
+        ("GET", "/healthz", None),
+    ]:
+        response = await client.request(method, path, json=body)
+        assert response.status_code == 503, (path, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.headers["retry-after"] == "1"

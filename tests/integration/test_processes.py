@@ -151,3 +151,42 @@ def _stop_embedded(pgdata: Path) -> None:
 
         server = PostgresServer(pgdata, cleanup_mode="stop")
         server.cleanup()
+
+
+async def test_processes_started_together_share_one_embedded_server(
+    make_service: MakeService, tmp_path: Path, sink: Sink
+) -> None:
+    """`timerhook api` and `timerhook dispatcher` started at the same moment on one data dir:
+    one server, migrated once, and a timer created through one is sent by the other."""
+    data_dir = tmp_path / "shared"
+    api = make_service("api", TIMERHOOK_DATA_DIR=str(data_dir))
+    dispatcher = make_service("dispatcher", TIMERHOOK_DATA_DIR=str(data_dir))
+    for service in (api, dispatcher):
+        service.env.pop("TIMERHOOK_DATABASE_URL", None)
+    api.start()
+    dispatcher.start()
+    try:
+        await api.wait_ready(timeout=90)
+        [timer_id] = await _create(api, sink, [1])
+        [received] = await sink.wait_for(1, timeout=30)
+        assert json.loads(received.body) == {"id": timer_id}
+        assert len(_postmasters_of(data_dir / "pgdata")) == 1
+        assert await dispatcher.terminate() in (0, -15), dispatcher.log()
+        assert await api.terminate() in (0, -15), api.log()
+    finally:
+        _stop_embedded(data_dir / "pgdata")
+
+
+def _postmasters_of(pgdata: Path) -> list[int]:
+    """Pids of postgres server processes (postmasters) whose -D is pgdata."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmdline[0].endswith(b"postgres") and str(pgdata).encode() in cmdline:
+            found.append(int(proc.name))
+    return found

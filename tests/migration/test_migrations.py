@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
@@ -41,24 +41,29 @@ def _catalog(url: str) -> dict[str, list[tuple[object, ...]]]:
 
 
 @pytest.fixture
-def empty_database(pg_admin_url: str) -> Iterator[str]:
-    name = f"timerhook_mig_{secrets.token_hex(5)}"
-    url = postgres.create_database(pg_admin_url, name)
-    yield url
-    postgres.drop_database(pg_admin_url, name)
+def make_empty_database(pg_admin_url: str) -> Iterator[Callable[[], str]]:
+    """Makes empty databases (no schema at all), dropped at the end of the test."""
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"timerhook_mig_{secrets.token_hex(5)}"
+        made.append(name)
+        return postgres.create_database(pg_admin_url, name)
+
+    yield make
+    for name in made:
+        postgres.drop_database(pg_admin_url, name)
 
 
 @pytest.fixture
-def other_empty_database(pg_admin_url: str) -> Iterator[str]:
-    name = f"timerhook_mig_{secrets.token_hex(5)}"
-    url = postgres.create_database(pg_admin_url, name)
-    yield url
-    postgres.drop_database(pg_admin_url, name)
+def empty_database(make_empty_database: Callable[[], str]) -> str:
+    return make_empty_database()
 
 
 async def test_schema_sql_equals_the_migrations(
-    empty_database: str, other_empty_database: str
+    empty_database: str, make_empty_database: Callable[[], str]
 ) -> None:
+    other_empty_database = make_empty_database()
     assert await migrate(empty_database) == ["schema.sql"]
     stepwise = await migrate(other_empty_database, from_schema=False)
     assert stepwise == [f"{m.version:04d}_{m.name}" for m in migrations()]

@@ -1,0 +1,77 @@
+"""The admin commands, run as real ``timerhook`` processes against this test's database."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+
+import pytest
+
+from db.caps import GLOBAL
+from db.database import Database
+
+pytestmark = pytest.mark.slow
+
+
+async def _timerhook(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TIMERHOOK_DATABASE_URL": database_url, "COLUMNS": "160"}
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "cli.main", *args],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+async def test_backlog_shows_pending_per_step_and_the_overdue(
+    db: Database, database_url: str
+) -> None:
+    await db.timers.insert([30_000] * 7 + [90_000] * 3, ["https://x.org"] * 10, shards=16)
+    await db.timers.insert([-65_000] * 4, ["https://x.org"] * 4, shards=16)  # a minute overdue
+    result = await _timerhook(database_url, "backlog", "--window", "2m")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "pending timers, next 2m in steps of 5 s" in out
+    assert "│       7 │" in out and "│       3 │" in out
+    assert "overdue: 4" in out
+    assert "oldest overdue: 1.1 min" in out or "oldest overdue: 6" in out
+    assert "total ahead: 10" in out
+
+
+async def test_backlog_refuses_a_bad_window(database_url: str) -> None:
+    result = await _timerhook(database_url, "backlog", "--window", "soon")
+    assert result.returncode == 2
+    assert "90s, 10m, 2h or 1d" in result.stderr
+
+
+async def test_dispatchers_lists_the_registry_with_liveness(
+    db: Database, database_url: str
+) -> None:
+    await db.dispatchers.register(dispatcher_id="alive-one", host="h1", pid=11)
+    await db.dispatchers.register(dispatcher_id="gone-one", host="h2", pid=22)
+    await db.dispatchers.deregister(dispatcher_id="gone-one")
+    async with db.pool.connection() as conn:
+        await conn.execute("insert into dispatchers (id, host, pid, heartbeat_at) "
+                           "values ('dead-one', 'h3', 33, now() - interval '1 hour')")  # fmt: skip
+    result = await _timerhook(database_url, "dispatchers")
+    assert result.returncode == 0, result.stderr
+    lines = {line.split("│")[1].strip(): line for line in result.stdout.splitlines()
+             if line.startswith("│") and "-one" in line}  # fmt: skip
+    assert "alive" in lines["alive-one"]
+    assert "stopped" in lines["gone-one"]
+    assert "dead" in lines["dead-one"]
+
+
+async def test_caps_set_and_show(db: Database, database_url: str) -> None:
+    result = await _timerhook(database_url, "caps", "set", "global", "6000")
+    assert result.returncode == 0, result.stderr
+    assert "global cap: 6,000/min (100.0/s)" in result.stdout
+    assert [(c.scope, c.per_minute) for c in await db.caps.list()] == [(GLOBAL, 6000)]
+    shown = await _timerhook(database_url, "caps")
+    assert "6,000" in shown.stdout and "100.0/s" in shown.stdout
+    refused = await _timerhook(database_url, "caps", "set", "tenant", "5")
+    assert refused.returncode == 2 and "only the global cap" in refused.stderr
+    negative = await _timerhook(database_url, "caps", "set", "global", "-5")
+    assert negative.returncode == 2
+    assert [(c.scope, c.per_minute) for c in await db.caps.list()] == [(GLOBAL, 6000)]
