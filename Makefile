@@ -12,7 +12,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-## Start the whole service: API and one dispatcher in one process.
+## Start the whole service: API and one dispatcher in one process. This is local use, so
+## webhooks to this machine are allowed unless TIMERHOOK_ALLOW_PRIVATE_TARGETS=0 is given;
+## `timerhook serve` itself (and the Docker image) refuses them by default.
+run: export TIMERHOOK_ALLOW_PRIVATE_TARGETS ?= 1
 run: $(STAMP)
 	$(BIN)/timerhook serve
 

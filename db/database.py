@@ -5,6 +5,7 @@ from __future__ import annotations
 from db.backlog import BacklogStore
 from db.caps import CapStore
 from db.connection import make_pool, retry_transient
+from db.query_loader import query
 from db.registry import DispatcherStore, PartitionStore
 from db.timers import TimerStore
 
@@ -30,7 +31,7 @@ class Database:
 
         async def op() -> None:
             async with self.pool.connection() as conn:
-                await conn.execute("select 1")
+                await conn.execute(query("database_ping"))
 
         await retry_transient(op, what="ping", attempts=2)
 

@@ -15,6 +15,8 @@ from importlib import resources
 import psycopg
 from psycopg import sql
 
+from db.query_loader import query
+
 log = logging.getLogger(__name__)
 
 _FILE = re.compile(r"^(\d{4})_(\w+)\.sql$")
@@ -48,14 +50,6 @@ def schema_sql() -> str:
     return resources.files("db").joinpath("schema.sql").read_text()
 
 
-_LEDGER = """
-create table if not exists schema_migrations (
-    version    integer     primary key,
-    name       text        not null,
-    applied_at timestamptz not null default now()
-)"""
-
-
 async def migrate(conninfo: str, *, from_schema: bool = True) -> list[str]:
     """Brings the database to the current schema; returns the names of the steps applied.
 
@@ -66,9 +60,9 @@ async def migrate(conninfo: str, *, from_schema: bool = True) -> list[str]:
     applied_now: list[str] = []
     connect = psycopg.AsyncConnection.connect(conninfo, autocommit=True)
     async with await connect as conn, conn.transaction():
-        await conn.execute("select pg_advisory_xact_lock(hashtext('timerhook.migrate'))")
-        await conn.execute(_LEDGER)
-        cur = await conn.execute("select version from schema_migrations")
+        await conn.execute(query("migration_lock"))
+        await conn.execute(query("migration_ledger_create"))
+        cur = await conn.execute(query("migration_versions"))
         done = {row[0] for row in await cur.fetchall()}
         if not done and from_schema:
             await conn.execute(sql.SQL(schema_sql()))
@@ -87,6 +81,4 @@ async def migrate(conninfo: str, *, from_schema: bool = True) -> list[str]:
 
 
 async def _record(conn: psycopg.AsyncConnection[tuple[int]], step: Migration) -> None:
-    await conn.execute(
-        "insert into schema_migrations (version, name) values (%s, %s)", (step.version, step.name)
-    )
+    await conn.execute(query("migration_record"), {"version": step.version, "name": step.name})
