@@ -86,6 +86,12 @@ def _serve(settings: Settings, url: str, *, with_dispatcher: bool) -> None:
 
         companions.append((start, stop))
     web = create_app(settings, url, companions=companions)
+    # uvicorn handles SIGTERM/SIGINT while serving (graceful shutdown, dispatcher stop), then
+    # re-raises the signal with the handlers it found installed. With Python's defaults that
+    # kills the process before atexit runs, and the last process on an embedded server would
+    # never stop it. No-op handlers turn the re-raised signal into a normal exit.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda _signum, _frame: None)
     uvicorn.run(web, host=settings.host, port=settings.port, log_config=None, access_log=False)
 
 
