@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-TimerState = Literal["pending", "inflight", "delivered", "failed"]
+TimerState = Literal["pending", "inflight", "delivered", "failed", "cancelled"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,3 +125,11 @@ class Overdue:
     overdue: int
     oldest_age_seconds: float | None
     in_flight: int
+
+
+@dataclass(frozen=True, slots=True)
+class CancelResult:
+    """What a cancel found: the timer's state before, and whether this call cancelled it."""
+
+    found: TimerState
+    cancelled: bool

@@ -30,6 +30,7 @@ create table timers (
     -- inflight:  leased by lease_owner until lease_until, being sent right now.
     -- delivered: the target answered 2xx.
     -- failed:    the last attempt failed and no attempt is left.
+    -- cancelled: a pending timer its client called off; never sent, never pending again.
     state       text        not null default 'pending',
     attempts    integer     not null default 0,
     lease_owner text,
@@ -41,7 +42,7 @@ create table timers (
     last_error  text,
     primary key (id, bucket),
     constraint timers_state_check
-        check (state in ('pending', 'inflight', 'delivered', 'failed')),
+        check (state in ('pending', 'inflight', 'delivered', 'failed', 'cancelled')),
     constraint timers_lease_check
         check ((state = 'inflight') = (lease_owner is not null and lease_until is not null)),
     constraint timers_slot_check check (slot >= bucket and run_at <= slot)

@@ -12,7 +12,15 @@ from psycopg.rows import class_row
 
 from db.connection import TRANSIENT, DatabaseUnavailable, PoolOwner, retry_transient
 from db.ids import bucket_of, lock_key
-from db.models import ClaimedTimer, CreatedTimer, DueKey, ReapedLease, SendOutcome, Timer
+from db.models import (
+    CancelResult,
+    ClaimedTimer,
+    CreatedTimer,
+    DueKey,
+    ReapedLease,
+    SendOutcome,
+    Timer,
+)
 from db.query_loader import query
 
 log = logging.getLogger(__name__)
@@ -64,6 +72,24 @@ class TimerStore(PoolOwner):
                 return await cur.fetchone()
 
         return await retry_transient(op, what="timer_get")
+
+    async def cancel(
+        self, timer_id: uuid.UUID, *, now: datetime | None = None
+    ) -> CancelResult | None:
+        """Cancels the timer if it is pending; None if there is no such timer."""
+
+        async def op() -> CancelResult | None:
+            async with self.connection() as conn, conn.transaction():
+                cur = conn.cursor(row_factory=class_row(CancelResult))
+                await cur.execute(
+                    query("timer_cancel"),
+                    {"id": timer_id, "bucket": bucket_of(timer_id), "now": now},
+                )
+                return await cur.fetchone()
+
+        # One statement in one transaction: a repeat after a lost connection finds the timer
+        # cancelled already, which is the same answer.
+        return await retry_transient(op, what="timer_cancel")
 
     async def due_keys(
         self, *, limit: int, lookahead_seconds: float = 0.0, now: datetime | None = None

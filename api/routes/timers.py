@@ -49,3 +49,31 @@ async def get_timer(timer_id: str, db: DatabaseDep) -> TimerPublic:
     if timer is None:
         raise HTTPException(404, f"no timer with id {timer_id!r}")
     return TimerPublic(id=timer.id, time_left=timer.time_left)
+
+
+_CANCEL_CONFLICT = {
+    "inflight": "is being sent right now and can no longer be cancelled",
+    "delivered": "was already delivered",
+    "failed": "already failed",
+}
+
+
+@router.delete(
+    "/{timer_id}",
+    status_code=204,
+    responses={
+        **_NOT_FOUND,
+        409: {"description": "The timer is being sent, or was delivered or failed already."},
+    },
+)
+async def cancel_timer(timer_id: str, db: DatabaseDep) -> Response:
+    """Cancels a pending timer: it will never fire. Idempotent: cancelling again answers 204."""
+    parsed = parse_timer_id(timer_id)
+    result = await db.timers.cancel(parsed) if parsed else None
+    if result is None:
+        raise HTTPException(404, f"no timer with id {timer_id!r}")
+    if result.found in _CANCEL_CONFLICT:
+        raise HTTPException(409, f"timer {timer_id} {_CANCEL_CONFLICT[result.found]}")
+    if result.cancelled:
+        log.info("timer %s cancelled", timer_id)
+    return Response(status_code=204)

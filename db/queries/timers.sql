@@ -37,6 +37,23 @@ select id, state, due_at, run_at, url, attempts, created_at, fired_at, finished_
 from timers
 where id = %(id)s and bucket = %(bucket)s;
 
+-- name: timer_cancel
+-- Cancels a pending timer. The row lock decides a race with a claim: a claim skips rows that a
+-- cancel holds (SKIP LOCKED), and a cancel that waited for a claim's lock then sees the row in
+-- flight. Returns the state found and whether this call cancelled it; no row if no such timer.
+with target as (
+    select t.id, t.bucket, t.state from timers t
+    where t.id = %(id)s and t.bucket = %(bucket)s
+    for update
+), cancelled as (
+    update timers t
+    set state = 'cancelled', finished_at = coalesce(%(now)s::timestamptz, now())
+    from target
+    where t.id = target.id and t.bucket = target.bucket and target.state = 'pending'
+    returning t.id
+)
+select target.state as found, exists (select 1 from cancelled) as cancelled from target;
+
 -- name: bucket_keys_due
 -- The oldest (slot, shard) keys with pending rows due by now + lookahead. A loose index scan:
 -- each step jumps to the next key in the partial index instead of walking every row of a

@@ -1,0 +1,102 @@
+"""DELETE /timer/{id}: a cancelled timer never fires, also when the cancel races a claim."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+
+import httpx
+
+from db.database import Database
+from db.settings import Settings
+from dispatcher.service import Dispatcher
+from tests.conftest import MakeTimer
+from tests.support.sink import Sink
+
+StartDispatcher = Callable[..., Awaitable[Dispatcher]]
+
+
+async def _state(db: Database, timer_id: uuid.UUID) -> str:
+    async with db.pool.connection() as conn:
+        cur = await conn.execute("select state from timers where id = %s", (timer_id,))
+        row = await cur.fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+async def test_a_cancelled_timer_never_fires_and_cancelling_again_is_204(
+    client: httpx.AsyncClient, db: Database, sink: Sink, start_dispatcher: StartDispatcher
+) -> None:
+    created = (await client.post("/timer", json={"seconds": 1, "url": f"{sink.url}/c"})).json()
+    kept = (await client.post("/timer", json={"seconds": 1, "url": f"{sink.url}/k"})).json()
+    first = await client.delete(f"/timer/{created['id']}")
+    assert first.status_code == 204 and first.content == b""
+    assert (await client.delete(f"/timer/{created['id']}")).status_code == 204
+    assert await _state(db, uuid.UUID(created["id"])) == "cancelled"
+    dispatcher = await start_dispatcher()
+    # The kept timer, due at the same second, arrives; once it is recorded, that second has
+    # been claimed whole, so the cancelled one had its chance to fire and did not.
+    await sink.wait_for(1, timeout=10)
+    await dispatcher.wait_idle(timeout=5)
+    assert [json.loads(r.body)["id"] for r in sink.received] == [kept["id"]]
+    assert await _state(db, uuid.UUID(created["id"])) == "cancelled"
+
+
+async def test_a_delivered_timer_cannot_be_cancelled(
+    client: httpx.AsyncClient,
+    make_timer: MakeTimer,
+    sink: Sink,
+    start_dispatcher: StartDispatcher,
+) -> None:
+    timer = await make_timer(delay_ms=0)
+    dispatcher = await start_dispatcher()
+    await dispatcher.wait_recorded(1, timeout=10)
+    response = await client.delete(f"/timer/{timer.id}")
+    assert response.status_code == 409
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "already delivered" in response.json()["detail"]
+
+
+async def test_an_in_flight_timer_cannot_be_cancelled(
+    client: httpx.AsyncClient, db: Database, make_timer: MakeTimer
+) -> None:
+    timer = await make_timer(delay_ms=0)
+    [key] = await db.timers.due_keys(limit=1, lookahead_seconds=1)
+    await db.timers.claim(key, owner="someone", batch=1, lease_seconds=30)
+    response = await client.delete(f"/timer/{timer.id}")
+    assert response.status_code == 409
+    assert "being sent" in response.json()["detail"]
+    assert await _state(db, timer.id) == "inflight"
+
+
+async def test_unknown_and_malformed_ids_are_404(client: httpx.AsyncClient) -> None:
+    unknown = uuid.UUID(int=(1_795_000_000_000 << 80) | (7 << 76) | (2 << 62) | 99)
+    for timer_id in [str(unknown), "not-an-id", str(uuid.uuid4())]:
+        assert (await client.delete(f"/timer/{timer_id}")).status_code == 404
+
+
+async def test_cancel_racing_claims_never_both_cancels_and_sends(
+    db: Database, sink: Sink, settings: Settings, start_dispatcher: StartDispatcher
+) -> None:
+    """Every timer is due now; claims and cancels run at the same moment. Each timer ends
+    either cancelled and never sent, or sent and its cancel refused: never both, never neither."""
+    count = 300
+    created = await db.timers.insert([0] * count, [f"{sink.url}/r"] * count, shards=16)
+    dispatcher = await start_dispatcher()
+
+    async def cancel(timer_id: uuid.UUID) -> bool:
+        result = await db.timers.cancel(timer_id)
+        assert result is not None
+        return result.cancelled
+
+    outcomes = await asyncio.gather(*(cancel(t.id) for t in created))
+    cancelled = {str(t.id) for t, ok in zip(created, outcomes, strict=True) if ok}
+    await dispatcher.wait_idle(timeout=15)
+    sent = {json.loads(r.body)["id"] for r in sink.received}
+    assert cancelled.isdisjoint(sent), "a cancelled timer was sent"
+    assert cancelled | sent == {str(t.id) for t in created}, "a timer was neither"
+    counts = await db.timers.counts()
+    assert counts.get("cancelled", 0) == len(cancelled)
+    assert counts.get("delivered", 0) == len(sent)
