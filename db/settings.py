@@ -5,11 +5,13 @@ It lives in db/ because db is the bottom layer that api, dispatcher and cli all 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import socket
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -33,6 +35,11 @@ class Settings(BaseSettings):
     max_per_minute: int = Field(
         default=0, ge=0, description="Global cap on webhooks per minute (0: none); seeds the cap."
     )
+    signing_secret: str | None = Field(
+        default=None,
+        description="Standard Webhooks secret(s), 'whsec_' + base64; two space-separated during "
+        "a rotation. Unset: requests are not signed.",
+    )
     allow_private_targets: bool = False
     http_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     concurrency: int = Field(default=256, ge=1, le=10_000, description="Sends in flight.")
@@ -46,6 +53,30 @@ class Settings(BaseSettings):
     create_batch_max: int = Field(
         default=256, ge=1, le=5000, description="Creates per INSERT (group commit); 1: none."
     )
+
+    @field_validator("signing_secret")
+    @classmethod
+    def _check_secrets(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        secrets = value.split()
+        if len(secrets) > 2:
+            raise ValueError("at most two signing secrets (the new one and the old one)")
+        for secret in secrets:
+            if not secret.startswith("whsec_"):
+                raise ValueError("a signing secret starts with 'whsec_' followed by base64")
+            try:
+                key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+            except binascii.Error:
+                raise ValueError("a signing secret's part after 'whsec_' must be base64") from None
+            if len(key) < 24:
+                raise ValueError("a signing secret must hold at least 24 random bytes")
+        return " ".join(secrets)
+
+    @property
+    def signing_secrets(self) -> list[str]:
+        """The active signing secrets, newest first (empty: requests are not signed)."""
+        return self.signing_secret.split() if self.signing_secret else []
 
     @model_validator(mode="after")
     def _check_liveness(self) -> Settings:

@@ -6,8 +6,10 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import aiohttp
+from standardwebhooks.webhooks import Webhook
 from yarl import URL
 
 from db.models import ClaimedTimer, TimerState
@@ -36,8 +38,16 @@ def body_of(timer: ClaimedTimer) -> bytes:
 class Sender:
     """One aiohttp session for all sends of a dispatcher; open with ``await start()``."""
 
-    def __init__(self, *, timeout_seconds: float, concurrency: int, allow_private: bool) -> None:
+    def __init__(
+        self,
+        *,
+        timeout_seconds: float,
+        concurrency: int,
+        allow_private: bool,
+        signing_secrets: list[str] | None = None,
+    ) -> None:
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        self._signers = [Webhook(secret) for secret in signing_secrets or []]
         self._concurrency = concurrency
         self._allow_private = allow_private
         self._session: aiohttp.ClientSession | None = None
@@ -65,12 +75,15 @@ class Sender:
     async def send(self, timer: ClaimedTimer) -> Result:
         """POSTs the webhook once; never raises for the target's or the network's failures."""
         assert self._session is not None, "Sender.start() was not awaited"
+        body = body_of(timer)
         headers = {"Idempotency-Key": str(timer.id), "Timerhook-Attempt": str(timer.attempts)}
+        if self._signers:
+            headers.update(self._signature(timer, body))
         try:
             if not self._allow_private:
                 check_literal(URL(timer.url).host or "")
             async with self._session.post(
-                timer.url, data=body_of(timer), headers=headers, allow_redirects=False
+                timer.url, data=body, headers=headers, allow_redirects=False
             ) as response:
                 status = response.status
                 # The body is not read: only the status matters, and a huge body must not stall us.
@@ -88,6 +101,18 @@ class Sender:
         if 200 <= status < 300:
             return Result("delivered", status, None)
         return self._failed(timer, status, f"HTTP {status}")
+
+    def _signature(self, timer: ClaimedTimer, body: bytes) -> dict[str, str]:
+        """Standard Webhooks headers: the id is the timer's (the same on every attempt), the
+        signature v1 HMAC-SHA256 over id.timestamp.body, one per active secret."""
+        msg_id = str(timer.id)
+        now = datetime.now(UTC)
+        text = body.decode()
+        return {
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(int(now.timestamp())),
+            "webhook-signature": " ".join(s.sign(msg_id, now, text) for s in self._signers),
+        }
 
     @staticmethod
     def _failed(timer: ClaimedTimer, status: int | None, error: str) -> Result:

@@ -49,6 +49,7 @@ class Dispatcher:
             timeout_seconds=settings.http_timeout_seconds,
             concurrency=settings.concurrency,
             allow_private=settings.allow_private_targets,
+            signing_secrets=settings.signing_secrets,
         )
         # Claim every slot that can fall due before the tick after next: a row is then in hand
         # at least one tick before its time, so the claim's own duration never makes it late.
