@@ -133,3 +133,13 @@ class CancelResult:
 
     found: TimerState
     cancelled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotentCreate:
+    """A keyed create: the timer, whether an earlier request made it, and whether that
+    earlier request had a different body (the key was reused)."""
+
+    timer_id: uuid.UUID
+    replayed: bool
+    conflict: bool

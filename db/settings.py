@@ -30,6 +30,9 @@ class Settings(BaseSettings):
 
     horizon_days: int = Field(default=365, ge=1, le=3650, description="Longest accepted delay.")
     retention_days: int = Field(default=7, ge=1, description="Days fired timers are kept.")
+    idempotency_hours: int = Field(
+        default=48, ge=24, description="How long an Idempotency-Key of a create is remembered."
+    )
     shards: int = Field(default=16, ge=1, le=1024, description="Shards per one-second bucket.")
 
     max_per_minute: int = Field(

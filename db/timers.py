@@ -17,6 +17,7 @@ from db.models import (
     ClaimedTimer,
     CreatedTimer,
     DueKey,
+    IdempotentCreate,
     ReapedLease,
     SendOutcome,
     Timer,
@@ -59,6 +60,48 @@ class TimerStore(PoolOwner):
             log.error("timer_insert failed, %d timers not created: %s", len(urls), exc)
             raise DatabaseUnavailable(f"timer_insert: {exc}") from exc
         return [CreatedTimer(id=r[1], due_at=r[2], time_left=int(r[3])) for r in rows]
+
+    async def insert_idempotent(
+        self, *, key: str, fingerprint: str, delay_ms: int, url: str, shards: int
+    ) -> IdempotentCreate:
+        """Creates one timer for a keyed request, or finds the one an earlier request with the
+        same key created. Lookup, insert and record share one transaction under a lock on the
+        key. Not retried on a lost connection, like insert."""
+        try:
+            async with self.connection() as conn, conn.transaction():
+                await conn.execute(query("idempotency_lock"), {"key": key})
+                cur = await conn.execute(query("idempotency_get"), {"key": key})
+                earlier = await cur.fetchone()
+                if earlier is not None:
+                    return IdempotentCreate(
+                        timer_id=earlier[1], replayed=True, conflict=earlier[0] != fingerprint
+                    )
+                params = {"delay_ms": [delay_ms], "url": [url], "shards": shards, "now": None}
+                cur = await conn.execute(query("timer_insert"), params)
+                row = await cur.fetchone()
+                assert row is not None
+                await conn.execute(
+                    query("idempotency_record"),
+                    {"key": key, "fingerprint": fingerprint, "timer_id": row[1]},
+                )
+        except pg_errors.CheckViolation as exc:
+            if "no partition" in str(exc):
+                raise MissingPartition(str(exc)) from exc
+            raise
+        except TRANSIENT as exc:
+            log.error("keyed timer_insert failed, timer not created: %s", exc)
+            raise DatabaseUnavailable(f"timer_insert: {exc}") from exc
+        return IdempotentCreate(timer_id=row[1], replayed=False, conflict=False)
+
+    async def purge_idempotency(self, *, hours: int, now: datetime | None = None) -> int:
+        """Forgets idempotency keys older than ``hours``; returns how many."""
+
+        async def op() -> int:
+            async with self.connection() as conn:
+                cur = await conn.execute(query("idempotency_purge"), {"hours": hours, "now": now})
+                return cur.rowcount
+
+        return await retry_transient(op, what="idempotency_purge")
 
     async def get(self, timer_id: uuid.UUID, *, now: datetime | None = None) -> Timer | None:
         """The timer with this id, looked up in the one partition its id names."""

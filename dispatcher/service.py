@@ -376,6 +376,7 @@ class Dispatcher:
         async def maintain() -> None:
             await self.db.partitions.ensure(horizon_days=self.settings.horizon_days)
             await self.db.partitions.drop_expired(retention_days=self.settings.retention_days)
+            await self.db.timers.purge_idempotency(hours=self.settings.idempotency_hours)
 
         await self._guarded("partition maintenance", maintain())
 

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Response
+from fastapi import APIRouter, Header, HTTPException, Response
 
 from api.deps import BatcherDep, DatabaseDep, SettingsDep
 from api.problems import FieldError
 from api.schemas import TimerCreate, TimerPublic
+from db.database import Database
 from db.ids import parse_timer_id
+from db.models import IdempotentCreate
+from db.settings import Settings
+from db.timers import MissingPartition
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +31,21 @@ _REFUSED: dict[int | str, dict[str, Any]] = {
 
 @router.post("", response_model=TimerPublic, responses=_REFUSED)
 async def create_timer(
-    body: TimerCreate, batcher: BatcherDep, settings: SettingsDep, response: Response
+    body: TimerCreate,
+    batcher: BatcherDep,
+    db: DatabaseDep,
+    settings: SettingsDep,
+    response: Response,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            min_length=1,
+            max_length=255,
+            description="Retrying a request with the same key and body returns the same timer "
+            "(for TIMERHOOK_IDEMPOTENCY_HOURS, 48 by default); the same key with another body "
+            "is refused (422).",
+        ),
+    ] = None,
 ) -> TimerPublic:
     """Creates a timer that POSTs ``{"id": ...}`` to ``url`` once the delay has passed."""
     horizon = settings.horizon_days * 86_400
@@ -36,9 +55,43 @@ async def create_timer(
             f"add up to {body.delay_seconds} s; the longest accepted delay is {horizon} s "
             f"({settings.horizon_days} days)",
         )
-    timer = await batcher.create(body.delay_seconds * 1000, body.url)
-    response.headers["Location"] = f"/timer/{timer.id}"
-    return TimerPublic(id=timer.id, time_left=timer.time_left)
+    if idempotency_key is None:
+        timer = await batcher.create(body.delay_seconds * 1000, body.url)
+        response.headers["Location"] = f"/timer/{timer.id}"
+        return TimerPublic(id=timer.id, time_left=timer.time_left)
+    keyed = await _create_keyed(db, settings, idempotency_key, body)
+    if keyed.conflict:
+        raise FieldError(
+            "Idempotency-Key",
+            "was already used with a different request body; use a new key for a new timer",
+        )
+    found = await db.timers.get(keyed.timer_id)
+    if found is None:  # created in this very call, or within the window: it must exist
+        raise HTTPException(503, "the timer of this Idempotency-Key is not readable yet")
+    if keyed.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = f"/timer/{found.id}"
+    return TimerPublic(id=found.id, time_left=found.time_left)
+
+
+async def _create_keyed(
+    db: Database, settings: Settings, key: str, body: TimerCreate
+) -> IdempotentCreate:
+    """The keyed create, making missing partitions on the spot like the batcher does."""
+    fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+
+    async def create() -> IdempotentCreate:
+        return await db.timers.insert_idempotent(
+            key=key, fingerprint=fingerprint, delay_ms=body.delay_seconds * 1000,
+            url=body.url, shards=settings.shards,
+        )  # fmt: skip
+
+    try:
+        return await create()
+    except MissingPartition:
+        log.warning("a timer's partition was missing; creating partitions now")
+        await db.partitions.ensure(horizon_days=settings.horizon_days)
+        return await create()
 
 
 @router.get("/{timer_id}", response_model=TimerPublic, responses=_NOT_FOUND)
