@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import socket
 from functools import lru_cache
 from pathlib import Path
@@ -44,6 +45,11 @@ class Settings(BaseSettings):
         "a rotation. Unset: requests are not signed.",
     )
     allow_private_targets: bool = False
+    allowed_networks: str = Field(
+        default="",
+        description="Networks (CIDR, comma or space separated) webhooks may reach even though "
+        "they are private, e.g. '10.20.0.0/16, fd00:1::/64'.",
+    )
     http_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     concurrency: int = Field(default=256, ge=1, le=10_000, description="Sends in flight.")
     batch_size: int = Field(default=1000, ge=1, le=50_000, description="Rows per claim.")
@@ -75,6 +81,24 @@ class Settings(BaseSettings):
             if len(key) < 24:
                 raise ValueError("a signing secret must hold at least 24 random bytes")
         return " ".join(secrets)
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _check_networks(cls, value: str) -> str:
+        for entry in value.replace(",", " ").split():
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{entry!r} is not a network (write it like 10.20.0.0/16)"
+                ) from None
+        return value
+
+    @property
+    def allowed_network_list(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """TIMERHOOK_ALLOWED_NETWORKS, parsed."""
+        entries = self.allowed_networks.replace(",", " ").split()
+        return [ipaddress.ip_network(e, strict=False) for e in entries]
 
     @property
     def signing_secrets(self) -> list[str]:

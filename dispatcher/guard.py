@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Sequence
 from typing import Any
 
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -24,10 +25,18 @@ class TargetRefused(OSError):
     """The webhook target resolves to an address that private-target protection refuses."""
 
 
-def refused_reason(address: IPAddress) -> str | None:
-    """Why an address may not be a webhook target, or None if it may."""
+Networks = Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]
+
+
+def refused_reason(address: IPAddress, allowed: Networks = ()) -> str | None:
+    """Why an address may not be a webhook target, or None if it may.
+
+    ``allowed`` networks (TIMERHOOK_ALLOWED_NETWORKS) are let through whatever they are.
+    """
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
+    if any(address in net for net in allowed):
+        return None
     checks = [
         ("loopback", address.is_loopback),
         ("link-local", address.is_link_local),
@@ -44,13 +53,13 @@ def refused_reason(address: IPAddress) -> str | None:
     return None
 
 
-def check_literal(host: str) -> None:
+def check_literal(host: str, allowed: Networks = ()) -> None:
     """Raises TargetRefused if host is an IP literal that is not allowed."""
     try:
         address = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return  # a name: the resolver checks it
-    reason = refused_reason(address)
+    reason = refused_reason(address, allowed)
     if reason:
         raise TargetRefused(f"target refused: {reason} (TIMERHOOK_ALLOW_PRIVATE_TARGETS=1 allows)")
 
@@ -58,8 +67,9 @@ def check_literal(host: str) -> None:
 class GuardedResolver(AbstractResolver):
     """A resolver that refuses names resolving to any address refused_reason rejects."""
 
-    def __init__(self, inner: AbstractResolver | None = None) -> None:
+    def __init__(self, inner: AbstractResolver | None = None, allowed: Networks = ()) -> None:
         self._inner = inner or ThreadedResolver()
+        self._allowed = allowed
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
@@ -67,7 +77,7 @@ class GuardedResolver(AbstractResolver):
         """Resolves host and refuses the whole answer if one address is not allowed."""
         results = await self._inner.resolve(host, port, family)
         for result in results:
-            reason = refused_reason(ipaddress.ip_address(result["host"]))
+            reason = refused_reason(ipaddress.ip_address(result["host"]), self._allowed)
             if reason:
                 raise TargetRefused(
                     f"target refused: {host} resolves to {reason} "

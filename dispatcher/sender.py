@@ -13,7 +13,7 @@ from standardwebhooks.webhooks import Webhook
 from yarl import URL
 
 from db.models import ClaimedTimer, TimerState
-from dispatcher.guard import GuardedResolver, TargetRefused, check_literal
+from dispatcher.guard import GuardedResolver, Networks, TargetRefused, check_literal
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,9 @@ class Sender:
         concurrency: int,
         allow_private: bool,
         signing_secrets: list[str] | None = None,
+        allowed_networks: Networks = (),
     ) -> None:
+        self._allowed = allowed_networks
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self._signers = [Webhook(secret) for secret in signing_secrets or []]
         self._concurrency = concurrency
@@ -57,7 +59,7 @@ class Sender:
         connector = aiohttp.TCPConnector(
             limit=self._concurrency,
             limit_per_host=0,
-            resolver=None if self._allow_private else GuardedResolver(),
+            resolver=None if self._allow_private else GuardedResolver(allowed=self._allowed),
             ttl_dns_cache=30,
         )
         self._session = aiohttp.ClientSession(
@@ -81,7 +83,7 @@ class Sender:
             headers.update(self._signature(timer, body))
         try:
             if not self._allow_private:
-                check_literal(URL(timer.url).host or "")
+                check_literal(URL(timer.url).host or "", self._allowed)
             async with self._session.post(
                 timer.url, data=body, headers=headers, allow_redirects=False
             ) as response:

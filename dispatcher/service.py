@@ -50,6 +50,7 @@ class Dispatcher:
             concurrency=settings.concurrency,
             allow_private=settings.allow_private_targets,
             signing_secrets=settings.signing_secrets,
+            allowed_networks=settings.allowed_network_list,
         )
         # Claim every slot that can fall due before the tick after next: a row is then in hand
         # at least one tick before its time, so the claim's own duration never makes it late.

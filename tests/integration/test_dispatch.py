@@ -114,6 +114,37 @@ async def test_private_targets_are_refused_unless_allowed(
         assert error is not None and "target refused" in error and "loopback" in error
 
 
+async def test_allowed_networks_open_the_guard_for_those_networks_only(
+    make_timer: MakeTimer,
+    sink: Sink,
+    db: Database,
+    make_settings: Callable[..., Settings],
+    start_dispatcher: StartDispatcher,
+) -> None:
+    by_literal = await make_timer(delay_ms=0)  # 127.0.0.1
+    by_name = await make_timer(delay_ms=0, url=sink.url.replace("127.0.0.1", "localhost") + "/n")
+    private = await make_timer(delay_ms=0, url="http://10.255.255.1:9/never")
+    settings = make_settings(allow_private_targets=False, allowed_networks="127.0.0.0/8, ::1/128")
+    dispatcher = await start_dispatcher(settings)
+    await dispatcher.wait_recorded(3, timeout=10)
+    assert len(sink.received) == 2
+    assert (await _state(db, by_literal.id))[0] == "delivered"
+    assert (await _state(db, by_name.id))[0] == "delivered"
+    state, _, _, error = await _state(db, private.id)
+    assert state == "failed" and error is not None and "target refused" in error
+
+
+async def test_redirects_are_not_followed(
+    make_timer: MakeTimer, sink: Sink, db: Database, start_dispatcher: StartDispatcher
+) -> None:
+    sink.status_for = lambda r: 307 if r.path == "/hook" else 200
+    timer = await make_timer(delay_ms=0)
+    dispatcher = await start_dispatcher()
+    await dispatcher.wait_recorded(1, timeout=10)
+    assert [r.path for r in sink.received] == ["/hook"]  # the Location was never requested
+    assert (await _state(db, timer.id))[:3] == ("failed", 1, 307)
+
+
 async def test_two_dispatchers_share_the_work_and_send_each_timer_once(
     db: Database, sink: Sink, settings: Settings, start_dispatcher: StartDispatcher
 ) -> None:

@@ -53,7 +53,10 @@ class Sink:
             self.received.append(item)
             self._distinct.add(item.body)
             self._changed.notify_all()
-        return web.Response(status=self.status_for(item))
+        status = self.status_for(item)
+        # A redirect points somewhere real, so a client that followed it would be seen here.
+        headers = {"Location": f"{self.url}/redirected"} if 300 <= status < 400 else None
+        return web.Response(status=status, headers=headers)
 
     async def wait_for(self, count: int, timeout: float) -> list[Received]:
         """Waits until at least ``count`` requests arrived; returns them all."""

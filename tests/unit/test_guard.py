@@ -43,3 +43,20 @@ def test_public_addresses_pass(address: str) -> None:
 
 def test_names_are_left_to_the_resolver() -> None:
     check_literal("example.com")  # no exception: the resolver checks what it resolves to
+
+
+def test_allowed_networks_let_private_addresses_through() -> None:
+    allowed = [ipaddress.ip_network("10.20.0.0/16"), ipaddress.ip_network("127.0.0.0/8")]
+    assert refused_reason(ipaddress.ip_address("10.20.3.4"), allowed) is None
+    assert refused_reason(ipaddress.ip_address("::ffff:127.0.0.1"), allowed) is None
+    assert refused_reason(ipaddress.ip_address("10.21.0.1"), allowed) is not None  # outside
+    assert refused_reason(ipaddress.ip_address("169.254.169.254"), allowed) is not None
+    check_literal("10.20.0.9", allowed)
+
+
+@pytest.mark.parametrize("value", ["10.0.0.0/8 nonsense", "10.0.0.0/33", "fd00::/200"])
+def test_malformed_allowed_networks_are_refused_at_start(value: str) -> None:
+    from db.settings import Settings
+
+    with pytest.raises(ValueError, match="is not a network"):
+        Settings(_env_file=None, allowed_networks=value)  # type: ignore[call-arg]
