@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
@@ -57,3 +58,22 @@ class TimerPublic(BaseModel):
 
     id: uuid.UUID
     time_left: int = Field(ge=0, description="Whole seconds until due, rounded up; 0 once due.")
+
+
+class LastResult(BaseModel):
+    """The outcome of the latest attempt."""
+
+    at: datetime = Field(description="When the attempt was sent.")
+    status_code: int | None = Field(description="The target's HTTP status; null if none came.")
+    error: str | None = Field(description="Why it failed (null when delivered).")
+
+
+class TimerDetail(TimerPublic):
+    """GET /timer/{id}: the contract's id and time_left, plus where the timer stands."""
+
+    status: str = Field(
+        description="pending, inflight (being sent), delivered, failed or cancelled."
+    )
+    due_at: datetime = Field(description="The due time, to the millisecond (UTC).")
+    attempts: int = Field(ge=0, description="How many times it was sent.")
+    last_result: LastResult | None = Field(description="The latest attempt; null before any.")

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, HTTPException, Response
 
 from api.deps import BatcherDep, DatabaseDep, SettingsDep
 from api.problems import FieldError
-from api.schemas import TimerCreate, TimerPublic
+from api.schemas import LastResult, TimerCreate, TimerDetail, TimerPublic
 from db.database import Database
 from db.ids import parse_timer_id
 from db.models import IdempotentCreate
@@ -94,14 +94,20 @@ async def _create_keyed(
         return await create()
 
 
-@router.get("/{timer_id}", response_model=TimerPublic, responses=_NOT_FOUND)
-async def get_timer(timer_id: str, db: DatabaseDep) -> TimerPublic:
-    """Seconds left until the timer is due, rounded up; 0 once it has expired."""
+@router.get("/{timer_id}", response_model=TimerDetail, responses=_NOT_FOUND)
+async def get_timer(timer_id: str, db: DatabaseDep) -> TimerDetail:
+    """Seconds left until the timer is due (rounded up; 0 once it has expired), and its state."""
     parsed = parse_timer_id(timer_id)
     timer = await db.timers.get(parsed) if parsed else None
     if timer is None:
         raise HTTPException(404, f"no timer with id {timer_id!r}")
-    return TimerPublic(id=timer.id, time_left=timer.time_left)
+    last = None
+    if timer.fired_at is not None:
+        last = LastResult(at=timer.fired_at, status_code=timer.last_status, error=timer.last_error)
+    return TimerDetail(
+        id=timer.id, time_left=timer.time_left, status=timer.state, due_at=timer.due_at,
+        attempts=timer.attempts, last_result=last,
+    )  # fmt: skip
 
 
 _CANCEL_CONFLICT = {

@@ -31,9 +31,13 @@ async def test_get_answers_the_same_shape_counting_down(client: httpx.AsyncClien
     response = await client.get(f"/timer/{created['id']}")
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"id", "time_left"}
+    # The contract's two fields, unchanged, then the optional extensions.
     assert body["id"] == created["id"]
     assert 599 <= body["time_left"] <= 600
+    assert set(body) == {"id", "time_left", "status", "due_at", "attempts", "last_result"}
+    assert (body["status"], body["attempts"], body["last_result"]) == ("pending", 0, None)
+    due = datetime.fromisoformat(body["due_at"])
+    assert due_ms_of(uuid.UUID(body["id"])) == int(due.timestamp() * 1000)
 
 
 async def test_an_expired_timer_says_zero_never_negative(
@@ -42,7 +46,7 @@ async def test_an_expired_timer_says_zero_never_negative(
     past = datetime.now(UTC) - timedelta(hours=1)
     timer = await make_timer(delay_ms=5000, now=past)  # due 55 minutes ago
     body = (await client.get(f"/timer/{timer.id}")).json()
-    assert body == {"id": str(timer.id), "time_left": 0}
+    assert (body["id"], body["time_left"]) == (str(timer.id), 0)
 
 
 async def test_unknown_and_malformed_ids_are_404_problems(client: httpx.AsyncClient) -> None:

@@ -42,6 +42,9 @@ async def test_a_due_timer_fires_once_with_the_exact_body(
     assert due <= received.at < due + 1.0
     await dispatcher.wait_recorded(1, timeout=5)
     assert await _state(db, timer.id) == ("delivered", 1, 200, None)
+    shown = await db.timers.get(timer.id)
+    assert shown is not None and shown.fired_at is not None
+    assert timer.due_at <= shown.fired_at < timer.due_at + timedelta(seconds=1)
     # Nothing more is sent afterwards: another full tick and a drain change nothing.
     assert await dispatcher.drain() == 0
     assert len(sink.received) == 1
