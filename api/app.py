@@ -33,8 +33,7 @@ def create_app(
         app.state.db = db
         app.state.settings = settings
         batcher = CreateBatcher(
-            db, shards=settings.shards, horizon_days=settings.horizon_days,
-            max_batch=settings.create_batch_max,
+            db, shards=settings.shards, max_batch=settings.create_batch_max,
         )  # fmt: skip
         await batcher.start()
         app.state.batcher = batcher

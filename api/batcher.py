@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 from db.database import Database
 from db.models import CreatedTimer
-from db.timers import MissingPartition
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +30,9 @@ class _Pending:
 class CreateBatcher:
     """Batches creates; ``await start()``, then ``await create(...)``, then ``await stop()``."""
 
-    def __init__(
-        self, db: Database, *, shards: int, horizon_days: int, max_batch: int, writers: int = 2
-    ) -> None:
+    def __init__(self, db: Database, *, shards: int, max_batch: int, writers: int = 2) -> None:
         self._db = db
         self._shards = shards
-        self._horizon_days = horizon_days
         self._max_batch = max_batch
         self._writers = writers
         self._queue: list[_Pending] = []
@@ -86,10 +82,4 @@ class CreateBatcher:
                     p.done.set_result(timer)
 
     async def _insert(self, delays_ms: list[int], urls: list[str]) -> list[CreatedTimer]:
-        try:
-            return await self._db.timers.insert(delays_ms, urls, shards=self._shards)
-        except MissingPartition:
-            # Maintenance fell behind (a server that was down for days): make the days, retry.
-            log.warning("a timer's partition was missing; creating partitions now")
-            await self._db.partitions.ensure(horizon_days=self._horizon_days)
-            return await self._db.timers.insert(delays_ms, urls, shards=self._shards)
+        return await self._db.timers.insert(delays_ms, urls, shards=self._shards)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
+from typing import TypeVar
 
 from psycopg import errors as pg_errors
 from psycopg.rows import class_row
@@ -26,9 +27,7 @@ from db.query_loader import query
 
 log = logging.getLogger(__name__)
 
-
-class MissingPartition(RuntimeError):
-    """A timer's day has no partition yet (partition maintenance is behind)."""
+T = TypeVar("T")
 
 
 class TimerStore(PoolOwner):
@@ -48,18 +47,14 @@ class TimerStore(PoolOwner):
         would create a second timer. The caller reports the failure instead.
         """
         params = {"delay_ms": list(delays_ms), "url": list(urls), "shards": shards, "now": now}
-        try:
+
+        async def once() -> list[CreatedTimer]:
             async with self.connection() as conn:
                 cur = await conn.execute(query("timer_insert"), params)
                 rows = await cur.fetchall()
-        except pg_errors.CheckViolation as exc:
-            if "no partition" in str(exc):
-                raise MissingPartition(str(exc)) from exc
-            raise
-        except TRANSIENT as exc:
-            log.error("timer_insert failed, %d timers not created: %s", len(urls), exc)
-            raise DatabaseUnavailable(f"timer_insert: {exc}") from exc
-        return [CreatedTimer(id=r[1], due_at=r[2], time_left=int(r[3])) for r in rows]
+            return [CreatedTimer(id=r[1], due_at=r[2], time_left=int(r[3])) for r in rows]
+
+        return await self._inserting(once, ahead_ms=max(delays_ms, default=0), now=now)
 
     async def insert_idempotent(
         self, *, key: str, fingerprint: str, delay_ms: int, url: str, shards: int
@@ -67,7 +62,9 @@ class TimerStore(PoolOwner):
         """Creates one timer for a keyed request, or finds the one an earlier request with the
         same key created. Lookup, insert and record share one transaction under a lock on the
         key. Not retried on a lost connection, like insert."""
-        try:
+        params = {"delay_ms": [delay_ms], "url": [url], "shards": shards, "now": None}
+
+        async def once() -> IdempotentCreate:
             async with self.connection() as conn, conn.transaction():
                 await conn.execute(query("idempotency_lock"), {"key": key})
                 cur = await conn.execute(query("idempotency_get"), {"key": key})
@@ -76,7 +73,6 @@ class TimerStore(PoolOwner):
                     return IdempotentCreate(
                         timer_id=earlier[1], replayed=True, conflict=earlier[0] != fingerprint
                     )
-                params = {"delay_ms": [delay_ms], "url": [url], "shards": shards, "now": None}
                 cur = await conn.execute(query("timer_insert"), params)
                 row = await cur.fetchone()
                 assert row is not None
@@ -84,14 +80,31 @@ class TimerStore(PoolOwner):
                     query("idempotency_record"),
                     {"key": key, "fingerprint": fingerprint, "timer_id": row[1]},
                 )
-        except pg_errors.CheckViolation as exc:
-            if "no partition" in str(exc):
-                raise MissingPartition(str(exc)) from exc
-            raise
+            return IdempotentCreate(timer_id=row[1], replayed=False, conflict=False)
+
+        return await self._inserting(once, ahead_ms=delay_ms, now=None)
+
+    async def _inserting(
+        self, once: Callable[[], Awaitable[T]], *, ahead_ms: int, now: datetime | None
+    ) -> T:
+        """Runs an insert; a day without a partition (maintenance behind, say after days down)
+        gets its partitions made on the spot and the insert runs once more. A lost database
+        becomes DatabaseUnavailable; nothing was written then, or the caller cannot know."""
+        try:
+            try:
+                return await once()
+            except pg_errors.CheckViolation as exc:
+                if "no partition" not in str(exc):
+                    raise
+                log.warning("a timer's partition was missing; creating partitions now")
+            async with self.connection() as conn:
+                await conn.execute(
+                    query("partition_ensure_ahead"), {"ahead_ms": ahead_ms, "now": now}
+                )
+            return await once()
         except TRANSIENT as exc:
-            log.error("keyed timer_insert failed, timer not created: %s", exc)
+            log.error("timer insert failed, no timer created: %s", exc)
             raise DatabaseUnavailable(f"timer_insert: {exc}") from exc
-        return IdempotentCreate(timer_id=row[1], replayed=False, conflict=False)
 
     async def purge_idempotency(self, *, hours: int, now: datetime | None = None) -> int:
         """Forgets idempotency keys older than ``hours``; returns how many."""

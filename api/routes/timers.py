@@ -15,7 +15,6 @@ from db.database import Database
 from db.ids import parse_timer_id
 from db.models import IdempotentCreate
 from db.settings import Settings
-from db.timers import MissingPartition
 
 log = logging.getLogger(__name__)
 
@@ -77,21 +76,14 @@ async def create_timer(
 async def _create_keyed(
     db: Database, settings: Settings, key: str, body: TimerCreate
 ) -> IdempotentCreate:
-    """The keyed create, making missing partitions on the spot like the batcher does."""
-    fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
-
-    async def create() -> IdempotentCreate:
-        return await db.timers.insert_idempotent(
-            key=key, fingerprint=fingerprint, delay_ms=body.delay_seconds * 1000,
-            url=body.url, shards=settings.shards,
-        )  # fmt: skip
-
-    try:
-        return await create()
-    except MissingPartition:
-        log.warning("a timer's partition was missing; creating partitions now")
-        await db.partitions.ensure(horizon_days=settings.horizon_days)
-        return await create()
+    """The keyed create; the fingerprint is a hash of the validated body with its defaults."""
+    return await db.timers.insert_idempotent(
+        key=key,
+        fingerprint=hashlib.sha256(body.model_dump_json().encode()).hexdigest(),
+        delay_ms=body.delay_seconds * 1000,
+        url=body.url,
+        shards=settings.shards,
+    )
 
 
 @router.get("/{timer_id}", response_model=TimerDetail, responses=_NOT_FOUND)

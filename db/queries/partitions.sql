@@ -8,6 +8,15 @@ select timerhook_partitions_ensure(
     (coalesce(%(now)s::timestamptz, now()) at time zone 'UTC')::date + %(horizon_days)s + 1
 ) as made;
 
+-- name: partition_ensure_ahead
+-- Creates the daily partitions from yesterday to a due time %(ahead_ms)s from now: what an
+-- insert that found its day missing needs, whatever the configured horizon.
+select timerhook_partitions_ensure(
+    (coalesce(%(now)s::timestamptz, now()) at time zone 'UTC')::date - 1,
+    ((coalesce(%(now)s::timestamptz, now()) + %(ahead_ms)s * interval '1 millisecond')
+        at time zone 'UTC')::date + 1
+) as made;
+
 -- name: partition_drop
 -- Drops the partitions past retention that hold nothing pending or in flight.
 select timerhook_partitions_drop(

@@ -14,7 +14,7 @@ from db.ids import due_ms_of
 
 
 async def test_concurrent_creates_share_inserts_and_each_gets_its_own_timer(db: Database) -> None:
-    batcher = CreateBatcher(db, shards=16, horizon_days=30, max_batch=100)
+    batcher = CreateBatcher(db, shards=16, max_batch=100)
     await batcher.start()
     inserts = 0
     original = db.timers.insert
@@ -43,7 +43,7 @@ async def test_concurrent_creates_share_inserts_and_each_gets_its_own_timer(db: 
 
 
 async def test_a_failed_batch_fails_its_requests_and_writes_nothing(db: Database) -> None:
-    batcher = CreateBatcher(db, shards=16, horizon_days=30, max_batch=100)
+    batcher = CreateBatcher(db, shards=16, max_batch=100)
     await batcher.start()
     try:
         # A delay far past every partition and past what the partition job will make.
@@ -76,7 +76,7 @@ async def test_creates_over_http_under_concurrency_all_land(client: httpx.AsyncC
 
 @pytest.mark.parametrize("max_batch", [1])
 async def test_batching_can_be_turned_off(db: Database, max_batch: int) -> None:
-    batcher = CreateBatcher(db, shards=16, horizon_days=30, max_batch=max_batch)
+    batcher = CreateBatcher(db, shards=16, max_batch=max_batch)
     await batcher.start()
     try:
         created = await asyncio.gather(*(batcher.create(1000, "https://x.org") for _ in range(5)))
