@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from api import problems
 from api.batcher import CreateBatcher
-from api.routes import health, timers
+from api.routes import health, history, timers
 from db.database import Database
 from db.settings import Settings
 
@@ -57,5 +57,6 @@ def create_app(
     )
     problems.install(app)
     app.include_router(timers.router)
+    app.include_router(history.router)
     app.include_router(health.router)
     return app

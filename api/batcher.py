@@ -15,16 +15,19 @@ import logging
 from dataclasses import dataclass
 
 from db.database import Database
-from db.models import CreatedTimer
+from db.models import CreatedTimer, DeliveryOptions
 
 log = logging.getLogger(__name__)
+
+_PLAIN = DeliveryOptions()
 
 
 @dataclass(slots=True)
 class _Pending:
     delay_ms: int
     url: str
-    done: asyncio.Future[CreatedTimer]
+    options: DeliveryOptions
+    done: asyncio.Future[CreatedTimer] | None
 
 
 class CreateBatcher:
@@ -50,12 +53,15 @@ class CreateBatcher:
         self._wake.set()
         await asyncio.gather(*self._tasks)
 
-    async def create(self, delay_ms: int, url: str) -> CreatedTimer:
+    async def create(
+        self, delay_ms: int, url: str, options: DeliveryOptions | None = None
+    ) -> CreatedTimer:
         """Inserts one timer as part of the next batch; raises what its batch raised."""
+        options = options or _PLAIN
         if self._max_batch == 1:
-            return (await self._insert([delay_ms], [url]))[0]
+            return (await self._insert([_Pending(delay_ms, url, options, None)]))[0]
         done: asyncio.Future[CreatedTimer] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(delay_ms, url, done))
+        self._queue.append(_Pending(delay_ms, url, options, done))
         self._wake.set()
         return await done
 
@@ -71,15 +77,21 @@ class CreateBatcher:
             if self._queue:
                 self._wake.set()  # more waiting: let another writer start on it
             try:
-                created = await self._insert([p.delay_ms for p in batch], [p.url for p in batch])
+                created = await self._insert(batch)
             except Exception as exc:
                 for p in batch:
-                    if not p.done.done():
+                    if p.done is not None and not p.done.done():
                         p.done.set_exception(exc)
                 continue
             for p, timer in zip(batch, created, strict=True):
-                with contextlib.suppress(asyncio.InvalidStateError):  # the client went away
-                    p.done.set_result(timer)
+                if p.done is not None:
+                    with contextlib.suppress(asyncio.InvalidStateError):  # the client went away
+                        p.done.set_result(timer)
 
-    async def _insert(self, delays_ms: list[int], urls: list[str]) -> list[CreatedTimer]:
-        return await self._db.timers.insert(delays_ms, urls, shards=self._shards)
+    async def _insert(self, batch: list[_Pending]) -> list[CreatedTimer]:
+        return await self._db.timers.insert(
+            [p.delay_ms for p in batch],
+            [p.url for p in batch],
+            shards=self._shards,
+            options=[p.options for p in batch],
+        )

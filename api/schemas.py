@@ -2,12 +2,35 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
+from typing import Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    TypeAdapter,
+    field_validator,
+)
+
+from db.models import Delivery
 
 MAX_URL_LENGTH = 2048
+MAX_HEADERS = 32
+MAX_HEADER_VALUE = 4096
+# Header names a timer may not set: hop-by-hop headers (RFC 9110 section 7.6.1), the ones that
+# frame the request, and the ones timerhook itself sends (signature, idempotency, attempt).
+REFUSED_HEADERS = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
+    "te", "trailer", "transfer-encoding", "upgrade",
+    "host", "content-length", "content-type", "content-encoding", "expect",
+    "webhook-id", "webhook-timestamp", "webhook-signature", "idempotency-key",
+})  # fmt: skip
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")
 
 _http_url: TypeAdapter[AnyHttpUrl] = TypeAdapter(AnyHttpUrl)
 
@@ -30,6 +53,33 @@ class TimerCreate(BaseModel):
         max_length=MAX_URL_LENGTH,
         description='Absolute http(s) URL that receives POST {"id": ...} when the timer fires.',
     )
+    payload: JsonValue = Field(
+        default=None,
+        description='Any JSON value, sent as {"id": ..., "payload": ...}; null or absent sends '
+        'exactly {"id": ...}. At most TIMERHOOK_MAX_PAYLOAD_BYTES as compact JSON.',
+    )
+    headers: dict[str, str] | None = Field(
+        default=None,
+        description=f"Extra request headers (at most {MAX_HEADERS}); hop-by-hop, framing, "
+        "signature and timerhook's own headers are refused.",
+    )
+    timeout_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="Whole-request timeout of each attempt; default TIMERHOOK_HTTP_TIMEOUT_SECONDS,"
+        " at most TIMERHOOK_MAX_TIMEOUT_SECONDS.",
+    )
+    max_attempts: int | None = Field(
+        default=None,
+        ge=1,
+        le=100,
+        description="Attempts before the timer is dead; default TIMERHOOK_MAX_ATTEMPTS (8).",
+    )
+    delivery: Delivery = Field(
+        default="at_least_once",
+        description="at_least_once: a send whose outcome was lost is repeated; at_most_once: "
+        "it is not, and the timer fails instead.",
+    )
 
     @field_validator("url")
     @classmethod
@@ -46,6 +96,29 @@ class TimerCreate(BaseModel):
         if not parsed.host:
             raise ValueError("must name a host")
         return value  # stored exactly as given, not normalised
+
+    @field_validator("headers")
+    @classmethod
+    def _safe_headers(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return None
+        if len(value) > MAX_HEADERS:
+            raise ValueError(f"at most {MAX_HEADERS} headers")
+        seen: set[str] = set()
+        for name, text in value.items():
+            lower = name.lower()
+            if not _TOKEN.fullmatch(name):
+                raise ValueError(f"{name!r} is not a valid header name")
+            if lower in seen:
+                raise ValueError(f"{name!r} is given twice")
+            seen.add(lower)
+            if lower in REFUSED_HEADERS or lower.startswith("timerhook-"):
+                raise ValueError(f"{name!r} may not be set: timerhook sends it or it is hop-by-hop")
+            if len(text) > MAX_HEADER_VALUE or any(c in text for c in "\r\n\x00"):
+                raise ValueError(
+                    f"the value of {name!r} must be one line of at most {MAX_HEADER_VALUE} chars"
+                )
+        return value
 
     @property
     def delay_seconds(self) -> int:
@@ -68,12 +141,87 @@ class LastResult(BaseModel):
     error: str | None = Field(description="Why it failed (null when delivered).")
 
 
+Status = Literal["pending", "inflight", "delivered", "failed", "dead", "cancelled"]
+
+
 class TimerDetail(TimerPublic):
     """GET /timer/{id}: the contract's id and time_left, plus where the timer stands."""
 
-    status: str = Field(
-        description="pending, inflight (being sent), delivered, failed or cancelled."
+    status: Status = Field(
+        description="pending (waiting for its first send or a retry), inflight (being sent), "
+        "delivered, failed (will not be retried), dead (out of attempts) or cancelled."
     )
     due_at: datetime = Field(description="The due time, to the millisecond (UTC).")
-    attempts: int = Field(ge=0, description="How many times it was sent.")
+    attempts: int = Field(ge=0, description="How many times it was sent, requeues included.")
     last_result: LastResult | None = Field(description="The latest attempt; null before any.")
+    url: str
+    next_attempt_at: datetime | None = Field(
+        description="When a pending timer is sent next (a retry's time after a failure)."
+    )
+    max_attempts: int = Field(description="Attempts per round (a round restarts on requeue).")
+    delivery: Delivery
+    payload: JsonValue = None
+    headers: dict[str, str] | None = None
+    timeout_seconds: float | None = None
+
+
+class TimerSummary(BaseModel):
+    """One timer in a listing."""
+
+    id: uuid.UUID
+    status: Status
+    due_at: datetime
+    url: str
+    attempts: int
+    max_attempts: int
+    finished_at: datetime | None = Field(description="When it was delivered, failed or died.")
+    last_result: LastResult | None
+
+
+class TimerList(BaseModel):
+    """GET /timer: a page of timers in due order, and the cursor of the next page."""
+
+    items: list[TimerSummary]
+    next_cursor: str | None = Field(
+        description="Pass as ?cursor= for the next page; null on the last page."
+    )
+
+
+class AttemptPublic(BaseModel):
+    """One attempt to send a timer."""
+
+    attempt: int = Field(description="1 for the first send; counts on across requeues.")
+    at: datetime = Field(description="When the request went out.")
+    status_code: int | None = Field(description="The HTTP status; null when none came.")
+    latency_ms: float | None = Field(description="From sending to the answer (or the error).")
+    error: str | None = Field(description="What went wrong (cut to 500 characters).")
+    dispatcher: str = Field(description="The dispatcher that made the attempt.")
+
+
+class AttemptList(BaseModel):
+    """GET /timer/{id}/attempts."""
+
+    id: uuid.UUID
+    attempts: list[AttemptPublic]
+
+
+class RequeueRequest(BaseModel):
+    """POST /timer/requeue: which dead letters to put back; {} takes every one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: list[Literal["dead", "failed"]] = Field(
+        default=["dead", "failed"], min_length=1, description="Which final states to requeue."
+    )
+    url_prefix: str | None = Field(
+        default=None, min_length=1, description="Only timers whose URL starts with this."
+    )
+    finished_after: datetime | None = Field(default=None, description="Ended at or after this.")
+    finished_before: datetime | None = Field(default=None, description="Ended before this.")
+    limit: int | None = Field(default=None, ge=1, description="Requeue at most this many.")
+
+
+class RequeueDone(BaseModel):
+    """How many timers a requeue put back."""
+
+    requeued: int

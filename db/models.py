@@ -5,9 +5,27 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
-TimerState = Literal["pending", "inflight", "delivered", "failed", "cancelled"]
+TimerState = Literal["pending", "inflight", "delivered", "failed", "dead", "cancelled"]
+TIMER_STATES: tuple[TimerState, ...] = (
+    "pending", "inflight", "delivered", "failed", "dead", "cancelled",
+)  # fmt: skip
+Delivery = Literal["at_least_once", "at_most_once"]
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryOptions:
+    """How one timer is to be sent; None fields take the database defaults.
+
+    ``payload`` and ``headers`` are JSON text, stored as jsonb.
+    """
+
+    payload: str | None = None
+    headers: str | None = None
+    timeout_ms: int | None = None
+    max_attempts: int | None = None
+    delivery: Delivery | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +53,59 @@ class Timer:
     last_status: int | None
     last_error: str | None
     time_left: int
+    max_attempts: int
+    round_start: int
+    delivery: Delivery
+    payload: Any
+    headers: dict[str, str] | None
+    timeout_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class TimerSummary:
+    """One timer in a listing."""
+
+    id: uuid.UUID
+    state: TimerState
+    due_at: datetime
+    run_at: datetime
+    url: str
+    attempts: int
+    max_attempts: int
+    fired_at: datetime | None
+    finished_at: datetime | None
+    last_status: int | None
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One recorded attempt to send a timer."""
+
+    attempt: int
+    at: datetime
+    status: int | None
+    latency_ms: float | None
+    error: str | None
+    dispatcher: str
+
+
+@dataclass(frozen=True, slots=True)
+class RequeueFilter:
+    """Which dead letters a bulk requeue takes: by state, URL prefix and when they ended."""
+
+    states: tuple[TimerState, ...] = ("dead", "failed")
+    url_prefix: str | None = None
+    finished_after: datetime | None = None
+    finished_before: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequeueResult:
+    """What a requeue of one timer found: its state before, and whether it was requeued."""
+
+    found: TimerState
+    requeued: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,12 +125,23 @@ class ClaimedTimer:
     url: str
     run_at: datetime
     attempts: int
+    max_attempts: int
+    round_start: int
+    delivery: Delivery
+    payload: str | None  # JSON text
+    headers: dict[str, str] | None
+    timeout_ms: int | None
     db_now: datetime
+
+    @property
+    def attempts_left(self) -> int:
+        """Attempts this round still allows after the one being made now."""
+        return self.max_attempts - (self.attempts - self.round_start)
 
 
 @dataclass(frozen=True, slots=True)
 class SendOutcome:
-    """What one send ended in, to be recorded."""
+    """What one send ended in, to be recorded; state pending means a retry at ``run_at``."""
 
     id: uuid.UUID
     bucket: datetime
@@ -67,6 +149,8 @@ class SendOutcome:
     status: int | None
     error: str | None
     fired_at: datetime
+    latency_ms: float | None = None
+    run_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,13 +26,28 @@ create table timers (
     -- Splits a slot so that a herd due in one second is drained by several dispatchers.
     shard       smallint    not null default 0,
     url         text        not null,
-    -- pending:   waiting for run_at; only these rows are in the partial index below.
+    -- pending:   waiting for run_at (the first send or a retry); only these rows are in the
+    --            partial index below.
     -- inflight:  leased by lease_owner until lease_until, being sent right now.
     -- delivered: the target answered 2xx.
-    -- failed:    the last attempt failed and no attempt is left.
+    -- failed:    a failure that retrying cannot fix (a 4xx other than 408 and 429, a refused
+    --            target, or an at_most_once call whose outcome is unknown).
+    -- dead:      retryable failures used up max_attempts; listed as a dead letter.
     -- cancelled: a pending timer its client called off; never sent, never pending again.
     state       text        not null default 'pending',
+    -- Sends so far, over the timer's whole life (a requeue does not reset it).
     attempts    integer     not null default 0,
+    -- Attempts allowed per round; a round starts at creation and at every requeue.
+    max_attempts integer    not null default 8,
+    -- attempts when the current round began (0, or the count at the last requeue).
+    round_start integer     not null default 0,
+    -- at_least_once: a send whose outcome was lost (its dispatcher died) is sent again.
+    -- at_most_once: such a send is never repeated; the timer ends failed instead.
+    delivery    text        not null default 'at_least_once',
+    -- Optional request shape: sent as {"id", "payload"}; extra headers; a per-timer timeout.
+    payload     jsonb,
+    headers     jsonb,
+    timeout_ms  integer,
     lease_owner text,
     lease_until timestamptz,
     created_at  timestamptz not null default now(),
@@ -42,7 +57,9 @@ create table timers (
     last_error  text,
     primary key (id, bucket),
     constraint timers_state_check
-        check (state in ('pending', 'inflight', 'delivered', 'failed', 'cancelled')),
+        check (state in ('pending', 'inflight', 'delivered', 'failed', 'dead', 'cancelled')),
+    constraint timers_delivery_check check (delivery in ('at_least_once', 'at_most_once')),
+    constraint timers_attempts_check check (max_attempts >= 1 and round_start <= attempts),
     constraint timers_lease_check
         check ((state = 'inflight') = (lease_owner is not null and lease_until is not null)),
     constraint timers_slot_check check (slot >= bucket and run_at <= slot)
@@ -52,23 +69,53 @@ create table timers (
 create index timers_pending_idx on timers (slot, shard, run_at) where state = 'pending';
 -- The lease reaper reads only in-flight rows.
 create index timers_inflight_idx on timers (lease_until) where state = 'inflight';
+-- Listing by state in id order (due order): GET /timer?status=dead, say, never walks the
+-- delivered history to find the few dead letters.
+create index timers_state_list_idx on timers (state, id);
 
--- Creates the missing daily partitions for [first_day, last_day]; returns how many it made.
--- Serialised by an advisory lock so that processes starting together do not collide.
+-- Every attempt to send a timer: when, the answer, how long it took, what went wrong. Kept in
+-- the daily partition of the timer's bucket, so a timer's attempts are read from one
+-- partition and dropped with it.
+create table timer_attempts (
+    timer_id    uuid             not null,
+    bucket      timestamptz      not null,
+    attempt     integer          not null,
+    -- when the request went out (the database clock's estimate)
+    at          timestamptz      not null,
+    -- the HTTP status; null when none came (network error, timeout, refused target)
+    status      integer,
+    latency_ms  double precision,
+    error       text,
+    dispatcher  text             not null,
+    primary key (timer_id, bucket, attempt)
+) partition by range (bucket);
+
+-- Creates the missing daily partitions of timers and timer_attempts for [first_day,
+-- last_day]; returns how many days needed any. An attempt lives in the day of its timer's
+-- bucket, so a day's two partitions are made and dropped together. Serialised by an advisory
+-- lock so that processes starting together do not collide.
 create function timerhook_partitions_ensure(first_day date, last_day date) returns integer
 language plpgsql as $$
 declare
     day date;
+    parent text;
     made integer := 0;
+    made_today boolean;
 begin
     perform pg_advisory_xact_lock(hashtext('timerhook.partitions'));
     for day in select generate_series(first_day, last_day, interval '1 day')::date loop
-        if to_regclass(format('timers_p%s', to_char(day, 'YYYYMMDD'))) is null then
-            execute format(
-                'create table %I partition of timers for values from (%L) to (%L)',
-                format('timers_p%s', to_char(day, 'YYYYMMDD')),
-                day::timestamp at time zone 'UTC',
-                (day + 1)::timestamp at time zone 'UTC');
+        made_today := false;
+        foreach parent in array array['timers', 'timer_attempts'] loop
+            if to_regclass(format('%s_p%s', parent, to_char(day, 'YYYYMMDD'))) is null then
+                execute format(
+                    'create table %I partition of %I for values from (%L) to (%L)',
+                    format('%s_p%s', parent, to_char(day, 'YYYYMMDD')), parent,
+                    day::timestamp at time zone 'UTC',
+                    (day + 1)::timestamp at time zone 'UTC');
+                made_today := true;
+            end if;
+        end loop;
+        if made_today then
             made := made + 1;
         end if;
     end loop;
@@ -76,8 +123,9 @@ begin
 end
 $$;
 
--- Drops daily partitions that ended before cutoff and hold no pending or in-flight row: this
--- is how fired timers are purged, with no DELETE storm and no bloat. Returns the names dropped.
+-- Drops the daily partitions (timers and their attempts) that ended before cutoff and hold no
+-- pending or in-flight timer: this is how fired timers are purged, with no DELETE storm and
+-- no bloat. Returns the names of the timers partitions dropped.
 create function timerhook_partitions_drop(cutoff date) returns setof text
 language plpgsql as $$
 declare
@@ -98,6 +146,7 @@ begin
                        part.relname) into busy;
         if not busy then
             execute format('drop table %I', part.relname);
+            execute format('drop table if exists %I', 'timer_attempts_' || substring(part.relname from 8));
             return next part.relname;
         end if;
     end loop;

@@ -50,10 +50,27 @@ class Settings(BaseSettings):
         description="Networks (CIDR, comma or space separated) webhooks may reach even though "
         "they are private, e.g. '10.20.0.0/16, fd00:1::/64'.",
     )
-    http_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    http_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=300, description="Whole-request timeout of a timer without one."
+    )
+    max_timeout_seconds: float = Field(
+        default=60.0, gt=0, le=300, description="Longest per-timer timeout a create may ask for."
+    )
+    max_attempts: int = Field(
+        default=8, ge=1, le=100, description="Attempts per round of a timer that names none."
+    )
+    retry_base_seconds: float = Field(
+        default=60.0, gt=0, description="Backoff ceiling after the first failed attempt."
+    )
+    retry_max_seconds: float = Field(
+        default=86_400.0, gt=0, description="Longest wait before a retry (Retry-After included)."
+    )
+    max_payload_bytes: int = Field(
+        default=65_536, ge=16, le=1_048_576, description="Largest payload, as compact JSON."
+    )
     concurrency: int = Field(default=256, ge=1, le=10_000, description="Sends in flight.")
     batch_size: int = Field(default=1000, ge=1, le=50_000, description="Rows per claim.")
-    lease_seconds: float = Field(default=60.0, ge=5)
+    lease_seconds: float = Field(default=90.0, ge=5)
     tick_seconds: float = Field(default=1.0, gt=0, le=60)
     heartbeat_seconds: float = Field(default=2.0, gt=0)
     dead_after_seconds: float = Field(default=10.0, gt=0)
@@ -112,8 +129,11 @@ class Settings(BaseSettings):
                 "dead_after_seconds must exceed twice heartbeat_seconds, "
                 "or live dispatchers would be declared dead between two heartbeats"
             )
-        if self.lease_seconds <= self.http_timeout_seconds:
-            raise ValueError("lease_seconds must exceed http_timeout_seconds")
+        if self.lease_seconds <= max(self.http_timeout_seconds, self.max_timeout_seconds):
+            raise ValueError(
+                "lease_seconds must exceed http_timeout_seconds and max_timeout_seconds, "
+                "or a slow send would be taken back and sent again while still running"
+            )
         return self
 
     @property

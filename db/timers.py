@@ -14,20 +14,53 @@ from psycopg.rows import class_row
 from db.connection import TRANSIENT, DatabaseUnavailable, PoolOwner, retry_transient
 from db.ids import bucket_of, lock_key
 from db.models import (
+    TIMER_STATES,
+    Attempt,
     CancelResult,
     ClaimedTimer,
     CreatedTimer,
+    DeliveryOptions,
     DueKey,
     IdempotentCreate,
     ReapedLease,
+    RequeueFilter,
+    RequeueResult,
     SendOutcome,
     Timer,
+    TimerState,
+    TimerSummary,
 )
 from db.query_loader import query
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+_PLAIN = DeliveryOptions()
+# Dead letters requeued per statement by a bulk requeue.
+_REQUEUE_BATCH = 5000
+
+
+def _insert_params(
+    delays_ms: Sequence[int],
+    urls: Sequence[str],
+    options: Sequence[DeliveryOptions] | None,
+    *,
+    shards: int,
+    now: datetime | None,
+) -> dict[str, object]:
+    opts = options or [_PLAIN] * len(delays_ms)
+    return {
+        "delay_ms": list(delays_ms),
+        "url": list(urls),
+        "payload": [o.payload for o in opts],
+        "headers": [o.headers for o in opts],
+        "timeout_ms": [o.timeout_ms for o in opts],
+        "max_attempts": [o.max_attempts for o in opts],
+        "delivery": [o.delivery for o in opts],
+        "shards": shards,
+        "now": now,
+    }
 
 
 class TimerStore(PoolOwner):
@@ -40,13 +73,15 @@ class TimerStore(PoolOwner):
         *,
         shards: int,
         now: datetime | None = None,
+        options: Sequence[DeliveryOptions] | None = None,
     ) -> list[CreatedTimer]:
         """Inserts timers in one statement and one commit; returns them in input order.
 
+        ``options`` gives each timer's request shape and policy (default: the plain request).
         Not retried on a lost connection: the commit may have happened, and a blind retry
         would create a second timer. The caller reports the failure instead.
         """
-        params = {"delay_ms": list(delays_ms), "url": list(urls), "shards": shards, "now": now}
+        params = _insert_params(delays_ms, urls, options, shards=shards, now=now)
 
         async def once() -> list[CreatedTimer]:
             async with self.connection() as conn:
@@ -57,12 +92,21 @@ class TimerStore(PoolOwner):
         return await self._inserting(once, ahead_ms=max(delays_ms, default=0), now=now)
 
     async def insert_idempotent(
-        self, *, key: str, fingerprint: str, delay_ms: int, url: str, shards: int
+        self,
+        *,
+        key: str,
+        fingerprint: str,
+        delay_ms: int,
+        url: str,
+        shards: int,
+        options: DeliveryOptions | None = None,
     ) -> IdempotentCreate:
         """Creates one timer for a keyed request, or finds the one an earlier request with the
         same key created. Lookup, insert and record share one transaction under a lock on the
         key. Not retried on a lost connection, like insert."""
-        params = {"delay_ms": [delay_ms], "url": [url], "shards": shards, "now": None}
+        params = _insert_params(
+            [delay_ms], [url], [options] if options else None, shards=shards, now=None
+        )
 
         async def once() -> IdempotentCreate:
             async with self.connection() as conn, conn.transaction():
@@ -193,7 +237,8 @@ class TimerStore(PoolOwner):
         return await retry_transient(op, what="bucket_claim")
 
     async def record(self, outcomes: Sequence[SendOutcome], *, owner: str) -> int:
-        """Records send outcomes in one statement; returns how many rows it updated."""
+        """Records send outcomes and their attempts in one statement; returns how many rows
+        it recorded (a row whose lease was taken back is not)."""
         if not outcomes:
             return 0
         params = {
@@ -203,6 +248,8 @@ class TimerStore(PoolOwner):
             "status": [o.status for o in outcomes],
             "error": [o.error for o in outcomes],
             "fired_at": [o.fired_at for o in outcomes],
+            "latency_ms": [o.latency_ms for o in outcomes],
+            "run_at": [o.run_at for o in outcomes],
             "owner": owner,
         }
 
@@ -234,7 +281,8 @@ class TimerStore(PoolOwner):
     async def reap(
         self, *, dead_after_seconds: float, now: datetime | None = None
     ) -> list[ReapedLease]:
-        """Returns to pending the rows leased by dead dispatchers or with expired leases."""
+        """Takes back the rows leased by dead dispatchers or with expired leases: at_least_once
+        rows return to pending, at_most_once rows end failed."""
 
         async def op() -> list[ReapedLease]:
             async with self.connection() as conn:
@@ -251,3 +299,93 @@ class TimerStore(PoolOwner):
         async with self.connection() as conn:
             cur = await conn.execute(query("timer_counts"))
             return {str(state): int(n) for state, n in await cur.fetchall()}
+
+    async def listing(
+        self,
+        *,
+        states: Sequence[TimerState] = TIMER_STATES,
+        limit: int,
+        after: uuid.UUID | None = None,
+    ) -> list[TimerSummary]:
+        """Up to ``limit`` timers in the given states, in id (due) order after ``after``."""
+        params = {
+            "states": list(states),
+            "limit": limit,
+            "after": after,
+            "after_bucket": bucket_of(after) if after else None,
+        }
+
+        async def op() -> list[TimerSummary]:
+            async with self.connection() as conn:
+                cur = conn.cursor(row_factory=class_row(TimerSummary))
+                await cur.execute(query("timer_list"), params)
+                return await cur.fetchall()
+
+        return await retry_transient(op, what="timer_list")
+
+    async def attempts(self, timer_id: uuid.UUID) -> list[Attempt]:
+        """Every recorded attempt of a timer, oldest first."""
+
+        async def op() -> list[Attempt]:
+            async with self.connection() as conn:
+                cur = conn.cursor(row_factory=class_row(Attempt))
+                await cur.execute(
+                    query("attempt_list"), {"id": timer_id, "bucket": bucket_of(timer_id)}
+                )
+                return await cur.fetchall()
+
+        return await retry_transient(op, what="attempt_list")
+
+    async def requeue(
+        self, timer_id: uuid.UUID, *, now: datetime | None = None
+    ) -> RequeueResult | None:
+        """Requeues one dead or failed timer (due now, a fresh round of attempts); None if
+        there is no such timer."""
+
+        async def op() -> RequeueResult | None:
+            async with self.connection() as conn, conn.transaction():
+                cur = conn.cursor(row_factory=class_row(RequeueResult))
+                await cur.execute(
+                    query("timer_requeue"),
+                    {"id": timer_id, "bucket": bucket_of(timer_id), "now": now},
+                )
+                return await cur.fetchone()
+
+        # A repeat finds the timer pending: it reports "not requeued", never requeues twice.
+        return await retry_transient(op, what="timer_requeue")
+
+    async def requeue_matching(
+        self, which: RequeueFilter, *, limit: int | None = None, now: datetime | None = None
+    ) -> int:
+        """Requeues the dead letters that match (at most ``limit``); returns how many. Runs in
+        batches of a few thousand, each its own short transaction."""
+        async with self.connection() as conn:
+            cur = await conn.execute(query("clock_now"), {"now": now})
+            row = await cur.fetchone()
+        assert row is not None
+        started: datetime = row[0]
+        cutoff = min(which.finished_before, started) if which.finished_before else started
+        total = 0
+        while limit is None or total < limit:
+            batch = _REQUEUE_BATCH if limit is None else min(_REQUEUE_BATCH, limit - total)
+            params: dict[str, object] = {
+                "states": list(which.states),
+                "url_prefix": which.url_prefix,
+                "finished_after": which.finished_after,
+                "finished_before": cutoff,
+                "limit": batch,
+                "now": now,
+            }
+
+            async def op(params: dict[str, object] = params) -> int:
+                async with self.connection() as conn:
+                    cur = await conn.execute(query("timers_requeue"), params)
+                    return cur.rowcount
+
+            done = await retry_transient(op, what="timers_requeue")
+            total += done
+            if done < batch:
+                break
+        if total:
+            log.info("requeued %d dead letters", total)
+        return total

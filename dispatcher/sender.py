@@ -1,10 +1,12 @@
-"""Sends one webhook: ``POST <url>`` with ``{"id": "<timer id>"}``, and classifies the outcome."""
+"""Sends one webhook: ``POST <url>`` with ``{"id": "<timer id>"}`` (plus ``"payload"`` when the
+timer has one), and says what happened in terms the retry policy understands."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -12,27 +14,43 @@ import aiohttp
 from standardwebhooks.webhooks import Webhook
 from yarl import URL
 
-from db.models import ClaimedTimer, TimerState
+from db.models import ClaimedTimer
 from dispatcher.guard import GuardedResolver, Networks, TargetRefused, check_literal
+from dispatcher.retry import Failure, parse_retry_after
 
 log = logging.getLogger(__name__)
 
 USER_AGENT = "timerhook/0.1"
-_ERROR_CHARS = 500
+# Error texts are cut to this many characters before they are stored.
+ERROR_CHARS = 500
+# Of a failed answer's body, at most this much is read (into the error text); the rest of it
+# is never read, so a huge or endless body cannot stall a send. A 2xx body is not read at all.
+BODY_READ_CAP = 256
 
 
 @dataclass(frozen=True, slots=True)
 class Result:
-    """What a send ended in: a final state, the HTTP status if any, and an error text if any."""
+    """What a send ended in: delivered, or a failure; the status and error if any; how long
+    it took."""
 
-    state: TimerState
     status: int | None
     error: str | None
+    latency_ms: float | None
+    failure: Failure | None = None  # None: delivered (2xx)
+
+    @property
+    def delivered(self) -> bool:
+        """The target answered 2xx."""
+        return self.failure is None
 
 
 def body_of(timer: ClaimedTimer) -> bytes:
-    """The request body: exactly ``{"id": "<timer id>"}``."""
-    return json.dumps({"id": str(timer.id)}).encode()
+    """The request body: exactly ``{"id": "<timer id>"}``, or with the timer's payload
+    ``{"id": "<timer id>", "payload": <payload>}``."""
+    ident = json.dumps({"id": str(timer.id)})
+    if timer.payload is None:
+        return ident.encode()
+    return f'{ident[:-1]}, "payload": {timer.payload}}}'.encode()
 
 
 class Sender:
@@ -78,31 +96,45 @@ class Sender:
         """POSTs the webhook once; never raises for the target's or the network's failures."""
         assert self._session is not None, "Sender.start() was not awaited"
         body = body_of(timer)
-        headers = {"Idempotency-Key": str(timer.id), "Timerhook-Attempt": str(timer.attempts)}
+        headers = dict(timer.headers) if timer.headers else {}
+        headers["Idempotency-Key"] = str(timer.id)
+        headers["Timerhook-Attempt"] = str(timer.attempts)
         if self._signers:
             headers.update(self._signature(timer, body))
+        timeout = self._timeout
+        if timer.timeout_ms is not None:
+            timeout = aiohttp.ClientTimeout(total=timer.timeout_ms / 1000)
+        started = time.monotonic()
         try:
             if not self._allow_private:
                 check_literal(URL(timer.url).host or "", self._allowed)
             async with self._session.post(
-                timer.url, data=body, headers=headers, allow_redirects=False
+                timer.url, data=body, headers=headers, allow_redirects=False, timeout=timeout
             ) as response:
                 status = response.status
-                # The body is not read: only the status matters, and a huge body must not stall us.
+                latency = (time.monotonic() - started) * 1000
+                if 200 <= status < 300:
+                    return Result(status, None, latency)
+                # Only the start of a failed answer's body is read, for the error text.
+                excerpt = await _excerpt(response)
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
         except TargetRefused as exc:
-            return self._failed(timer, None, str(exc))
+            return self._failed(timer, started, None, str(exc), refused=True, connected=False)
         except aiohttp.ClientConnectorError as exc:
-            cause = exc.os_error if isinstance(exc.os_error, TargetRefused) else exc
-            return self._failed(timer, None, f"{type(cause).__name__}: {cause}")
+            if isinstance(exc.os_error, TargetRefused):
+                return self._failed(
+                    timer, started, None, str(exc.os_error), refused=True, connected=False
+                )
+            return self._failed(timer, started, None, f"{type(exc).__name__}: {exc}",
+                                connected=False)  # fmt: skip
         except TimeoutError:
-            return self._failed(timer, None, f"timeout after {self._timeout.total} s")
+            return self._failed(timer, started, None, f"timeout after {timeout.total} s")
         except (aiohttp.ClientError, ValueError, OSError) as exc:
-            return self._failed(timer, None, f"{type(exc).__name__}: {exc}")
+            return self._failed(timer, started, None, f"{type(exc).__name__}: {exc}")
         except asyncio.CancelledError:
             raise
-        if 200 <= status < 300:
-            return Result("delivered", status, None)
-        return self._failed(timer, status, f"HTTP {status}")
+        error = f"HTTP {status}" + (f": {excerpt}" if excerpt else "")
+        return self._failed(timer, started, status, error, retry_after=retry_after)
 
     def _signature(self, timer: ClaimedTimer, body: bytes) -> dict[str, str]:
         """Standard Webhooks headers: the id is the timer's (the same on every attempt), the
@@ -117,6 +149,22 @@ class Sender:
         }
 
     @staticmethod
-    def _failed(timer: ClaimedTimer, status: int | None, error: str) -> Result:
-        log.warning("webhook %s to %s failed: %s", timer.id, timer.url, error)
-        return Result("failed", status, error[:_ERROR_CHARS])
+    def _failed(
+        timer: ClaimedTimer, started: float, status: int | None, error: str, *,
+        connected: bool = True, refused: bool = False, retry_after: float | None = None,
+    ) -> Result:  # fmt: skip
+        latency = (time.monotonic() - started) * 1000
+        log.warning(
+            "webhook %s to %s failed (attempt %d): %s", timer.id, timer.url, timer.attempts, error
+        )
+        failure = Failure(status, connected=connected, refused=refused, retry_after=retry_after)
+        return Result(status, error[:ERROR_CHARS], latency, failure)
+
+
+async def _excerpt(response: aiohttp.ClientResponse) -> str:
+    """The start of an answer's body as one line of text (BODY_READ_CAP bytes at most)."""
+    try:
+        raw = await asyncio.wait_for(response.content.read(BODY_READ_CAP), 1.0)
+    except (TimeoutError, aiohttp.ClientError):
+        return ""
+    return " ".join(raw.decode("utf-8", "replace").split())

@@ -18,8 +18,9 @@ from apscheduler.triggers.interval import IntervalTrigger
 from db.caps import GLOBAL
 from db.connection import DatabaseUnavailable
 from db.database import Database
-from db.models import ClaimedTimer, DueKey, SendOutcome
+from db.models import ClaimedTimer, DueKey, SendOutcome, TimerState
 from db.settings import Settings
+from dispatcher.retry import decide
 from dispatcher.sender import Result, Sender
 
 log = logging.getLogger(__name__)
@@ -282,12 +283,33 @@ class Dispatcher:
                     self._progress.notify_all()
 
     def _outcome(self, row: ClaimedTimer, result: Result, fired_at: datetime) -> None:
-        if result.state == "delivered":
+        run_at = None
+        if result.failure is None:
+            state: TimerState = "delivered"
             self.sent_total += 1
         else:
             self.failed_total += 1
+            decision = decide(
+                result.failure, delivery=row.delivery, attempt=row.attempts - row.round_start,
+                attempts_left=row.attempts_left, base=self.settings.retry_base_seconds,
+                cap=self.settings.retry_max_seconds,
+            )  # fmt: skip
+            state = decision.state
+            if decision.delay is not None:
+                run_at = fired_at + timedelta(seconds=decision.delay)
+            elif state == "dead":
+                log.warning("timer %s is dead after %d attempts", row.id, row.attempts)
         self._outcomes.append(
-            SendOutcome(row.id, row.bucket, result.state, result.status, result.error, fired_at)
+            SendOutcome(
+                row.id,
+                row.bucket,
+                state,
+                result.status,
+                result.error,
+                fired_at,
+                result.latency_ms,
+                run_at,
+            )
         )
         if len(self._outcomes) >= self.settings.batch_size:
             self._record_wake.set()

@@ -12,7 +12,7 @@ import pytest
 
 from api.app import create_app
 from db.database import Database
-from db.models import CreatedTimer
+from db.models import CreatedTimer, DeliveryOptions
 from db.settings import Settings
 from dispatcher.service import Dispatcher
 from tests.support import postgres
@@ -99,10 +99,17 @@ def make_timer(db: Database, sink: Sink, settings: Settings) -> MakeTimer:
     """Inserts a timer straight into the database (default: due in 1 s, aimed at the sink)."""
 
     async def make(
-        delay_ms: int = 1000, url: str | None = None, now: datetime | None = None
+        delay_ms: int = 1000,
+        url: str | None = None,
+        now: datetime | None = None,
+        **options: Any,
     ) -> CreatedTimer:
         created = await db.timers.insert(
-            [delay_ms], [url or f"{sink.url}/hook"], shards=settings.shards, now=now
+            [delay_ms],
+            [url or f"{sink.url}/hook"],
+            shards=settings.shards,
+            now=now,
+            options=[DeliveryOptions(**options)],
         )
         return created[0]
 

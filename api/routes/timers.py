@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from typing import Annotated, Any
 
@@ -13,7 +14,7 @@ from api.problems import FieldError
 from api.schemas import LastResult, TimerCreate, TimerDetail, TimerPublic
 from db.database import Database
 from db.ids import parse_timer_id
-from db.models import IdempotentCreate
+from db.models import DeliveryOptions, IdempotentCreate, Timer
 from db.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,8 @@ async def create_timer(
         ),
     ] = None,
 ) -> TimerPublic:
-    """Creates a timer that POSTs ``{"id": ...}`` to ``url`` once the delay has passed."""
+    """Creates a timer that POSTs ``{"id": ...}`` (plus ``"payload"`` if given) to ``url`` once
+    the delay has passed."""
     horizon = settings.horizon_days * 86_400
     if body.delay_seconds > horizon:
         raise FieldError(
@@ -54,11 +56,12 @@ async def create_timer(
             f"add up to {body.delay_seconds} s; the longest accepted delay is {horizon} s "
             f"({settings.horizon_days} days)",
         )
+    options = delivery_options(body, settings)
     if idempotency_key is None:
-        timer = await batcher.create(body.delay_seconds * 1000, body.url)
+        timer = await batcher.create(body.delay_seconds * 1000, body.url, options)
         response.headers["Location"] = f"/timer/{timer.id}"
         return TimerPublic(id=timer.id, time_left=timer.time_left)
-    keyed = await _create_keyed(db, settings, idempotency_key, body)
+    keyed = await _create_keyed(db, settings, idempotency_key, body, options)
     if keyed.conflict:
         raise FieldError(
             "Idempotency-Key",
@@ -73,8 +76,35 @@ async def create_timer(
     return TimerPublic(id=found.id, time_left=found.time_left)
 
 
+def delivery_options(body: TimerCreate, settings: Settings) -> DeliveryOptions:
+    """The stored request shape and policy of a create, checked against the settings' limits."""
+    payload = None
+    if body.payload is not None:
+        payload = json.dumps(body.payload, separators=(",", ":"), ensure_ascii=False)
+        size = len(payload.encode())
+        if size > settings.max_payload_bytes:
+            raise FieldError(
+                "payload",
+                f"is {size} bytes as compact JSON; at most {settings.max_payload_bytes} allowed",
+            )
+    timeout_ms = None
+    if body.timeout_seconds is not None:
+        if body.timeout_seconds > settings.max_timeout_seconds:
+            raise FieldError(
+                "timeout_seconds", f"must be at most {settings.max_timeout_seconds:g} seconds"
+            )
+        timeout_ms = max(1, round(body.timeout_seconds * 1000))
+    return DeliveryOptions(
+        payload=payload,
+        headers=json.dumps(body.headers) if body.headers else None,
+        timeout_ms=timeout_ms,
+        max_attempts=body.max_attempts or settings.max_attempts,
+        delivery=body.delivery,
+    )
+
+
 async def _create_keyed(
-    db: Database, settings: Settings, key: str, body: TimerCreate
+    db: Database, settings: Settings, key: str, body: TimerCreate, options: DeliveryOptions
 ) -> IdempotentCreate:
     """The keyed create; the fingerprint is a hash of the validated body with its defaults."""
     return await db.timers.insert_idempotent(
@@ -83,6 +113,7 @@ async def _create_keyed(
         delay_ms=body.delay_seconds * 1000,
         url=body.url,
         shards=settings.shards,
+        options=options,
     )
 
 
@@ -93,12 +124,21 @@ async def get_timer(timer_id: str, db: DatabaseDep) -> TimerDetail:
     timer = await db.timers.get(parsed) if parsed else None
     if timer is None:
         raise HTTPException(404, f"no timer with id {timer_id!r}")
+    return detail_of(timer)
+
+
+def detail_of(timer: Timer) -> TimerDetail:
+    """The API's view of a stored timer."""
     last = None
     if timer.fired_at is not None:
         last = LastResult(at=timer.fired_at, status_code=timer.last_status, error=timer.last_error)
     return TimerDetail(
         id=timer.id, time_left=timer.time_left, status=timer.state, due_at=timer.due_at,
-        attempts=timer.attempts, last_result=last,
+        attempts=timer.attempts, last_result=last, url=timer.url,
+        next_attempt_at=timer.run_at if timer.state == "pending" else None,
+        max_attempts=timer.max_attempts, delivery=timer.delivery, payload=timer.payload,
+        headers=timer.headers,
+        timeout_seconds=timer.timeout_ms / 1000 if timer.timeout_ms is not None else None,
     )  # fmt: skip
 
 
@@ -106,6 +146,7 @@ _CANCEL_CONFLICT = {
     "inflight": "is being sent right now and can no longer be cancelled",
     "delivered": "was already delivered",
     "failed": "already failed",
+    "dead": "is dead (out of attempts); it will not be sent again unless requeued",
 }
 
 

@@ -3,24 +3,34 @@
 
 -- name: timer_insert
 -- Inserts one timer per element of the input arrays and returns, per input position, its id,
--- due time and time_left. Due times come from the database clock, never a server's.
+-- due time and time_left. Due times come from the database clock, never a server's. A null
+-- max_attempts or delivery takes the column default.
 with clock as (
     -- now, rounded up to the millisecond so that no due time is early
     select ceil(extract(epoch from coalesce(%(now)s::timestamptz, now())) * 1000)::bigint as now_ms
 ), input as (
-    select t.ord, t.url, clock.now_ms + t.delay_ms as due_ms, t.delay_ms
-    from unnest(%(delay_ms)s::bigint[], %(url)s::text[]) with ordinality as t(delay_ms, url, ord),
+    select t.ord, t.url, clock.now_ms + t.delay_ms as due_ms, t.delay_ms, t.payload, t.headers,
+           t.timeout_ms, t.max_attempts, t.delivery
+    from unnest(%(delay_ms)s::bigint[], %(url)s::text[], %(payload)s::jsonb[],
+                %(headers)s::jsonb[], %(timeout_ms)s::integer[], %(max_attempts)s::integer[],
+                %(delivery)s::text[])
+         with ordinality as t(delay_ms, url, payload, headers, timeout_ms, max_attempts,
+                              delivery, ord),
          clock
 ), rows as (
     -- referenced twice below, so materialised once: the ids inserted are the ids returned
-    select ord, timerhook_id(due_ms) as id, url, delay_ms,
+    select ord, timerhook_id(due_ms) as id, url, delay_ms, payload, headers, timeout_ms,
+           max_attempts, delivery,
            'epoch'::timestamptz + due_ms * interval '1 millisecond' as due_at,
            'epoch'::timestamptz + ceil(due_ms / 1000.0) * interval '1 second' as bucket,
            floor(random() * %(shards)s)::smallint as shard
     from input
 ), inserted as (
-    insert into timers (id, bucket, due_at, run_at, slot, shard, url)
-    select id, bucket, due_at, due_at, bucket, shard, url from rows
+    insert into timers (id, bucket, due_at, run_at, slot, shard, url, payload, headers,
+                        timeout_ms, max_attempts, delivery)
+    select id, bucket, due_at, due_at, bucket, shard, url, payload, headers, timeout_ms,
+           coalesce(max_attempts, 8), coalesce(delivery, 'at_least_once')
+    from rows
     returning 1
 )
 select ord, id, due_at, ceil(delay_ms / 1000.0)::bigint as time_left,
@@ -33,7 +43,8 @@ order by ord;
 select id, state, due_at, run_at, url, attempts, created_at, fired_at, finished_at,
        last_status, last_error,
        greatest(ceil(extract(epoch from due_at - coalesce(%(now)s::timestamptz, now()))), 0)::bigint
-           as time_left
+           as time_left,
+       max_attempts, round_start, delivery, payload, headers, timeout_ms
 from timers
 where id = %(id)s and bucket = %(bucket)s;
 
@@ -104,34 +115,58 @@ set state = 'inflight', lease_owner = %(owner)s,
     attempts = t.attempts + 1
 from picked, clock
 where t.id = picked.id and t.bucket = picked.bucket
-returning t.id, t.bucket, t.url, t.run_at, t.attempts, clock.now as db_now;
+returning t.id, t.bucket, t.url, t.run_at, t.attempts, t.max_attempts, t.round_start,
+          t.delivery, t.payload::text as payload, t.headers, t.timeout_ms, clock.now as db_now;
 
 -- name: timer_record
--- Records the outcome of a batch of sends by their lease owner. A row whose lease was reaped
--- meanwhile (its owner was declared dead) is left alone: its new owner will record it.
-update timers t
-set state = r.state,
-    fired_at = r.fired_at,
-    finished_at = case when r.state in ('delivered', 'failed') then r.fired_at end,
-    last_status = r.status,
-    last_error = r.error,
-    lease_owner = null,
-    lease_until = null
-from unnest(%(id)s::uuid[], %(bucket)s::timestamptz[], %(state)s::text[],
-            %(status)s::integer[], %(error)s::text[], %(fired_at)s::timestamptz[])
-     as r(id, bucket, state, status, error, fired_at)
-where t.id = r.id and t.bucket = r.bucket and t.state = 'inflight' and t.lease_owner = %(owner)s;
+-- Records the outcome of a batch of sends by their lease owner, and each attempt. A retry
+-- (state pending) goes back into the bucket of its run_at, like any timer, so caps and shards
+-- apply to it; its partition (bucket) never changes. A row whose lease was reaped meanwhile
+-- (its owner was declared dead) is left alone: its new owner records it.
+with outcome as (
+    select * from unnest(%(id)s::uuid[], %(bucket)s::timestamptz[], %(state)s::text[],
+                         %(status)s::integer[], %(error)s::text[], %(fired_at)s::timestamptz[],
+                         %(latency_ms)s::double precision[], %(run_at)s::timestamptz[])
+         as r(id, bucket, state, status, error, fired_at, latency_ms, run_at)
+), recorded as (
+    update timers t
+    set state = r.state,
+        run_at = case when r.state = 'pending' then greatest(r.run_at, t.due_at) else t.run_at end,
+        -- slot >= bucket always holds: run_at >= due_at, and bucket is due_at's whole second
+        slot = case when r.state = 'pending'
+                    then 'epoch'::timestamptz + ceil(extract(epoch from greatest(r.run_at, t.due_at)))
+                                                * interval '1 second'
+                    else t.slot end,
+        fired_at = r.fired_at,
+        finished_at = case when r.state in ('delivered', 'failed', 'dead') then r.fired_at end,
+        last_status = r.status,
+        last_error = r.error,
+        lease_owner = null,
+        lease_until = null
+    from outcome r
+    where t.id = r.id and t.bucket = r.bucket and t.state = 'inflight'
+      and t.lease_owner = %(owner)s
+    returning t.id, t.bucket, t.attempts
+)
+-- one attempt row per recorded outcome (a refused record writes none)
+insert into timer_attempts (timer_id, bucket, attempt, at, status, latency_ms, error, dispatcher)
+select rec.id, rec.bucket, rec.attempts, r.fired_at, r.status, r.latency_ms, r.error, %(owner)s
+from recorded rec join outcome r on r.id = rec.id and r.bucket = rec.bucket
+on conflict do nothing;
 
 -- name: lease_release
 -- Gives back leased rows that were never sent (a clean shutdown), undoing their attempt count.
+-- Safe for at_most_once rows too: nothing of them went out.
 update timers t
 set state = 'pending', lease_owner = null, lease_until = null, attempts = t.attempts - 1
 from unnest(%(id)s::uuid[], %(bucket)s::timestamptz[]) as r(id, bucket)
 where t.id = r.id and t.bucket = r.bucket and t.state = 'inflight' and t.lease_owner = %(owner)s;
 
 -- name: lease_reap
--- Puts back to pending every in-flight row whose lease ran out or whose owner is dead (stale
--- heartbeat) or gone (deregistered): at-least-once, the row is sent again.
+-- Takes back every in-flight row whose lease ran out or whose owner is dead (stale heartbeat)
+-- or gone (deregistered). Whether its send went out is unknown: an at_least_once row goes back
+-- to pending and is sent again; an at_most_once row is never repeated and ends failed. Either
+-- way the attempt is recorded with what happened.
 with clock as (
     select coalesce(%(now)s::timestamptz, now()) as now
 ), dead as (
@@ -141,18 +176,113 @@ with clock as (
        or d.heartbeat_at < clock.now - %(dead_after_seconds)s * interval '1 second'
 ), victims as (
     -- read before the update so that the owner they are taken from can be reported
-    select t.id, t.bucket, t.lease_owner
+    select t.id, t.bucket, t.lease_owner, t.delivery
     from timers t, clock
     where t.state = 'inflight'
       and (t.lease_until < clock.now or t.lease_owner in (select id from dead))
     for update of t skip locked
+), reaped as (
+    update timers t
+    set state = case when v.delivery = 'at_most_once' then 'failed' else 'pending' end,
+        finished_at = case when v.delivery = 'at_most_once' then clock.now end,
+        last_status = case when v.delivery = 'at_most_once' then null else t.last_status end,
+        last_error = case when v.delivery = 'at_most_once'
+                          then 'at_most_once: dispatcher ' || v.lease_owner
+                               || ' was lost mid-send; the call may or may not have been made and is not repeated'
+                          else t.last_error end,
+        lease_owner = null, lease_until = null
+    from victims v, clock
+    where t.id = v.id and t.bucket = v.bucket
+    returning t.id, t.bucket, t.attempts, t.state, v.lease_owner, clock.now
+), noted as (
+    insert into timer_attempts (timer_id, bucket, attempt, at, status, latency_ms, error,
+                                dispatcher)
+    select id, bucket, attempts, now, null, null,
+           'outcome unknown: lease taken back from ' || lease_owner
+           || case when state = 'failed' then ' (at_most_once: not repeated)'
+                   else ' (sent again)' end,
+           lease_owner
+    from reaped
+    on conflict do nothing
 )
-update timers t
-set state = 'pending', lease_owner = null, lease_until = null
-from victims v
-where t.id = v.id and t.bucket = v.bucket
-returning t.id, v.lease_owner;
+select id, lease_owner from reaped;
 
 -- name: timer_counts
 -- How many timers are in each state (admin and tests).
 select state, count(*) as n from timers group by state order by state;
+
+-- name: timer_list
+-- Timers in id order (which is due order) after %(after)s, for keyset pagination, with the
+-- given states. One index probe per state (timers_state_list_idx), merged: a filter on dead
+-- letters reads only dead letters. The bucket bound prunes partitions before the cursor.
+select t.id, t.state, t.due_at, t.run_at, t.url, t.attempts, t.max_attempts, t.fired_at,
+       t.finished_at, t.last_status, t.last_error
+from unnest(%(states)s::text[]) as s(state),
+     lateral (select * from timers t
+              where t.state = s.state
+                and (%(after)s::uuid is null
+                     or (t.id > %(after)s::uuid and t.bucket >= %(after_bucket)s::timestamptz))
+              order by t.id
+              limit %(limit)s) as t
+order by t.id
+limit %(limit)s;
+
+-- name: attempt_list
+-- A timer's attempts, oldest first, from the one partition its bucket names.
+select attempt, at, status, latency_ms, error, dispatcher
+from timer_attempts
+where timer_id = %(id)s and bucket = %(bucket)s
+order by attempt;
+
+-- name: timer_requeue
+-- Puts one dead or failed timer back into the bucket of now, with a fresh round of attempts.
+-- Returns the state found and whether this call requeued it; no row if no such timer.
+with clock as (
+    select coalesce(%(now)s::timestamptz, now()) as now
+), target as (
+    select t.id, t.bucket, t.state from timers t
+    where t.id = %(id)s and t.bucket = %(bucket)s
+    for update
+), requeued as (
+    update timers t
+    set state = 'pending', run_at = greatest(clock.now, t.due_at),
+        slot = 'epoch'::timestamptz
+               + ceil(extract(epoch from greatest(clock.now, t.due_at))) * interval '1 second',
+        round_start = t.attempts, finished_at = null
+    from target, clock
+    where t.id = target.id and t.bucket = target.bucket and target.state in ('dead', 'failed')
+    returning t.id
+)
+select target.state as found, exists (select 1 from requeued) as requeued from target;
+
+-- name: timers_requeue
+-- Puts up to %(limit)s dead letters matching the filter back into the bucket of now; returns
+-- their ids. Requeued rows no longer match, so the caller repeats until none is left; the
+-- finished_before bound (at the latest, when the requeue began) keeps a timer that dies again
+-- meanwhile from being taken twice.
+with clock as (
+    select coalesce(%(now)s::timestamptz, now()) as now
+), picked as (
+    -- rows a cancel or a claim holds are skipped, not waited for
+    select t.id, t.bucket from timers t
+    where t.state = any(%(states)s::text[])
+      and t.state in ('dead', 'failed')
+      and (%(url_prefix)s::text is null
+           or left(t.url, length(%(url_prefix)s::text)) = %(url_prefix)s::text)
+      and (%(finished_after)s::timestamptz is null or t.finished_at >= %(finished_after)s)
+      and t.finished_at < %(finished_before)s::timestamptz
+    limit %(limit)s
+    for update skip locked
+)
+update timers t
+set state = 'pending', run_at = greatest(clock.now, t.due_at),
+    slot = 'epoch'::timestamptz
+           + ceil(extract(epoch from greatest(clock.now, t.due_at))) * interval '1 second',
+    round_start = t.attempts, finished_at = null
+from picked, clock
+where t.id = picked.id and t.bucket = picked.bucket
+returning t.id;
+
+-- name: clock_now
+-- The database clock (or the injected now).
+select coalesce(%(now)s::timestamptz, now()) as now;

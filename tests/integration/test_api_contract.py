@@ -34,8 +34,14 @@ async def test_get_answers_the_same_shape_counting_down(client: httpx.AsyncClien
     # The contract's two fields, unchanged, then the optional extensions.
     assert body["id"] == created["id"]
     assert 599 <= body["time_left"] <= 600
-    assert set(body) == {"id", "time_left", "status", "due_at", "attempts", "last_result"}
+    assert list(body)[:2] == ["id", "time_left"]
+    assert set(body) == {
+        "id", "time_left", "status", "due_at", "attempts", "last_result", "url",
+        "next_attempt_at", "max_attempts", "delivery", "payload", "headers", "timeout_seconds",
+    }  # fmt: skip
     assert (body["status"], body["attempts"], body["last_result"]) == ("pending", 0, None)
+    assert (body["max_attempts"], body["delivery"], body["payload"]) == (8, "at_least_once", None)
+    assert body["next_attempt_at"] == body["due_at"] and body["url"] == URL
     due = datetime.fromisoformat(body["due_at"])
     assert due_ms_of(uuid.UUID(body["id"])) == int(due.timestamp() * 1000)
 

@@ -84,19 +84,30 @@ async def test_a_claimed_key_is_skipped_by_a_second_claimer_while_locked(
     assert [c.id for c in claimed] == [timer.id]
 
 
-async def test_failures_are_recorded_with_status_and_reason(
+async def test_failures_are_recorded_and_only_retryable_ones_retried(
     make_timer: MakeTimer, sink: Sink, db: Database, start_dispatcher: StartDispatcher
 ) -> None:
-    sink.status_for = lambda r: 503
-    failing = await make_timer(delay_ms=0)
+    sink.status_for = lambda r: 503 if r.path == "/busy" else 404
+    busy = await make_timer(delay_ms=0, url=f"{sink.url}/busy")
+    missing = await make_timer(delay_ms=0, url=f"{sink.url}/gone")
     unreachable = await make_timer(delay_ms=0, url="http://127.0.0.1:9/closed-port")
     dispatcher = await start_dispatcher()
-    await dispatcher.wait_recorded(2, timeout=10)
-    state, attempts, status, error = await _state(db, failing.id)
-    assert (state, attempts, status, error) == ("failed", 1, 503, "HTTP 503")
-    state, _, status, error = await _state(db, unreachable.id)
-    assert state == "failed" and status is None
+    await dispatcher.wait_recorded(3, timeout=10)
+    # 503 and a network error are retried later (the default first backoff is up to 60 s)...
+    assert await _state(db, busy.id) == ("pending", 1, 503, "HTTP 503")
+    state, attempts, status, error = await _state(db, unreachable.id)
+    assert (state, attempts, status) == ("pending", 1, None)
     assert error is not None and "ClientConnectorError" in error
+    # ...a 404 fails at once: retrying cannot fix it.
+    assert await _state(db, missing.id) == ("failed", 1, 404, "HTTP 404")
+    for timer in (busy, unreachable):
+        found = await db.timers.get(timer.id)
+        assert found is not None and found.fired_at is not None
+        wait = (found.run_at - found.fired_at).total_seconds()
+        assert 0 <= wait <= 60, wait
+    [attempt] = await db.timers.attempts(busy.id)
+    assert (attempt.attempt, attempt.status, attempt.error) == (1, 503, "HTTP 503")
+    assert attempt.dispatcher == dispatcher.id and attempt.latency_ms is not None
 
 
 async def test_private_targets_are_refused_unless_allowed(

@@ -20,12 +20,23 @@ class Received:
     at: float  # time.time() on arrival
 
 
+@dataclass(frozen=True)
+class Reply:
+    """A scripted answer: status, extra headers, a body, and a delay before answering."""
+
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    delay: float = 0.0
+
+
 @dataclass
 class Sink:
-    """Records requests; ``status_for`` chooses each answer (200 unless told otherwise)."""
+    """Records requests; ``status_for`` chooses each answer (200 unless told otherwise): a
+    status, or a Reply for headers, a body or a delay."""
 
     received: list[Received] = field(default_factory=list)
-    status_for: Callable[[Received], int] = lambda _r: 200
+    status_for: Callable[[Received], int | Reply] = lambda _r: 200
     url: str = ""
     _distinct: set[bytes] = field(default_factory=set)
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
@@ -53,10 +64,15 @@ class Sink:
             self.received.append(item)
             self._distinct.add(item.body)
             self._changed.notify_all()
-        status = self.status_for(item)
-        # A redirect points somewhere real, so a client that followed it would be seen here.
-        headers = {"Location": f"{self.url}/redirected"} if 300 <= status < 400 else None
-        return web.Response(status=status, headers=headers)
+        answer = self.status_for(item)
+        reply = answer if isinstance(answer, Reply) else Reply(answer)
+        headers = dict(reply.headers)
+        if 300 <= reply.status < 400:
+            # A redirect points somewhere real, so a client that followed it would be seen here.
+            headers["Location"] = f"{self.url}/redirected"
+        if reply.delay:
+            await asyncio.sleep(reply.delay)
+        return web.Response(status=reply.status, headers=headers, body=reply.body)
 
     async def wait_for(self, count: int, timeout: float) -> list[Received]:
         """Waits until at least ``count`` requests arrived; returns them all."""
@@ -75,6 +91,10 @@ class Sink:
     def distinct_bodies(self) -> int:
         """How many different bodies arrived (each timer's body is unique)."""
         return len(self._distinct)
+
+    def for_id(self, timer_id: object) -> list[Received]:
+        """The requests that carried this timer's id (the Idempotency-Key header)."""
+        return [r for r in self.received if r.headers.get("Idempotency-Key") == str(timer_id)]
 
     def bodies(self) -> list[bytes]:
         """Every body received, in arrival order."""

@@ -1,0 +1,138 @@
+"""Listing timers, their attempts, and requeueing dead letters (beside the contract's /timer)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query
+
+from api.deps import DatabaseDep
+from api.problems import FieldError
+from api.schemas import (
+    AttemptList,
+    AttemptPublic,
+    LastResult,
+    RequeueDone,
+    RequeueRequest,
+    TimerList,
+    TimerSummary,
+)
+from db.ids import parse_timer_id
+from db.models import TIMER_STATES, RequeueFilter, TimerState
+from db.models import TimerSummary as StoredSummary
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/timer", tags=["history"])
+
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No timer has this id (or the id is malformed)."}
+}
+MAX_PAGE = 1000
+
+
+def _states(values: list[str] | None) -> list[TimerState]:
+    """?status=dead,failed or ?status=dead&status=failed; none given: every state."""
+    if not values:
+        return list(TIMER_STATES)
+    wanted: list[TimerState] = []
+    for value in (v.strip() for text in values for v in text.split(",")):
+        state = next((s for s in TIMER_STATES if s == value), None)
+        if state is None:
+            raise FieldError("status", f"{value!r} is not one of {', '.join(TIMER_STATES)}")
+        if state not in wanted:
+            wanted.append(state)
+    return wanted
+
+
+def _summary(row: StoredSummary) -> TimerSummary:
+    last = None
+    if row.fired_at is not None:
+        last = LastResult(at=row.fired_at, status_code=row.last_status, error=row.last_error)
+    return TimerSummary(
+        id=row.id, status=row.state, due_at=row.due_at, url=row.url, attempts=row.attempts,
+        max_attempts=row.max_attempts, finished_at=row.finished_at, last_result=last,
+    )  # fmt: skip
+
+
+@router.get("", response_model=TimerList)
+async def list_timers(
+    db: DatabaseDep,
+    status: Annotated[
+        list[str] | None,
+        Query(description="States to list, comma separated or repeated; default all. "
+              "Dead letters: status=dead,failed."),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = 100,
+    cursor: Annotated[
+        str | None, Query(description="next_cursor of the previous page.")
+    ] = None,
+) -> TimerList:  # fmt: skip
+    """Timers in due order (id order), filtered by state, a page at a time (keyset pagination:
+    pages stay correct and cheap however deep they go)."""
+    states = _states(status)
+    after = None
+    if cursor is not None:
+        after = parse_timer_id(cursor)
+        if after is None:
+            raise FieldError("cursor", "is not a next_cursor this API returned")
+    rows = await db.timers.listing(states=states, limit=limit, after=after)
+    next_cursor = str(rows[-1].id) if len(rows) == limit else None
+    return TimerList(items=[_summary(r) for r in rows], next_cursor=next_cursor)
+
+
+@router.get("/{timer_id}/attempts", response_model=AttemptList, responses=_NOT_FOUND)
+async def list_attempts(timer_id: str, db: DatabaseDep) -> AttemptList:
+    """Every attempt to send the timer, oldest first."""
+    parsed = parse_timer_id(timer_id)
+    timer = await db.timers.get(parsed) if parsed else None
+    if parsed is None or timer is None:
+        raise HTTPException(404, f"no timer with id {timer_id!r}")
+    attempts = await db.timers.attempts(parsed)
+    return AttemptList(
+        id=parsed,
+        attempts=[
+            AttemptPublic(
+                attempt=a.attempt,
+                at=a.at,
+                status_code=a.status,
+                latency_ms=a.latency_ms,
+                error=a.error,
+                dispatcher=a.dispatcher,
+            )
+            for a in attempts
+        ],
+    )
+
+
+@router.post(
+    "/{timer_id}/requeue",
+    response_model=RequeueDone,
+    responses={**_NOT_FOUND, 409: {"description": "The timer is not dead or failed."}},
+)
+async def requeue_timer(timer_id: str, db: DatabaseDep) -> RequeueDone:
+    """Puts one dead or failed timer back: due now, with a fresh round of max_attempts."""
+    parsed = parse_timer_id(timer_id)
+    result = await db.timers.requeue(parsed) if parsed else None
+    if result is None:
+        raise HTTPException(404, f"no timer with id {timer_id!r}")
+    if not result.requeued:
+        raise HTTPException(
+            409, f"timer {timer_id} is {result.found}; only dead or failed timers are requeued"
+        )
+    log.info("timer %s requeued", timer_id)
+    return RequeueDone(requeued=1)
+
+
+@router.post("/requeue", response_model=RequeueDone)
+async def requeue_timers(body: RequeueRequest, db: DatabaseDep) -> RequeueDone:
+    """Puts back every dead letter that matches the filter ({} takes them all)."""
+    which = RequeueFilter(
+        states=tuple(body.status),
+        url_prefix=body.url_prefix,
+        finished_after=body.finished_after,
+        finished_before=body.finished_before,
+    )
+    count = await db.timers.requeue_matching(which, limit=body.limit)
+    return RequeueDone(requeued=count)
