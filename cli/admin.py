@@ -44,7 +44,7 @@ def step_for(window_seconds: int) -> int:
     return 86400
 
 
-def _run(action: Callable[[Database], Awaitable[T]]) -> T:
+def run_db(action: Callable[[Database], Awaitable[T]]) -> T:
     settings = get_settings()
     url = settings.database_url or embedded.start(settings.data_dir)
 
@@ -76,7 +76,7 @@ def backlog(
         steps = await db.backlog.histogram(window_seconds=window_seconds, step_seconds=step)
         return steps, await db.backlog.overdue()
 
-    histogram, overdue = _run(read)
+    histogram, overdue = run_db(read)
     steps = [(s.at, s.pending) for s in histogram]
     table = Table(title=f"pending timers, next {window} in steps of {step} s")
     table.add_column("due from (UTC)")
@@ -100,7 +100,7 @@ def backlog(
 def dispatchers() -> None:
     """The dispatcher registry with liveness judged by the database clock."""
     settings = get_settings()
-    rows = _run(lambda db: db.dispatchers.list(dead_after_seconds=settings.dead_after_seconds))
+    rows = run_db(lambda db: db.dispatchers.list(dead_after_seconds=settings.dead_after_seconds))
     table = Table(title="dispatchers")
     for column in ("id", "host", "pid", "state", "heartbeat age", "in flight", "sent", "failed"):
         table.add_column(column, justify="right" if column in ("pid", "in flight") else "left")
@@ -125,7 +125,7 @@ def caps_show(ctx: typer.Context) -> None:
     """Show the caps (``timerhook caps set global N`` changes one at run time)."""
     if ctx.invoked_subcommand is not None:
         return
-    rows = _run(lambda db: db.caps.list())
+    rows = run_db(lambda db: db.caps.list())
     table = Table(title="per-minute caps")
     table.add_column("scope")
     table.add_column("per minute", justify="right")
@@ -148,6 +148,6 @@ def caps_set(
     """Set a cap now, for every running dispatcher, without a restart."""
     if scope != GLOBAL:
         raise typer.BadParameter("only the global cap exists so far", param_hint="SCOPE")
-    _run(lambda db: db.caps.set(scope=scope, per_minute=per_minute))
+    run_db(lambda db: db.caps.set(scope=scope, per_minute=per_minute))
     shown = f"{per_minute:,}/min ({per_minute / 60:,.1f}/s)" if per_minute else "no cap"
     console.print(f"{scope} cap: {shown}")

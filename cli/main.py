@@ -13,7 +13,7 @@ import uvicorn
 from rich.console import Console
 
 from api.app import create_app
-from cli import admin
+from cli import admin, deadletters
 from db import embedded
 from db.database import Database
 from db.migrate import migrate as run_migrations
@@ -138,6 +138,8 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
 app.command()(admin.backlog)
 app.command()(admin.dispatchers)
 app.add_typer(admin.caps_app, name="caps")
+app.command()(deadletters.dead)
+app.command()(deadletters.requeue)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -141,7 +141,8 @@ class ClaimedTimer:
 
 @dataclass(frozen=True, slots=True)
 class SendOutcome:
-    """What one send ended in, to be recorded; state pending means a retry at ``run_at``."""
+    """What one send ended in, to be recorded; state pending means a retry ``retry_in``
+    seconds after the database's now at the time it is recorded."""
 
     id: uuid.UUID
     bucket: datetime
@@ -150,7 +151,7 @@ class SendOutcome:
     error: str | None
     fired_at: datetime
     latency_ms: float | None = None
-    run_at: datetime | None = None
+    retry_in: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

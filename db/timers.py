@@ -249,7 +249,7 @@ class TimerStore(PoolOwner):
             "error": [o.error for o in outcomes],
             "fired_at": [o.fired_at for o in outcomes],
             "latency_ms": [o.latency_ms for o in outcomes],
-            "run_at": [o.run_at for o in outcomes],
+            "retry_in": [o.retry_in for o in outcomes],
             "owner": owner,
         }
 

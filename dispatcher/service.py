@@ -9,6 +9,7 @@ import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -67,7 +68,8 @@ class Dispatcher:
         # Every claimed row not yet recorded: waiting for its time, or being sent.
         self._claimed: dict[asyncio.Task[None], ClaimedTimer] = {}
         self._sending: set[asyncio.Task[None]] = set()
-        self._outcomes: list[SendOutcome] = []
+        # Outcomes waiting to be recorded, each with the monotonic instant of its retry (if any).
+        self._outcomes: list[tuple[SendOutcome, float | None]] = []
         self._progress = asyncio.Condition()
         self._progress_waiters = 0
         self._drain_task: asyncio.Task[None] | None = None
@@ -283,7 +285,7 @@ class Dispatcher:
                     self._progress.notify_all()
 
     def _outcome(self, row: ClaimedTimer, result: Result, fired_at: datetime) -> None:
-        run_at = None
+        retry_at = None
         if result.failure is None:
             state: TimerState = "delivered"
             self.sent_total += 1
@@ -296,21 +298,15 @@ class Dispatcher:
             )  # fmt: skip
             state = decision.state
             if decision.delay is not None:
-                run_at = fired_at + timedelta(seconds=decision.delay)
+                # Counted from now, when the failure became known (Retry-After is relative to
+                # the answer); turned into a database time when recorded, never earlier.
+                retry_at = time.monotonic() + decision.delay
             elif state == "dead":
                 log.warning("timer %s is dead after %d attempts", row.id, row.attempts)
-        self._outcomes.append(
-            SendOutcome(
-                row.id,
-                row.bucket,
-                state,
-                result.status,
-                result.error,
-                fired_at,
-                result.latency_ms,
-                run_at,
-            )
+        outcome = SendOutcome(
+            row.id, row.bucket, state, result.status, result.error, fired_at, result.latency_ms
         )
+        self._outcomes.append((outcome, retry_at))
         if len(self._outcomes) >= self.settings.batch_size:
             self._record_wake.set()
 
@@ -329,12 +325,23 @@ class Dispatcher:
     async def _flush(self) -> None:
         if not self._outcomes:
             return
-        batch, self._outcomes = self._outcomes, []
+        pending, self._outcomes = self._outcomes, []
+        now = time.monotonic()
+        # A retry's delay is what is left of it now; the record adds it to the database's now(),
+        # which is read after this, so the retry can only err late (by the record's round trip).
+        batch = [
+            o if retry_at is None else replace(o, retry_in=max(0.0, retry_at - now))
+            for o, retry_at in pending
+        ]
         try:
             await self.db.timers.record(batch, owner=self.id)
         except BaseException:
-            self._outcomes[:0] = batch  # keep them for the next flush
+            self._outcomes[:0] = pending  # keep them for the next flush
             raise
+        # A retry due before the next tick's claim could see it is claimed now, so that it
+        # goes out at its run_at and not up to a tick late.
+        if any(o.retry_in is not None and o.retry_in < self.lookahead_seconds for o in batch):
+            self._wake.set()
         async with self._progress:
             self.recorded_total += len(batch)
             self._progress.notify_all()

@@ -120,22 +120,27 @@ returning t.id, t.bucket, t.url, t.run_at, t.attempts, t.max_attempts, t.round_s
 
 -- name: timer_record
 -- Records the outcome of a batch of sends by their lease owner, and each attempt. A retry
--- (state pending) goes back into the bucket of its run_at, like any timer, so caps and shards
--- apply to it; its partition (bucket) never changes. A row whose lease was reaped meanwhile
--- (its owner was declared dead) is left alone: its new owner records it.
+-- (state pending) is due retry_in seconds from now and goes back into the bucket (slot) of
+-- that second, like any timer, so caps and shards apply to it; its partition (bucket) never
+-- changes. A row whose lease was reaped meanwhile (its owner was declared dead) is left
+-- alone: its new owner records it.
 with outcome as (
     select * from unnest(%(id)s::uuid[], %(bucket)s::timestamptz[], %(state)s::text[],
                          %(status)s::integer[], %(error)s::text[], %(fired_at)s::timestamptz[],
-                         %(latency_ms)s::double precision[], %(run_at)s::timestamptz[])
-         as r(id, bucket, state, status, error, fired_at, latency_ms, run_at)
+                         %(latency_ms)s::double precision[], %(retry_in)s::double precision[])
+         as r(id, bucket, state, status, error, fired_at, latency_ms, retry_in)
 ), recorded as (
+    -- a retry is never due before the timer itself (greatest with due_at), so
+    -- slot >= bucket holds: bucket is due_at's whole second
     update timers t
     set state = r.state,
-        run_at = case when r.state = 'pending' then greatest(r.run_at, t.due_at) else t.run_at end,
-        -- slot >= bucket always holds: run_at >= due_at, and bucket is due_at's whole second
+        run_at = case when r.state = 'pending'
+                      then greatest(now() + r.retry_in * interval '1 second', t.due_at)
+                      else t.run_at end,
         slot = case when r.state = 'pending'
-                    then 'epoch'::timestamptz + ceil(extract(epoch from greatest(r.run_at, t.due_at)))
-                                                * interval '1 second'
+                    then 'epoch'::timestamptz
+                         + ceil(extract(epoch from greatest(now() + r.retry_in * interval '1 second',
+                                                           t.due_at))) * interval '1 second'
                     else t.slot end,
         fired_at = r.fired_at,
         finished_at = case when r.state in ('delivered', 'failed', 'dead') then r.fired_at end,

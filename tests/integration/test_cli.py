@@ -75,3 +75,39 @@ async def test_caps_set_and_show(db: Database, database_url: str) -> None:
     negative = await _timerhook(database_url, "caps", "set", "global", "-5")
     assert negative.returncode == 2
     assert [(c.scope, c.per_minute) for c in await db.caps.list()] == [(GLOBAL, 6000)]
+
+
+async def test_dead_lists_dead_letters_and_requeue_puts_them_back(
+    db: Database, database_url: str
+) -> None:
+    created = await db.timers.insert(
+        [0] * 4, ["https://a.example/1", "https://a.example/2", "https://b.example/1",
+                  "https://b.example/2"], shards=16,
+    )  # fmt: skip
+    ids = [t.id for t in created]
+    async with db.pool.connection() as conn:
+        await conn.execute(
+            "update timers set state = 'dead', attempts = 8, last_status = 503, "
+            "last_error = 'HTTP 503', finished_at = now() where id = any(%s)", (ids[:3],),
+        )  # fmt: skip
+        await conn.execute("update timers set state = 'delivered', attempts = 1, "
+                           "finished_at = now() where id = %s", (ids[3],))  # fmt: skip
+    listed = await _timerhook(database_url, "dead")
+    assert listed.returncode == 0, listed.stderr
+    assert all(str(i) in listed.stdout for i in ids[:3]) and str(ids[3]) not in listed.stdout
+
+    one = await _timerhook(database_url, "requeue", str(ids[0]))
+    assert (one.returncode, one.stdout.strip()) == (0, f"requeued 1 timer: {ids[0]}")
+    again = await _timerhook(database_url, "requeue", str(ids[0]))
+    assert again.returncode == 1 and "is pending" in again.stdout
+    delivered = await _timerhook(database_url, "requeue", str(ids[3]))
+    assert delivered.returncode == 1 and "is delivered" in delivered.stdout
+    bare = await _timerhook(database_url, "requeue")
+    assert bare.returncode == 2 and "--all" in bare.stderr
+
+    only_b = await _timerhook(database_url, "requeue", "--all", "--url-prefix", "https://b.")
+    assert (only_b.returncode, only_b.stdout.strip()) == (0, "requeued 1 timer")
+    rest = await _timerhook(database_url, "requeue", "--all", "--status", "dead")
+    assert (rest.returncode, rest.stdout.strip()) == (0, "requeued 1 timer")
+    states = [(await db.timers.get(i)).state for i in ids]  # type: ignore[union-attr]
+    assert states == ["pending", "pending", "pending", "delivered"]

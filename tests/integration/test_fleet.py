@@ -13,8 +13,9 @@ import psycopg
 import pytest
 
 from db.database import Database
+from db.models import DeliveryOptions
 from tests.support.processes import Service
-from tests.support.sink import Sink
+from tests.support.sink import Received, Reply, Sink
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -141,3 +142,42 @@ async def test_sigterm_mid_stream_sends_nothing_twice(
         database_url, "select count(*) from dispatchers where stopped_at is not null"
     )
     assert stopped == 3
+
+
+async def test_sigkill_mid_send_repeats_at_least_once_and_never_at_most_once(
+    fleet: Callable[[int], list[Service]], database_url: str, db: Database, sink: Sink
+) -> None:
+    # The first request of every timer hangs, so the victim dies with all of them mid-send.
+    first_seen: set[str] = set()
+
+    def answer(request: Received) -> int | Reply:
+        key = request.headers["Idempotency-Key"]
+        if key in first_seen:
+            return 200
+        first_seen.add(key)
+        return Reply(200, delay=8.0)
+
+    sink.status_for = answer
+    [victim] = fleet(1)
+    await _registered(database_url, [victim])
+    urls = [f"{sink.url}/h"] * 20
+    least = await db.timers.insert([500] * 20, urls, shards=16)
+    most = await db.timers.insert(
+        [500] * 20, urls, shards=16, options=[DeliveryOptions(delivery="at_most_once")] * 20
+    )
+    await sink.wait_for(40, timeout=30)
+    await victim.kill()
+    [survivor] = fleet(1)  # takes the leases over once the victim's heartbeat is stale
+    await sink.wait_until(lambda: len(sink.received) >= 60, timeout=60)
+    assert await survivor.terminate() == 0, survivor.log()
+    counts = _counts(sink)
+    assert {counts[str(t.id)] for t in least} == {2}, "at_least_once: each sent again"
+    assert {counts[str(t.id)] for t in most} == {1}, "at_most_once: never sent twice"
+    states = dict(_query(database_url, "select delivery, array_agg(distinct state) from timers "
+                                       "group by delivery"))  # fmt: skip
+    assert states == {"at_least_once": ["delivered"], "at_most_once": ["failed"]}
+    lost = await db.timers.get(most[0].id)
+    assert lost is not None and lost.last_error is not None
+    assert "at_most_once" in lost.last_error and "not repeated" in lost.last_error
+    [attempt] = await db.timers.attempts(most[0].id)
+    assert attempt.error is not None and attempt.error.startswith("outcome unknown")
