@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import uuid
 from datetime import datetime
@@ -31,6 +32,40 @@ REFUSED_HEADERS = frozenset({
     "webhook-id", "webhook-timestamp", "webhook-signature", "idempotency-key",
 })  # fmt: skip
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
+MAX_PAYLOAD_DEPTH = 32
+
+
+def check_json_value(value: object) -> None:
+    """Refuses what JSON text in PostgreSQL cannot hold (NUL, lone surrogates, non-finite
+    numbers) and nesting deeper than MAX_PAYLOAD_DEPTH; walks the value without recursion."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_PAYLOAD_DEPTH:
+            raise ValueError(f"is nested deeper than {MAX_PAYLOAD_DEPTH} levels")
+        if isinstance(item, str):
+            _check_text(item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise ValueError("numbers must be finite (no NaN or Infinity)")
+        elif isinstance(item, dict):
+            for key, inner in item.items():
+                _check_text(key)
+                stack.append((inner, depth + 1))
+        elif isinstance(item, list):
+            stack.extend((inner, depth + 1) for inner in item)
+
+
+def _check_text(text: object) -> None:
+    if not isinstance(text, str):
+        return
+    if "\x00" in text:
+        raise ValueError("strings must not contain NUL (\\u0000)")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise ValueError("strings must be valid Unicode (no lone surrogates)") from None
+
 
 _http_url: TypeAdapter[AnyHttpUrl] = TypeAdapter(AnyHttpUrl)
 
@@ -86,6 +121,7 @@ class TimerCreate(BaseModel):
     def _absolute_http(cls, value: str) -> str:
         if value != value.strip() or any(ord(c) < 33 or c == "\x7f" for c in value):
             raise ValueError("must not contain spaces or control characters")
+        _check_text(value)
         scheme = value.split(":", 1)[0].lower() if ":" in value else ""
         if scheme not in ("http", "https"):
             raise ValueError("must be an absolute http:// or https:// URL")
@@ -96,6 +132,12 @@ class TimerCreate(BaseModel):
         if not parsed.host:
             raise ValueError("must name a host")
         return value  # stored exactly as given, not normalised
+
+    @field_validator("payload", mode="before")
+    @classmethod
+    def _storable_payload(cls, value: object) -> object:
+        check_json_value(value)
+        return value
 
     @field_validator("headers")
     @classmethod
@@ -114,9 +156,10 @@ class TimerCreate(BaseModel):
             seen.add(lower)
             if lower in REFUSED_HEADERS or lower.startswith("timerhook-"):
                 raise ValueError(f"{name!r} may not be set: timerhook sends it or it is hop-by-hop")
-            if len(text) > MAX_HEADER_VALUE or any(c in text for c in "\r\n\x00"):
+            if len(text) > MAX_HEADER_VALUE or not _HEADER_VALUE.fullmatch(text):
                 raise ValueError(
-                    f"the value of {name!r} must be one line of at most {MAX_HEADER_VALUE} chars"
+                    f"the value of {name!r} must be one line of printable ASCII, "
+                    f"at most {MAX_HEADER_VALUE} characters"
                 )
         return value
 

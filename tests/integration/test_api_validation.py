@@ -152,3 +152,59 @@ async def test_no_body_produces_a_server_error(
     assert response.status_code in (200, 422), response.text
     if response.status_code == 422:
         assert response.json()["errors"]
+
+
+# Any character (NUL and lone surrogates too) and any float (infinities too).
+wild_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(st.characters(), max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(st.characters(), max_size=4), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    options=st.dictionaries(
+        st.sampled_from(["payload", "headers", "timeout_seconds", "max_attempts", "delivery"]),
+        wild_values,
+        max_size=3,
+    )
+)
+async def test_no_delivery_option_produces_a_server_error(
+    client: httpx.AsyncClient, options: dict[str, Any]
+) -> None:
+    body = {"seconds": 1, "url": URL, **options}
+    response = await client.post(
+        "/timer", content=json.dumps(body).encode(), headers={"content-type": "application/json"}
+    )
+    assert response.status_code in (200, 422), response.text
+    if response.status_code == 422:
+        fields = {e["field"].split(".")[0] for e in response.json()["errors"]}
+        assert fields <= set(options), response.text
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ('"\\u0000"', "NUL"),
+        ('{"k\\u0000": 1}', "NUL"),
+        ('"\\ud800"', "surrogates"),
+        ("1e999", "finite"),
+        ("[" * 40 + "]" * 40, "deeper than 32"),
+        ("[" * 5000 + "]" * 5000, ""),
+    ],
+)
+async def test_payloads_postgres_cannot_store_are_refused(
+    client: httpx.AsyncClient, raw: str, reason: str
+) -> None:
+    body = f'{{"seconds": 1, "url": "{URL}", "payload": {raw}}}'
+    response = await client.post(
+        "/timer", content=body.encode(), headers={"content-type": "application/json"}
+    )
+    assert 400 <= response.status_code < 500, response.text
+    assert reason in response.text
