@@ -127,6 +127,8 @@ class Sender:
                 )
             return self._failed(timer, started, None, f"{type(exc).__name__}: {exc}",
                                 connected=False)  # fmt: skip
+        except aiohttp.ConnectionTimeoutError:
+            return self._failed(timer, started, None, "timeout while connecting", connected=False)
         except TimeoutError:
             return self._failed(timer, started, None, f"timeout after {timeout.total} s")
         except (aiohttp.ClientError, ValueError, OSError) as exc:

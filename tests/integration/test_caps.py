@@ -13,7 +13,7 @@ from db.database import Database
 from db.ids import bucket_of
 from db.settings import Settings
 from dispatcher.service import Dispatcher
-from tests.support.sink import Sink
+from tests.support.sink import Received, Sink
 
 StartDispatcher = Callable[..., Awaitable[Dispatcher]]
 T0 = datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC)
@@ -94,3 +94,33 @@ async def test_a_cap_set_at_run_time_applies_without_a_restart(
     await sink.wait_for(30, timeout=10)
     await dispatcher.wait_idle(timeout=5)
     assert len({r.body for r in sink.received}) == 30
+
+
+async def test_retries_are_held_to_the_cap_like_any_timer(
+    db: Database,
+    sink: Sink,
+    make_settings: Callable[..., Settings],
+    start_dispatcher: StartDispatcher,
+) -> None:
+    first_seen: set[str] = set()
+
+    def fail_once(request: Received) -> int:
+        key = request.headers["Idempotency-Key"]
+        if key in first_seen:
+            return 200
+        first_seen.add(key)
+        return 503
+
+    sink.status_for = fail_once
+    await db.timers.insert([0] * 10, [f"{sink.url}/h"] * 10, shards=16)
+    settings = make_settings(max_per_minute=240, retry_base_seconds=0.1)  # 4 per second
+    await start_dispatcher(settings)
+    received = await sink.wait_for(20, timeout=30)
+    # Uncapped, the ten retries would follow within 0.1 s of their first attempts (about 1.5 s
+    # in all). Capped, 20 sends at 4/s with a bucket of 5 tokens take at least (20 - 5) / 4 s.
+    spread = received[-1].at - received[0].at
+    assert spread >= 3.4, spread
+    retries = [r for r in received if r.headers["Timerhook-Attempt"] == "2"]
+    assert len(retries) == 10
+    gaps = [b.at - a.at for a, b in itertools.pairwise(retries)]
+    assert sorted(gaps)[len(gaps) // 2] > 0.15, gaps  # paced about 0.25 s apart

@@ -63,6 +63,23 @@ async def test_during_a_rotation_both_secrets_verify(
     assert Webhook(OLD).verify(body, headers) == {"id": timer_id}
 
 
+async def test_every_attempt_is_signed_with_the_same_webhook_id_and_the_payload(
+    make_timer: MakeTimer,
+    sink: Sink,
+    make_settings: Callable[..., Settings],
+    start_dispatcher: StartDispatcher,
+) -> None:
+    sink.status_for = lambda r: 503 if len(sink.received) == 1 else 200
+    timer = await make_timer(delay_ms=0, payload='{"order": 7}', headers='{"X-Tenant": "a"}')
+    await start_dispatcher(make_settings(signing_secret=NEW, retry_base_seconds=0.2))
+    first, second = await sink.wait_for(2, timeout=10)
+    assert first.headers["webhook-id"] == second.headers["webhook-id"] == str(timer.id)
+    for received in (first, second):
+        verified = Webhook(NEW).verify(received.body, received.headers)
+        assert verified == {"id": str(timer.id), "payload": {"order": 7}}
+    assert [r.headers["Timerhook-Attempt"] for r in (first, second)] == ["1", "2"]
+
+
 async def test_without_a_secret_nothing_is_signed(
     make_timer: MakeTimer, sink: Sink, start_dispatcher: StartDispatcher
 ) -> None:

@@ -10,7 +10,9 @@ from collections.abc import Callable, Iterator
 import psycopg
 import pytest
 
+from db.database import Database
 from db.migrate import migrate, migrations
+from db.query_loader import query
 from tests.support import postgres
 
 CATALOG = {
@@ -82,3 +84,41 @@ async def test_concurrent_migrations_apply_once(empty_database: str) -> None:
     results = await asyncio.gather(*(migrate(empty_database) for _ in range(4)))
     assert sorted(results, key=len) == [[], [], [], ["schema.sql"]]
     assert len(_catalog(empty_database)["ledger"]) == len(migrations())
+
+
+async def test_0005_keeps_existing_timers_and_gives_each_day_its_attempts_partition(
+    empty_database: str,
+) -> None:
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        conn.execute(query("migration_ledger_create"))
+        for step in migrations()[:4]:
+            conn.execute(step.sql)  # type: ignore[call-overload]
+            conn.execute(query("migration_record"), {"version": step.version, "name": step.name})
+        conn.execute("select timerhook_partitions_ensure(current_date - 1, current_date + 3)")
+        [(old_id,)] = conn.execute(
+            "insert into timers (id, bucket, due_at, run_at, slot, url, state, attempts, "
+            "last_status, finished_at) "
+            "select timerhook_id(ms), b, d, d, b, 'https://x.org', 'failed', 1, 503, now() "
+            "from (select (extract(epoch from now()) * 1000)::bigint as ms) m, "
+            "lateral (select 'epoch'::timestamptz + m.ms * interval '1 ms' as d) dd, "
+            "lateral (select 'epoch'::timestamptz + ceil(m.ms / 1000.0) * interval '1 s' as b) bb "
+            "returning id"
+        ).fetchall()
+    assert await migrate(empty_database) == ["0005_delivery"]
+    with psycopg.connect(empty_database) as conn:
+        timers_days = {r[0][len("timers_"):] for r in conn.execute(
+            "select c.relname from pg_inherits i join pg_class c on c.oid = i.inhrelid "
+            "where i.inhparent = 'timers'::regclass").fetchall()}  # fmt: skip
+        attempt_days = {r[0][len("timer_attempts_"):] for r in conn.execute(
+            "select c.relname from pg_inherits i join pg_class c on c.oid = i.inhrelid "
+            "where i.inhparent = 'timer_attempts'::regclass").fetchall()}  # fmt: skip
+        assert timers_days and attempt_days == timers_days
+        row = conn.execute(
+            "select state, max_attempts, round_start, delivery, payload from timers where id = %s",
+            (old_id,),
+        ).fetchone()
+    assert row == ("failed", 8, 0, "at_least_once", None)
+    async with Database(empty_database, max_size=1, name="test") as db:
+        assert (await db.timers.requeue(old_id)) is not None  # the old row is a dead letter now
+        found = await db.timers.get(old_id)
+        assert found is not None and found.state == "pending"
