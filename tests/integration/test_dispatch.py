@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from db.database import Database
 from db.settings import Settings
+from dispatcher.retry import ceiling
 from dispatcher.service import Dispatcher
 from tests.conftest import MakeTimer
 from tests.support.sink import Sink
@@ -93,21 +94,22 @@ async def test_failures_are_recorded_and_only_retryable_ones_retried(
     unreachable = await make_timer(delay_ms=0, url="http://127.0.0.1:9/closed-port")
     dispatcher = await start_dispatcher()
     await dispatcher.wait_recorded(3, timeout=10)
-    # 503 and a network error are retried later (the default first backoff is up to 60 s)...
-    assert await _state(db, busy.id) == ("pending", 1, 503, "HTTP 503")
-    state, attempts, status, error = await _state(db, unreachable.id)
-    assert (state, attempts, status) == ("pending", 1, None)
-    assert error is not None and "ClientConnectorError" in error
-    # ...a 404 fails at once: retrying cannot fix it.
+    # A 404 fails at once: retrying cannot fix it.
     assert await _state(db, missing.id) == ("failed", 1, 404, "HTTP 404")
-    for timer in (busy, unreachable):
+    assert [(a.attempt, a.status) for a in await db.timers.attempts(missing.id)] == [(1, 404)]
+    # A 503 and a network error are retried later: the timer is not final, and a pending one
+    # waits at most the backoff ceiling of the attempt it failed (60 s, then 240 s, ...).
+    for timer, status in ((busy, 503), (unreachable, None)):
+        first = (await db.timers.attempts(timer.id))[0]
+        assert (first.attempt, first.status, first.dispatcher) == (1, status, dispatcher.id)
+        assert first.latency_ms is not None
+        assert first.error is not None and (status or "ClientConnectorError" in first.error)
         found = await db.timers.get(timer.id)
-        assert found is not None and found.fired_at is not None
-        wait = (found.run_at - found.fired_at).total_seconds()
-        assert 0 <= wait <= 60, wait
-    [attempt] = await db.timers.attempts(busy.id)
-    assert (attempt.attempt, attempt.status, attempt.error) == (1, 503, "HTTP 503")
-    assert attempt.dispatcher == dispatcher.id and attempt.latency_ms is not None
+        assert found is not None and found.state in ("pending", "inflight"), found
+        if found.state == "pending":
+            assert found.fired_at is not None
+            wait = (found.run_at - found.fired_at).total_seconds()
+            assert 0 <= wait <= ceiling(found.attempts, base=60, cap=86_400) + 1, wait
 
 
 async def test_private_targets_are_refused_unless_allowed(
