@@ -140,6 +140,16 @@ class ClaimedTimer:
 
 
 @dataclass(frozen=True, slots=True)
+class Claim:
+    """Rows leased by one claim, and the local monotonic instant at which the database had
+    answered (before the commit): with each row's ``db_now`` it maps the database clock onto
+    this process's clock, erring late, never early."""
+
+    rows: list[ClaimedTimer]
+    answered_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class SendOutcome:
     """What one send ended in, to be recorded; state pending means a retry ``retry_in``
     seconds after the database's now at the time it is recorded."""

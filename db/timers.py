@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
@@ -17,6 +18,7 @@ from db.models import (
     TIMER_STATES,
     Attempt,
     CancelResult,
+    Claim,
     ClaimedTimer,
     CreatedTimer,
     DeliveryOptions,
@@ -215,8 +217,8 @@ class TimerStore(PoolOwner):
         batch: int,
         lease_seconds: float,
         now: datetime | None = None,
-    ) -> list[ClaimedTimer]:
-        """Leases up to ``batch`` pending rows of one key; empty if another dispatcher holds it."""
+    ) -> Claim:
+        """Leases up to ``batch`` pending rows of one key; none if another dispatcher holds it."""
         params = {
             "slot": key.slot,
             "shard": key.shard,
@@ -227,11 +229,14 @@ class TimerStore(PoolOwner):
             "now": now,
         }
 
-        async def op() -> list[ClaimedTimer]:
+        async def op() -> Claim:
             async with self.connection() as conn, conn.transaction():
                 cur = conn.cursor(row_factory=class_row(ClaimedTimer))
                 await cur.execute(query("bucket_claim"), params)
-                return await cur.fetchall()
+                rows = await cur.fetchall()
+                # Read before the commit, whose flush to disk can take tens of milliseconds.
+                answered_at = time.monotonic()
+            return Claim(rows, answered_at)
 
         # A claim that failed mid-way rolled back whole, so running it again is safe.
         return await retry_transient(op, what="bucket_claim")

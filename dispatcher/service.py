@@ -19,7 +19,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from db.caps import GLOBAL
 from db.connection import DatabaseUnavailable
 from db.database import Database
-from db.models import ClaimedTimer, DueKey, SendOutcome, TimerState
+from db.models import Claim, ClaimedTimer, DueKey, SendOutcome, TimerState
 from db.settings import Settings
 from dispatcher.retry import decide
 from dispatcher.sender import Result, Sender
@@ -238,33 +238,41 @@ class Dispatcher:
             if batch == 0:
                 self._capped = True
                 break
-            rows = await self.db.timers.claim(
+            claim = await self.db.timers.claim(
                 key, owner=self.id, batch=batch,
                 lease_seconds=self.settings.lease_seconds, now=now,
             )  # fmt: skip
-            claimed_at = time.monotonic()
+            rows = claim.rows
             if len(rows) < batch:
                 await self.db.caps.give_back(scope=GLOBAL, n=batch - len(rows))
             elif batch < wanted:
                 self._capped = True
-            spacing = 60.0 / grant.per_minute if grant.per_minute else 0.0
-            for row in rows:
-                # Sent at the monotonic instant matching run_at on the database clock; db_now
-                # was read before claimed_at, so the estimate can only err late.
-                deadline = claimed_at + (row.run_at - row.db_now).total_seconds()
-                if spacing:
-                    # Under a cap, sends are paced 1/rate apart: a smooth stream, not a burst
-                    # per grant.
-                    deadline = max(deadline, self._pace_next, claimed_at)
-                    self._pace_next = deadline + spacing
-                task = asyncio.create_task(self._send(row, deadline, claimed_at))
-                self._claimed[task] = row
+            if rows:
+                self._schedule(claim, grant.per_minute)
             total += len(rows)
             if len(rows) < batch or self._capped:
                 break
         return total
 
-    async def _send(self, row: ClaimedTimer, deadline: float, claimed_at: float) -> None:
+    def _schedule(self, claim: Claim, per_minute: int) -> None:
+        """Starts a task per claimed row that sends it at the local instant of its run_at."""
+        spacing = 60.0 / per_minute if per_minute else 0.0
+        # The latest database clock reading of the claim, taken before it answered at
+        # claim.answered_at: instants mapped through the pair can only err late.
+        db_ref = max(row.db_now for row in claim.rows)
+        for row in claim.rows:
+            deadline = claim.answered_at + (row.run_at - db_ref).total_seconds()
+            if spacing:
+                # Under a cap, sends are paced 1/rate apart: a smooth stream, not a burst per
+                # grant.
+                deadline = max(deadline, self._pace_next, claim.answered_at)
+                self._pace_next = deadline + spacing
+            task = asyncio.create_task(self._send(row, deadline, db_ref, claim.answered_at))
+            self._claimed[task] = row
+
+    async def _send(
+        self, row: ClaimedTimer, deadline: float, db_ref: datetime, answered_at: float
+    ) -> None:
         task = asyncio.current_task()
         assert task is not None
         try:
@@ -275,7 +283,7 @@ class Dispatcher:
                 self._sending.add(task)
                 sent_mono = time.monotonic()
                 result = await self.sender.send(row)
-            fired_at = row.db_now + timedelta(seconds=sent_mono - claimed_at)
+            fired_at = db_ref + timedelta(seconds=sent_mono - answered_at)
             self._outcome(row, result, fired_at)
         finally:
             self._sending.discard(task)

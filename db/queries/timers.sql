@@ -115,8 +115,12 @@ set state = 'inflight', lease_owner = %(owner)s,
     attempts = t.attempts + 1
 from picked, clock
 where t.id = picked.id and t.bucket = picked.bucket
+-- db_now is the database clock as each row is produced (clock_timestamp(), not the
+-- transaction's start): the later it is read, the tighter the sender's timing.
 returning t.id, t.bucket, t.url, t.run_at, t.attempts, t.max_attempts, t.round_start,
-          t.delivery, t.payload::text as payload, t.headers, t.timeout_ms, clock.now as db_now;
+          t.delivery, t.payload::text as payload, t.headers, t.timeout_ms,
+          case when %(now)s::timestamptz is null then clock_timestamp()
+               else clock.now end as db_now;
 
 -- name: timer_record
 -- Records the outcome of a batch of sends by their lease owner, and each attempt. A retry

@@ -64,9 +64,10 @@ async def test_nothing_is_claimed_before_its_bucket_by_the_database_clock(
         limit=10, lookahead_seconds=ahead, now=early + timedelta(milliseconds=2)
     )
     assert [k.slot for k in keys] == [base + timedelta(seconds=11)]
-    claimed = await db.timers.claim(
+    claim = await db.timers.claim(
         keys[0], owner="t", batch=10, lease_seconds=30, now=base + timedelta(seconds=11)
     )
+    claimed = claim.rows
     assert [c.id for c in claimed] == [timer.id]
     assert claimed[0].run_at == timer.due_at
 
@@ -80,8 +81,8 @@ async def test_a_claimed_key_is_skipped_by_a_second_claimer_while_locked(
 
     async with db.pool.connection() as holder, holder.transaction():
         await holder.execute("select pg_advisory_xact_lock(%s)", (lock_key(key.slot, key.shard),))
-        assert await db.timers.claim(key, owner="b", batch=10, lease_seconds=30) == []
-    claimed = await db.timers.claim(key, owner="b", batch=10, lease_seconds=30)
+        assert (await db.timers.claim(key, owner="b", batch=10, lease_seconds=30)).rows == []
+    claimed = (await db.timers.claim(key, owner="b", batch=10, lease_seconds=30)).rows
     assert [c.id for c in claimed] == [timer.id]
 
 
@@ -226,7 +227,7 @@ async def test_an_expired_lease_is_reaped_even_if_its_owner_looks_alive(
     timer = await make_timer(delay_ms=0)
     await db.dispatchers.register(dispatcher_id="slow", host="h", pid=1)
     [key] = await db.timers.due_keys(limit=1, lookahead_seconds=1)
-    claimed = await db.timers.claim(key, owner="slow", batch=1, lease_seconds=5)
+    claimed = (await db.timers.claim(key, owner="slow", batch=1, lease_seconds=5)).rows
     assert [c.id for c in claimed] == [timer.id]
     soon = datetime.now(UTC) + timedelta(seconds=6)
     await db.dispatchers.heartbeat(dispatcher_id="slow", in_flight=1, sent_total=0, failed_total=0)
