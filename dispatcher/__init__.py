@@ -19,10 +19,11 @@ dispatcher holding it is skipped, not waited for), then one UPDATE that moves up
 the key's pending rows to ``inflight`` with a lease, and COMMIT, which releases the lock. No
 transaction is ever open while a webhook is being sent.
 
-The claim returns the database's ``now()``; each row is then sent at the monotonic instant that
-corresponds to its ``run_at`` on the database clock, computed so that it is never early (the
-database clock is read before the claim returns, so the local estimate errs late, by at most the
-claim's round trip). Outcomes are recorded in batches by a recorder task, each UPDATE guarded by
+Each claimed row carries the database's ``clock_timestamp()`` as it was produced, and the claim
+notes the local monotonic clock as the rows arrive, before the COMMIT (whose flush to disk can
+take tens of milliseconds). Each row is then sent at the monotonic instant that corresponds to
+its ``run_at`` on the database clock, computed so that it is never early (the database clock is
+read before the rows arrive, so the local estimate errs late, by well under a millisecond). Outcomes are recorded in batches by a recorder task, each UPDATE guarded by
 ``state = 'inflight' and lease_owner = me``.
 
 What happens on each failure:
