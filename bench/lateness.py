@@ -33,6 +33,7 @@ async def main(seconds: int, rate: int) -> None:
         "p99_ms": round(harness.percentile(late, 99), 2),
         "max_ms": round(max(late), 2),
         "early": sum(1 for x in late if x < 0),
+        "earliest_ms": round(min(late), 3),
     }
     harness.report("lateness", figures)
     print(

@@ -67,6 +67,7 @@ def main() -> None:
         ("p99 lateness, ms", "p99_ms"),
         ("max lateness, ms", "max_ms"),
         ("sent early", "early"),
+        ("earliest arrival relative to the due time, ms (negative: early)", "earliest_ms"),
     ]))  # fmt: skip
     print("\n### Herd of 100,000 in one second under 60,000/min (`python -m bench.herd`)\n")
     print(table("herd", [

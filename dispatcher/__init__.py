@@ -23,8 +23,10 @@ Each claimed row carries the database's ``clock_timestamp()`` as it was produced
 notes the local monotonic clock as the rows arrive, before the COMMIT (whose flush to disk can
 take tens of milliseconds). Each row is then sent at the monotonic instant that corresponds to
 its ``run_at`` on the database clock, computed so that it is never early (the database clock is
-read before the rows arrive, so the local estimate errs late, by well under a millisecond). Outcomes are recorded in batches by a recorder task, each UPDATE guarded by
-``state = 'inflight' and lease_owner = me``.
+read before the rows arrive, so the local estimate errs late, by well under a millisecond), and
+the wait for it is checked against the clock (``sleep_until``), because a timer on uvloop can
+fire up to a millisecond early. Outcomes are recorded in batches by a recorder task, each
+UPDATE guarded by ``state = 'inflight' and lease_owner = me``.
 
 What happens on each failure:
 

@@ -35,6 +35,18 @@ _RECORD_INTERVAL = 0.05
 _CAPPED_POLL = 0.1
 
 
+async def sleep_until(deadline: float) -> None:
+    """Returns at ``time.monotonic() >= deadline``, never before.
+
+    A single ``asyncio.sleep`` can end early: uvloop schedules it from the loop's cached time
+    (read at the start of the loop iteration, so up to an iteration stale) in whole
+    milliseconds. So it sleeps again for whatever is left.
+    """
+    # Polling the clock is the point here (an Event has nothing to wait for).
+    while (left := deadline - time.monotonic()) > 0:  # noqa: ASYNC110
+        await asyncio.sleep(max(left, 0.0005))
+
+
 def new_dispatcher_id(host: str) -> str:
     """A registry id that says where the process runs and stays unique across restarts."""
     return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
@@ -276,9 +288,7 @@ class Dispatcher:
         task = asyncio.current_task()
         assert task is not None
         try:
-            delay = deadline - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            await sleep_until(deadline)
             async with self._sem:
                 self._sending.add(task)
                 sent_mono = time.monotonic()
