@@ -40,3 +40,25 @@ async def test_retention_drops_old_idle_partitions_and_keeps_pending_ones(
     assert "timers_p" + now.strftime("%Y%m%d") in dropped
     assert all(_day(n) < (future - timedelta(days=7)).date() for n in dropped)
     assert await db.timers.get(kept_pending.id) is not None
+
+
+async def test_each_day_has_an_attempts_partition_made_and_dropped_with_its_timers(
+    db: Database,
+) -> None:
+    async def children(parent: str) -> set[str]:
+        async with db.pool.connection() as conn:
+            cur = await conn.execute(
+                "select c.relname from pg_inherits i join pg_class c on c.oid = i.inhrelid "
+                "where i.inhparent = %s::regclass", (parent,),
+            )  # fmt: skip
+            return {str(r[0]).split("_p")[-1] for r in await cur.fetchall()}
+
+    assert await children("timer_attempts") == await children("timers")
+    later = datetime.now(UTC) + timedelta(days=10)
+    await db.partitions.ensure(horizon_days=TEST_HORIZON_DAYS, now=later)
+    assert await children("timer_attempts") == await children("timers")
+    dropped = await db.partitions.drop_expired(retention_days=1, now=later)
+    assert dropped
+    days = await children("timer_attempts")
+    assert days == await children("timers")
+    assert not {n.removeprefix("timers_p") for n in dropped} & days
