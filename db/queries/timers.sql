@@ -194,6 +194,8 @@ with clock as (
     update timers t
     set state = case when v.delivery = 'at_most_once' then 'failed' else 'pending' end,
         finished_at = case when v.delivery = 'at_most_once' then clock.now end,
+        -- the last result of a lost at_most_once send is this verdict, stamped now
+        fired_at = case when v.delivery = 'at_most_once' then clock.now else t.fired_at end,
         last_status = case when v.delivery = 'at_most_once' then null else t.last_status end,
         last_error = case when v.delivery = 'at_most_once'
                           then 'at_most_once: dispatcher ' || v.lease_owner

@@ -179,5 +179,6 @@ async def test_sigkill_mid_send_repeats_at_least_once_and_never_at_most_once(
     lost = await db.timers.get(most[0].id)
     assert lost is not None and lost.last_error is not None
     assert "at_most_once" in lost.last_error and "not repeated" in lost.last_error
+    assert lost.fired_at is not None and lost.last_status is None  # GET shows it as last_result
     [attempt] = await db.timers.attempts(most[0].id)
     assert attempt.error is not None and attempt.error.startswith("outcome unknown")
