@@ -10,7 +10,7 @@ from rich.table import Table
 
 from cli.admin import console, run_db
 from db.ids import parse_timer_id
-from db.models import RequeueFilter, RequeueResult, TimerState
+from db.models import RequeueFilter, RequeueResult, TimerState, parse_states
 
 
 def dead(
@@ -68,12 +68,7 @@ def requeue(
 
 
 def _states(values: list[str] | None) -> list[TimerState]:
-    states: list[TimerState] = []
-    for value in values or ["dead", "failed"]:
-        if value == "dead":
-            states.append("dead")
-        elif value == "failed":
-            states.append("failed")
-        else:
-            raise typer.BadParameter(f"{value!r}: only dead or failed", param_hint="--status")
-    return states
+    try:
+        return parse_states(values or ["dead", "failed"], allowed=("dead", "failed"))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--status") from None

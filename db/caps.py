@@ -7,7 +7,7 @@ from datetime import datetime
 
 from psycopg.rows import class_row
 
-from db.connection import PoolOwner, retry_transient
+from db.connection import PoolOwner
 from db.models import Cap, Grant
 from db.query_loader import query
 
@@ -21,21 +21,11 @@ class CapStore(PoolOwner):
 
     async def seed(self, *, scope: str, per_minute: int) -> None:
         """Sets a cap only if none is stored yet (the environment's starting value)."""
-
-        async def op() -> None:
-            async with self.connection() as conn:
-                await conn.execute(query("cap_seed"), {"scope": scope, "per_minute": per_minute})
-
-        await retry_transient(op, what="cap_seed")
+        await self.run("cap_seed", {"scope": scope, "per_minute": per_minute})
 
     async def set(self, *, scope: str, per_minute: int) -> None:
         """Sets a cap for every dispatcher at once; 0 removes the limit."""
-
-        async def op() -> None:
-            async with self.connection() as conn:
-                await conn.execute(query("cap_set"), {"scope": scope, "per_minute": per_minute})
-
-        await retry_transient(op, what="cap_set")
+        await self.run("cap_set", {"scope": scope, "per_minute": per_minute})
         log.info("cap %s set to %d/min", scope, per_minute)
 
     async def take(self, *, scope: str, wanted: int, now: datetime | None = None) -> Grant:
@@ -55,12 +45,7 @@ class CapStore(PoolOwner):
         """Returns tokens taken but not used."""
         if n <= 0:
             return
-
-        async def op() -> None:
-            async with self.connection() as conn:
-                await conn.execute(query("cap_give_back"), {"scope": scope, "n": n})
-
-        await retry_transient(op, what="cap_give_back")
+        await self.run("cap_give_back", {"scope": scope, "n": n})
 
     async def list(self) -> list[Cap]:
         """Every cap with its bucket's current fill."""

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg.rows import TupleRow
+from psycopg.rows import TupleRow, class_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from tenacity import (
     AsyncRetrying,
@@ -19,6 +19,8 @@ from tenacity import (
     wait_exponential,
     wait_random,
 )
+
+from db.query_loader import query
 
 log = logging.getLogger(__name__)
 
@@ -94,3 +96,37 @@ class PoolOwner:
         except PoolTimeout as exc:
             log.error("no database connection within the pool timeout: %s", exc)
             raise DatabaseUnavailable(str(exc)) from exc
+
+    async def fetch_one(self, name: str, model: type[T], params: Mapping[str, Any]) -> T | None:
+        """Runs the named single-statement query (its own transaction) and returns its one row
+        as ``model``, or None; transient errors are retried, so the query must be safe to run
+        again."""
+
+        async def op() -> T | None:
+            async with self.connection() as conn:
+                cur = conn.cursor(row_factory=class_row(model))
+                await cur.execute(query(name), params)
+                return await cur.fetchone()
+
+        return await retry_transient(op, what=name)
+
+    async def fetch_all(self, name: str, model: type[T], params: Mapping[str, Any]) -> list[T]:
+        """Like fetch_one, for every row."""
+
+        async def op() -> list[T]:
+            async with self.connection() as conn:
+                cur = conn.cursor(row_factory=class_row(model))
+                await cur.execute(query(name), params)
+                return await cur.fetchall()
+
+        return await retry_transient(op, what=name)
+
+    async def run(self, name: str, params: Mapping[str, Any]) -> int:
+        """Runs the named single-statement query, retried like fetch_one; returns its rowcount."""
+
+        async def op() -> int:
+            async with self.connection() as conn:
+                cur = await conn.execute(query(name), params)
+                return cur.rowcount
+
+        return await retry_transient(op, what=name)

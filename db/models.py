@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -12,6 +13,21 @@ TIMER_STATES: tuple[TimerState, ...] = (
     "pending", "inflight", "delivered", "failed", "dead", "cancelled",
 )  # fmt: skip
 Delivery = Literal["at_least_once", "at_most_once"]
+
+
+def parse_states(
+    texts: Iterable[str], allowed: Sequence[TimerState] = TIMER_STATES
+) -> list[TimerState]:
+    """States given as text, each comma separated or not ("dead,failed"), in order and without
+    repeats; raises ValueError naming the first one that is not allowed."""
+    states: list[TimerState] = []
+    for text in (part.strip() for item in texts for part in item.split(",")):
+        state = next((s for s in allowed if s == text), None)
+        if state is None:
+            raise ValueError(f"{text!r} is not one of {', '.join(allowed)}")
+        if state not in states:
+            states.append(state)
+    return states
 
 
 @dataclass(frozen=True, slots=True)

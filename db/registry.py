@@ -19,14 +19,7 @@ class DispatcherStore(PoolOwner):
 
     async def register(self, *, dispatcher_id: str, host: str, pid: int) -> None:
         """Adds (or revives) this dispatcher's row."""
-
-        async def op() -> None:
-            async with self.connection() as conn:
-                await conn.execute(
-                    query("dispatcher_register"), {"id": dispatcher_id, "host": host, "pid": pid}
-                )
-
-        await retry_transient(op, what="dispatcher_register")
+        await self.run("dispatcher_register", {"id": dispatcher_id, "host": host, "pid": pid})
 
     async def heartbeat(
         self, *, dispatcher_id: str, in_flight: int, sent_total: int, failed_total: int
@@ -48,12 +41,7 @@ class DispatcherStore(PoolOwner):
 
     async def deregister(self, *, dispatcher_id: str) -> None:
         """Marks this dispatcher stopped (a clean shutdown)."""
-
-        async def op() -> None:
-            async with self.connection() as conn:
-                await conn.execute(query("dispatcher_deregister"), {"id": dispatcher_id})
-
-        await retry_transient(op, what="dispatcher_deregister")
+        await self.run("dispatcher_deregister", {"id": dispatcher_id})
 
     async def list(self, *, dead_after_seconds: float) -> list[Dispatcher]:
         """The registry, newest first, with liveness by the database clock."""

@@ -154,60 +154,28 @@ class TimerStore(PoolOwner):
 
     async def purge_idempotency(self, *, hours: int, now: datetime | None = None) -> int:
         """Forgets idempotency keys older than ``hours``; returns how many."""
-
-        async def op() -> int:
-            async with self.connection() as conn:
-                cur = await conn.execute(query("idempotency_purge"), {"hours": hours, "now": now})
-                return cur.rowcount
-
-        return await retry_transient(op, what="idempotency_purge")
+        return await self.run("idempotency_purge", {"hours": hours, "now": now})
 
     async def get(self, timer_id: uuid.UUID, *, now: datetime | None = None) -> Timer | None:
         """The timer with this id, looked up in the one partition its id names."""
-
-        async def op() -> Timer | None:
-            async with self.connection() as conn:
-                cur = conn.cursor(row_factory=class_row(Timer))
-                await cur.execute(
-                    query("timer_get"), {"id": timer_id, "bucket": bucket_of(timer_id), "now": now}
-                )
-                return await cur.fetchone()
-
-        return await retry_transient(op, what="timer_get")
+        params = {"id": timer_id, "bucket": bucket_of(timer_id), "now": now}
+        return await self.fetch_one("timer_get", Timer, params)
 
     async def cancel(
         self, timer_id: uuid.UUID, *, now: datetime | None = None
     ) -> CancelResult | None:
         """Cancels the timer if it is pending; None if there is no such timer."""
-
-        async def op() -> CancelResult | None:
-            async with self.connection() as conn, conn.transaction():
-                cur = conn.cursor(row_factory=class_row(CancelResult))
-                await cur.execute(
-                    query("timer_cancel"),
-                    {"id": timer_id, "bucket": bucket_of(timer_id), "now": now},
-                )
-                return await cur.fetchone()
-
-        # One statement in one transaction: a repeat after a lost connection finds the timer
-        # cancelled already, which is the same answer.
-        return await retry_transient(op, what="timer_cancel")
+        # One statement: a repeat after a lost connection finds the timer cancelled already,
+        # which is the same answer.
+        params = {"id": timer_id, "bucket": bucket_of(timer_id), "now": now}
+        return await self.fetch_one("timer_cancel", CancelResult, params)
 
     async def due_keys(
         self, *, limit: int, lookahead_seconds: float = 0.0, now: datetime | None = None
     ) -> list[DueKey]:
         """The oldest (slot, shard) keys with rows due by now + lookahead."""
-
-        async def op() -> list[DueKey]:
-            async with self.connection() as conn:
-                cur = conn.cursor(row_factory=class_row(DueKey))
-                await cur.execute(
-                    query("bucket_keys_due"),
-                    {"limit": limit, "lookahead": lookahead_seconds, "now": now},
-                )
-                return await cur.fetchall()
-
-        return await retry_transient(op, what="bucket_keys_due")
+        params = {"limit": limit, "lookahead": lookahead_seconds, "now": now}
+        return await self.fetch_all("bucket_keys_due", DueKey, params)
 
     async def claim(
         self,
@@ -257,14 +225,8 @@ class TimerStore(PoolOwner):
             "retry_in": [o.retry_in for o in outcomes],
             "owner": owner,
         }
-
-        async def op() -> int:
-            async with self.connection() as conn:
-                cur = await conn.execute(query("timer_record"), params)
-                return cur.rowcount
-
         # Conditioned on the lease (state and owner), so a repeat changes nothing more.
-        return await retry_transient(op, what="timer_record")
+        return await self.run("timer_record", params)
 
     async def release(self, timers: Sequence[ClaimedTimer], *, owner: str) -> int:
         """Gives leased rows that were never sent back to pending."""
@@ -275,29 +237,15 @@ class TimerStore(PoolOwner):
             "bucket": [t.bucket for t in timers],
             "owner": owner,
         }
-
-        async def op() -> int:
-            async with self.connection() as conn:
-                cur = await conn.execute(query("lease_release"), params)
-                return cur.rowcount
-
-        return await retry_transient(op, what="lease_release")
+        return await self.run("lease_release", params)
 
     async def reap(
         self, *, dead_after_seconds: float, now: datetime | None = None
     ) -> list[ReapedLease]:
         """Takes back the rows leased by dead dispatchers or with expired leases: at_least_once
         rows return to pending, at_most_once rows end failed."""
-
-        async def op() -> list[ReapedLease]:
-            async with self.connection() as conn:
-                cur = conn.cursor(row_factory=class_row(ReapedLease))
-                await cur.execute(
-                    query("lease_reap"), {"dead_after_seconds": dead_after_seconds, "now": now}
-                )
-                return await cur.fetchall()
-
-        return await retry_transient(op, what="lease_reap")
+        params = {"dead_after_seconds": dead_after_seconds, "now": now}
+        return await self.fetch_all("lease_reap", ReapedLease, params)
 
     async def counts(self) -> dict[str, int]:
         """How many timers are in each state."""
@@ -319,45 +267,21 @@ class TimerStore(PoolOwner):
             "after": after,
             "after_bucket": bucket_of(after) if after else None,
         }
-
-        async def op() -> list[TimerSummary]:
-            async with self.connection() as conn:
-                cur = conn.cursor(row_factory=class_row(TimerSummary))
-                await cur.execute(query("timer_list"), params)
-                return await cur.fetchall()
-
-        return await retry_transient(op, what="timer_list")
+        return await self.fetch_all("timer_list", TimerSummary, params)
 
     async def attempts(self, timer_id: uuid.UUID) -> list[Attempt]:
         """Every recorded attempt of a timer, oldest first."""
-
-        async def op() -> list[Attempt]:
-            async with self.connection() as conn:
-                cur = conn.cursor(row_factory=class_row(Attempt))
-                await cur.execute(
-                    query("attempt_list"), {"id": timer_id, "bucket": bucket_of(timer_id)}
-                )
-                return await cur.fetchall()
-
-        return await retry_transient(op, what="attempt_list")
+        params = {"id": timer_id, "bucket": bucket_of(timer_id)}
+        return await self.fetch_all("attempt_list", Attempt, params)
 
     async def requeue(
         self, timer_id: uuid.UUID, *, now: datetime | None = None
     ) -> RequeueResult | None:
         """Requeues one dead or failed timer (due now, a fresh round of attempts); None if
         there is no such timer."""
-
-        async def op() -> RequeueResult | None:
-            async with self.connection() as conn, conn.transaction():
-                cur = conn.cursor(row_factory=class_row(RequeueResult))
-                await cur.execute(
-                    query("timer_requeue"),
-                    {"id": timer_id, "bucket": bucket_of(timer_id), "now": now},
-                )
-                return await cur.fetchone()
-
         # A repeat finds the timer pending: it reports "not requeued", never requeues twice.
-        return await retry_transient(op, what="timer_requeue")
+        params = {"id": timer_id, "bucket": bucket_of(timer_id), "now": now}
+        return await self.fetch_one("timer_requeue", RequeueResult, params)
 
     async def requeue_matching(
         self, which: RequeueFilter, *, limit: int | None = None, now: datetime | None = None
@@ -382,12 +306,7 @@ class TimerStore(PoolOwner):
                 "now": now,
             }
 
-            async def op(params: dict[str, object] = params) -> int:
-                async with self.connection() as conn:
-                    cur = await conn.execute(query("timers_requeue"), params)
-                    return cur.rowcount
-
-            done = await retry_transient(op, what="timers_requeue")
+            done = await self.run("timers_requeue", params)
             total += done
             if done < batch:
                 break

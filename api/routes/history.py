@@ -19,7 +19,7 @@ from api.schemas import (
     TimerSummary,
 )
 from db.ids import parse_timer_id
-from db.models import TIMER_STATES, RequeueFilter, TimerState
+from db.models import TIMER_STATES, RequeueFilter, TimerState, parse_states
 from db.models import TimerSummary as StoredSummary
 
 log = logging.getLogger(__name__)
@@ -34,16 +34,10 @@ MAX_PAGE = 1000
 
 def _states(values: list[str] | None) -> list[TimerState]:
     """?status=dead,failed or ?status=dead&status=failed; none given: every state."""
-    if not values:
-        return list(TIMER_STATES)
-    wanted: list[TimerState] = []
-    for value in (v.strip() for text in values for v in text.split(",")):
-        state = next((s for s in TIMER_STATES if s == value), None)
-        if state is None:
-            raise FieldError("status", f"{value!r} is not one of {', '.join(TIMER_STATES)}")
-        if state not in wanted:
-            wanted.append(state)
-    return wanted
+    try:
+        return parse_states(values) if values else list(TIMER_STATES)
+    except ValueError as exc:
+        raise FieldError("status", str(exc)) from None
 
 
 def _summary(row: StoredSummary) -> TimerSummary:
