@@ -6,7 +6,6 @@ import math
 import re
 import uuid
 from datetime import datetime
-from typing import Literal
 
 from pydantic import (
     AnyHttpUrl,
@@ -19,6 +18,7 @@ from pydantic import (
 )
 
 from db.models import Delivery
+from db.states import DeadLetterState, TimerState
 
 MAX_URL_LENGTH = 2048
 MAX_HEADERS = 32
@@ -34,6 +34,9 @@ REFUSED_HEADERS = frozenset({
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")
 _HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
 MAX_PAYLOAD_DEPTH = 32
+MAX_RESOURCES = 16
+RESOURCE_NAME = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+PRIORITY_MIN, PRIORITY_MAX, PRIORITY_DEFAULT = 1, 10, 5
 
 
 def check_json_value(value: object) -> None:
@@ -115,6 +118,35 @@ class TimerCreate(BaseModel):
         description="at_least_once: a send whose outcome was lost is repeated; at_most_once: "
         "it is not, and the timer fails instead.",
     )
+    priority: int = Field(
+        default=PRIORITY_DEFAULT,
+        ge=PRIORITY_MIN,
+        le=PRIORITY_MAX,
+        description="1 to 10, higher first: when more is due than may be sent now (a cap, a "
+        "host limit or a resource binds), higher priority goes first, then the earlier due time."
+        " Without contention it changes nothing.",
+    )
+    resources: list[str] | None = Field(
+        default=None,
+        description=f"Up to {MAX_RESOURCES} names (1 to 64 of letters, digits, '.', '_', ':', "
+        "'-'). Two timers that share a name are never in flight at the same time.",
+    )
+
+    @field_validator("resources")
+    @classmethod
+    def _resource_names(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        if len(value) > MAX_RESOURCES:
+            raise ValueError(f"at most {MAX_RESOURCES} resources, not {len(value)}")
+        for name in value:
+            if not RESOURCE_NAME.fullmatch(name):
+                raise ValueError(
+                    f"{name[:80]!r} is not a resource name: 1 to 64 letters, digits, '.', '_', "
+                    "':' or '-'"
+                )
+        # Order and repeats mean nothing: stored sorted and distinct; an empty list is none.
+        return sorted(set(value)) or None
 
     @field_validator("url")
     @classmethod
@@ -184,7 +216,7 @@ class LastResult(BaseModel):
     error: str | None = Field(description="Why it failed (null when delivered).")
 
 
-Status = Literal["pending", "inflight", "delivered", "failed", "dead", "cancelled"]
+Status = TimerState  # defined once, in db/states.py
 
 
 class TimerDetail(TimerPublic):
@@ -206,6 +238,15 @@ class TimerDetail(TimerPublic):
     payload: JsonValue = None
     headers: dict[str, str] | None = None
     timeout_seconds: float | None = None
+    priority: int = Field(description="1 to 10, higher first under contention.")
+    resources: list[str] | None = Field(
+        default=None, description="Named resources no other timer holds while this one is sent."
+    )
+    waiting_on: str | None = Field(
+        default=None,
+        description="Why a due timer is not being sent yet: a cap, a resource and the timer "
+        "holding it, a per-host limit or an open circuit; null when nothing holds it back.",
+    )
 
 
 class TimerSummary(BaseModel):
@@ -219,6 +260,8 @@ class TimerSummary(BaseModel):
     max_attempts: int
     finished_at: datetime | None = Field(description="When it was delivered, failed or died.")
     last_result: LastResult | None
+    priority: int
+    resources: list[str] | None = None
 
 
 class TimerList(BaseModel):
@@ -253,7 +296,7 @@ class RequeueRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    status: list[Literal["dead", "failed"]] = Field(
+    status: list[DeadLetterState] = Field(
         default=["dead", "failed"], min_length=1, description="Which final states to requeue."
     )
     url_prefix: str | None = Field(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -16,8 +17,10 @@ from rich.text import Text
 from db import embedded
 from db.caps import GLOBAL
 from db.database import Database
-from db.models import BacklogStep, Overdue
+from db.models import BacklogStep, Cap, Circuit, Overdue, PlanRow
 from db.settings import get_settings
+from dispatcher.hosts import host_of
+from dispatcher.planner import plan_pass
 
 T = TypeVar("T")
 
@@ -151,3 +154,43 @@ def caps_set(
     run_db(lambda db: db.caps.set(scope=scope, per_minute=per_minute))
     shown = f"{per_minute:,}/min ({per_minute / 60:,.1f}/s)" if per_minute else "no cap"
     console.print(f"{scope} cap: {shown}")
+
+
+def plan(
+    limit: int = typer.Option(50, min=1, max=1000, help="How many rows to show at most."),
+) -> None:
+    """The next pass: what would be sent now, what is held back and why (priority first)."""
+    settings = get_settings()
+    lookahead = settings.tick_seconds + 1.5
+
+    async def read(db: Database) -> tuple[list[PlanRow], dict[str, uuid.UUID], list[Circuit],
+                                         list[Cap], datetime]:  # fmt: skip
+        rows = await db.timers.plan_candidates(lookahead_seconds=lookahead, limit=limit)
+        names = sorted({n for r in rows for n in r.resources or ()})
+        return (rows, await db.timers.holds(names), await db.circuits.list(), await db.caps.list(),
+                await db.timers.clock())  # fmt: skip
+
+    rows, holds, circuits, caps, now = run_db(read)
+    cap = next((c for c in caps if c.scope == GLOBAL and c.per_minute), None)
+    decisions = plan_pass(
+        rows, holds=holds, circuits={c.host: c.reason for c in circuits if c.open},
+        tokens=cap.tokens if cap else None, room=settings.concurrency + 2 * settings.batch_size,
+    )  # fmt: skip
+    table = Table(title=f"next pass at {now:%H:%M:%S} UTC (due by +{lookahead:g} s)")
+    for column in ("timer", "prio", "due", "host", "resources", "now?", "why"):
+        table.add_column(column, justify="right" if column in ("prio", "due") else "left")
+    for d in decisions:
+        due = (d.row.run_at - now).total_seconds()
+        table.add_row(
+            str(d.row.id), str(d.row.priority), f"{due:+.1f} s", host_of(d.row.url),
+            ", ".join(d.row.resources or ()) or "-",
+            Text("send", style="green") if d.send_now else Text("waits", style="yellow"), d.why,
+        )  # fmt: skip
+    console.print(table)
+    sending = sum(d.send_now for d in decisions)
+    cap_text = f"global cap {cap.per_minute:,}/min, {cap.tokens:.1f} tokens" if cap else "no cap"
+    open_circuits = [c.host for c in circuits if c.open]
+    console.print(
+        f"{sending} would go now, {len(decisions) - sending} wait; {cap_text}; "
+        f"open circuits: {', '.join(open_circuits) or 'none'}"
+    )

@@ -10,7 +10,8 @@ from rich.table import Table
 
 from cli.admin import console, run_db
 from db.ids import parse_timer_id
-from db.models import RequeueFilter, RequeueResult, TimerState, parse_states
+from db.models import RequeueFilter, RequeueResult
+from db.states import DEAD_LETTER_STATES, TimerState, parse_states
 
 
 def dead(
@@ -69,6 +70,6 @@ def requeue(
 
 def _states(values: list[str] | None) -> list[TimerState]:
     try:
-        return parse_states(values or ["dead", "failed"], allowed=("dead", "failed"))
+        return parse_states(values or DEAD_LETTER_STATES, allowed=DEAD_LETTER_STATES)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--status") from None

@@ -137,6 +137,7 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
 
 app.command()(admin.backlog)
 app.command()(admin.dispatchers)
+app.command()(admin.plan)
 app.add_typer(admin.caps_app, name="caps")
 app.command()(deadletters.dead)
 app.command()(deadletters.requeue)

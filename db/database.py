@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from db.backlog import BacklogStore
 from db.caps import CapStore
+from db.circuits import CircuitStore
 from db.connection import make_pool, retry_transient
 from db.query_loader import query
 from db.registry import DispatcherStore, PartitionStore
@@ -21,6 +22,7 @@ class Database:
         self.partitions = PartitionStore(self.pool)
         self.caps = CapStore(self.pool)
         self.backlog = BacklogStore(self.pool)
+        self.circuits = CircuitStore(self.pool)
 
     async def open(self) -> None:
         """Opens the pool and waits for a first connection (fails fast if unreachable)."""

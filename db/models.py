@@ -3,31 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-TimerState = Literal["pending", "inflight", "delivered", "failed", "dead", "cancelled"]
-TIMER_STATES: tuple[TimerState, ...] = (
-    "pending", "inflight", "delivered", "failed", "dead", "cancelled",
-)  # fmt: skip
+from db.states import DEAD_LETTER_STATES, TimerState
+
 Delivery = Literal["at_least_once", "at_most_once"]
-
-
-def parse_states(
-    texts: Iterable[str], allowed: Sequence[TimerState] = TIMER_STATES
-) -> list[TimerState]:
-    """States given as text, each comma separated or not ("dead,failed"), in order and without
-    repeats; raises ValueError naming the first one that is not allowed."""
-    states: list[TimerState] = []
-    for text in (part.strip() for item in texts for part in item.split(",")):
-        state = next((s for s in allowed if s == text), None)
-        if state is None:
-            raise ValueError(f"{text!r} is not one of {', '.join(allowed)}")
-        if state not in states:
-            states.append(state)
-    return states
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +24,8 @@ class DeliveryOptions:
     timeout_ms: int | None = None
     max_attempts: int | None = None
     delivery: Delivery | None = None
+    priority: int | None = None
+    resources: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +59,9 @@ class Timer:
     payload: Any
     headers: dict[str, str] | None
     timeout_ms: int | None
+    priority: int
+    resources: list[str] | None
+    waiting_on: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +79,8 @@ class TimerSummary:
     finished_at: datetime | None
     last_status: int | None
     last_error: str | None
+    priority: int
+    resources: list[str] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +99,7 @@ class Attempt:
 class RequeueFilter:
     """Which dead letters a bulk requeue takes: by state, URL prefix and when they ended."""
 
-    states: tuple[TimerState, ...] = ("dead", "failed")
+    states: tuple[TimerState, ...] = DEAD_LETTER_STATES
     url_prefix: str | None = None
     finished_after: datetime | None = None
     finished_before: datetime | None = None
@@ -148,6 +137,8 @@ class ClaimedTimer:
     headers: dict[str, str] | None
     timeout_ms: int | None
     db_now: datetime
+    priority: int = 5
+    resources: list[str] | None = None
 
     @property
     def attempts_left(self) -> int:
@@ -178,6 +169,7 @@ class SendOutcome:
     fired_at: datetime
     latency_ms: float | None = None
     retry_in: float | None = None
+    held: bool = False  # the row held resources, released when this is recorded
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,3 +246,52 @@ class IdempotentCreate:
     timer_id: uuid.UUID
     replayed: bool
     conflict: bool
+
+
+@dataclass(frozen=True, slots=True)
+class HeldCandidate:
+    """A due pending row that names resources, as the resource pass sees it."""
+
+    id: uuid.UUID
+    bucket: datetime
+    priority: int
+    run_at: datetime
+    resources: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class HeldChoice:
+    """What a resource pass decided: the rows to lease now, and each other row with the
+    reason it waits."""
+
+    chosen: list[HeldCandidate]
+    waiting: list[tuple[HeldCandidate, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class PlanRow:
+    """A row the next pass would look at, for ``timerhook plan``."""
+
+    id: uuid.UUID
+    bucket: datetime
+    state: TimerState
+    url: str
+    priority: int
+    run_at: datetime
+    resources: list[str] | None
+    waiting_on: str | None
+    lease_owner: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Circuit:
+    """A target host's circuit: open until ``open_until`` after ``failures`` failures."""
+
+    host: str
+    open_until: datetime
+    failures: int
+    reason: str
+    opened_by: str
+    opened_at: datetime
+    open: bool
+    seconds_left: float

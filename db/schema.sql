@@ -55,6 +55,14 @@ create table timers (
     finished_at timestamptz,
     last_status integer,
     last_error  text,
+    -- 1 to 10, higher first when more is due than may be sent now; 5 by default.
+    priority    smallint    not null default 5,
+    -- Named resources (sorted, distinct; null for none): two timers that share one are never
+    -- in flight at the same time (see resource_holds).
+    resources   text[],
+    -- Why a due timer is not being sent yet (a resource, a host limit, an open circuit),
+    -- written by the planner when it holds a row back; cleared when the row is claimed.
+    waiting_on  text,
     primary key (id, bucket),
     constraint timers_state_check
         check (state in ('pending', 'inflight', 'delivered', 'failed', 'dead', 'cancelled')),
@@ -62,11 +70,24 @@ create table timers (
     constraint timers_attempts_check check (max_attempts >= 1 and round_start <= attempts),
     constraint timers_lease_check
         check ((state = 'inflight') = (lease_owner is not null and lease_until is not null)),
-    constraint timers_slot_check check (slot >= bucket and run_at <= slot)
+    constraint timers_slot_check check (slot >= bucket and run_at <= slot),
+    constraint timers_priority_check check (priority between 1 and 10),
+    constraint timers_resources_check
+        check (resources is null or cardinality(resources) between 1 and 16)
 ) partition by range (bucket);
 
 -- "What is due" reads only pending rows, however much delivered history the partitions hold.
-create index timers_pending_idx on timers (slot, shard, run_at) where state = 'pending';
+-- Key claims take rows without resources; the resource pass reads its own index below.
+create index timers_pending_idx on timers (slot, shard, run_at)
+    where state = 'pending' and resources is null;
+-- Under a binding cap due rows are taken by priority, then due time, across every key: one
+-- short index range per priority. The predicate names priority so that only the queries
+-- that rank (and say so) use it; the key claims keep timers_pending_idx.
+create index timers_pending_rank_idx on timers (priority, run_at)
+    where state = 'pending' and resources is null and priority >= 1;
+-- The resource pass reads the pending rows that name resources, by slot.
+create index timers_pending_held_idx on timers (slot, priority, run_at)
+    where state = 'pending' and resources is not null;
 -- The lease reaper reads only in-flight rows.
 create index timers_inflight_idx on timers (lease_until) where state = 'inflight';
 -- Listing by state in id order (due order): GET /timer?status=dead, say, never walks the
@@ -188,3 +209,27 @@ create table idempotency_keys (
     created_at  timestamptz not null default now()
 );
 create index idempotency_keys_created_idx on idempotency_keys (created_at);
+
+-- Who holds a named resource right now: one row per resource, so two timers that share one
+-- can never be in flight together, across every dispatcher (the primary key decides). Taken
+-- in the transaction that leases the timer; deleted when its outcome is recorded, when it is
+-- given back unsent, or when its lease is reaped.
+create table resource_holds (
+    resource  text        primary key,
+    timer_id  uuid        not null,
+    bucket    timestamptz not null,
+    owner     text        not null,
+    held_at   timestamptz not null default now()
+);
+create index resource_holds_timer_idx on resource_holds (timer_id);
+
+-- Open circuits: a target host that kept timing out or refusing connections is backed off
+-- until open_until; every dispatcher defers its timers (pending, attempt uncounted) meanwhile.
+create table host_circuits (
+    host        text        primary key,
+    open_until  timestamptz not null,
+    failures    integer     not null,
+    reason      text        not null,
+    opened_by   text        not null,
+    opened_at   timestamptz not null default now()
+);

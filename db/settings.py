@@ -69,6 +69,21 @@ class Settings(BaseSettings):
         default=65_536, ge=16, le=1_048_576, description="Largest payload, as compact JSON."
     )
     concurrency: int = Field(default=256, ge=1, le=10_000, description="Sends in flight.")
+    host_concurrency: int = Field(
+        default=128,
+        ge=1,
+        le=10_000,
+        description="Sends in flight to one target host per dispatcher (at most concurrency).",
+    )
+    circuit_failures: int = Field(
+        default=5, ge=1, le=1000, description="Consecutive no-answer failures that open a circuit."
+    )
+    circuit_seconds: float = Field(
+        default=30.0, gt=0, description="First cool-down of an open circuit; doubles each time."
+    )
+    circuit_max_seconds: float = Field(
+        default=600.0, gt=0, description="Longest cool-down of an open circuit."
+    )
     batch_size: int = Field(default=1000, ge=1, le=50_000, description="Rows per claim.")
     lease_seconds: float = Field(default=90.0, ge=5)
     tick_seconds: float = Field(default=1.0, gt=0, le=60)

@@ -6,6 +6,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
@@ -15,7 +16,6 @@ from psycopg.rows import class_row
 from db.connection import TRANSIENT, DatabaseUnavailable, PoolOwner, retry_transient
 from db.ids import bucket_of, lock_key
 from db.models import (
-    TIMER_STATES,
     Attempt,
     CancelResult,
     Claim,
@@ -23,20 +23,29 @@ from db.models import (
     CreatedTimer,
     DeliveryOptions,
     DueKey,
+    HeldCandidate,
+    HeldChoice,
     IdempotentCreate,
+    PlanRow,
     ReapedLease,
     RequeueFilter,
     RequeueResult,
     SendOutcome,
     Timer,
-    TimerState,
     TimerSummary,
 )
 from db.query_loader import query
+from db.states import TIMER_STATES, TimerState
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class _Count:
+    count: int
+
 
 _PLAIN = DeliveryOptions()
 # Dead letters requeued per statement by a bulk requeue.
@@ -60,6 +69,8 @@ def _insert_params(
         "timeout_ms": [o.timeout_ms for o in opts],
         "max_attempts": [o.max_attempts for o in opts],
         "delivery": [o.delivery for o in opts],
+        "priority": [o.priority for o in opts],
+        "resources": [" ".join(o.resources) if o.resources else None for o in opts],
         "shards": shards,
         "now": now,
     }
@@ -197,17 +208,124 @@ class TimerStore(PoolOwner):
             "now": now,
         }
 
+        return await self._claiming("bucket_claim", params)
+
+    async def claim_ranked(
+        self, *, owner: str, batch: int, lease_seconds: float, now: datetime | None = None
+    ) -> Claim:
+        """Leases up to ``batch`` rows already due, highest priority first, then the earliest,
+        across every key (the claim under a binding cap)."""
+        params = {"owner": owner, "batch": batch, "lease_seconds": lease_seconds, "now": now}
+        return await self._claiming("timer_claim_ranked", params)
+
+    async def _claiming(self, name: str, params: dict[str, object]) -> Claim:
+        """Runs a claim in its own transaction; the local instant is read before the commit,
+        whose flush to disk can take tens of milliseconds. A claim that failed mid-way rolled
+        back whole, so running it again is safe."""
+
         async def op() -> Claim:
             async with self.connection() as conn, conn.transaction():
                 cur = conn.cursor(row_factory=class_row(ClaimedTimer))
-                await cur.execute(query("bucket_claim"), params)
+                await cur.execute(query(name), params)
                 rows = await cur.fetchall()
-                # Read before the commit, whose flush to disk can take tens of milliseconds.
                 answered_at = time.monotonic()
             return Claim(rows, answered_at)
 
-        # A claim that failed mid-way rolled back whole, so running it again is safe.
-        return await retry_transient(op, what="bucket_claim")
+        return await retry_transient(op, what=name)
+
+    async def claim_held(
+        self,
+        choose: Callable[[list[HeldCandidate], dict[str, uuid.UUID]], Awaitable[HeldChoice]],
+        *,
+        owner: str,
+        lookahead_seconds: float,
+        lease_seconds: float,
+        limit: int = 1000,
+        now: datetime | None = None,
+    ) -> Claim | None:
+        """The resource pass, in one transaction under the fleet-wide pass lock: reads the
+        due rows that name resources and the holds on those resources, lets ``choose`` pick
+        which go (and say why the others wait), then leases the chosen rows together with
+        their holds and notes the reasons. None when another dispatcher is making the pass.
+        """
+
+        async def op() -> Claim | None:
+            async with self.connection() as conn, conn.transaction():
+                cur = await conn.execute(query("resource_pass_lock"))
+                got = await cur.fetchone()
+                if not got or not got[0]:
+                    return None
+                cand = conn.cursor(row_factory=class_row(HeldCandidate))
+                await cand.execute(
+                    query("held_candidates"),
+                    {"lookahead": lookahead_seconds, "limit": limit, "now": now},
+                )
+                candidates = await cand.fetchall()
+                if not candidates:
+                    return Claim([], time.monotonic())
+                names = sorted({r for c in candidates for r in c.resources})
+                cur = await conn.execute(query("hold_list"), {"resources": names})
+                holds = {str(r): h for r, h in await cur.fetchall()}
+                choice = await choose(candidates, holds)
+                if choice.waiting:
+                    await conn.execute(
+                        query("timer_waiting_note"),
+                        {
+                            "id": [c.id for c, _ in choice.waiting],
+                            "bucket": [c.bucket for c, _ in choice.waiting],
+                            "reason": [why for _, why in choice.waiting],
+                        },
+                    )
+                rows: list[ClaimedTimer] = []
+                if choice.chosen:
+                    claimed = conn.cursor(row_factory=class_row(ClaimedTimer))
+                    await claimed.execute(
+                        query("timer_claim_held"),
+                        {
+                            "id": [c.id for c in choice.chosen],
+                            "bucket": [c.bucket for c in choice.chosen],
+                            "owner": owner,
+                            "lease_seconds": lease_seconds,
+                            "now": now,
+                        },
+                    )
+                    rows = await claimed.fetchall()
+                answered_at = time.monotonic()
+            return Claim(rows, answered_at)
+
+        return await retry_transient(op, what="timer_claim_held")
+
+    async def note_waiting(self, notes: Sequence[tuple[uuid.UUID, datetime, str]]) -> int:
+        """Writes why rows are held back (``waiting_on``), where the reason changed."""
+        if not notes:
+            return 0
+        params = {
+            "id": [n[0] for n in notes],
+            "bucket": [n[1] for n in notes],
+            "reason": [n[2] for n in notes],
+        }
+        return await self.run("timer_waiting_note", params)
+
+    async def holds(self, resources: Sequence[str]) -> dict[str, uuid.UUID]:
+        """Which timer holds each of these resources now (those held)."""
+        async with self.connection() as conn:
+            cur = await conn.execute(query("hold_list"), {"resources": list(resources)})
+            return {str(r): h for r, h in await cur.fetchall()}
+
+    async def clock(self, now: datetime | None = None) -> datetime:
+        """The database clock (or ``now``)."""
+        async with self.connection() as conn:
+            cur = await conn.execute(query("clock_now"), {"now": now})
+            row = await cur.fetchone()
+        assert row is not None
+        return row[0]  # type: ignore[no-any-return]
+
+    async def plan_candidates(
+        self, *, lookahead_seconds: float, limit: int, now: datetime | None = None
+    ) -> list[PlanRow]:
+        """What the next pass would look at (``timerhook plan``)."""
+        params = {"lookahead": lookahead_seconds, "limit": limit, "now": now}
+        return await self.fetch_all("plan_candidates", PlanRow, params)
 
     async def record(self, outcomes: Sequence[SendOutcome], *, owner: str) -> int:
         """Records send outcomes and their attempts in one statement; returns how many rows
@@ -223,6 +341,7 @@ class TimerStore(PoolOwner):
             "fired_at": [o.fired_at for o in outcomes],
             "latency_ms": [o.latency_ms for o in outcomes],
             "retry_in": [o.retry_in for o in outcomes],
+            "held": [o.id for o in outcomes if o.held],
             "owner": owner,
         }
         # Conditioned on the lease (state and owner), so a repeat changes nothing more.
@@ -237,7 +356,27 @@ class TimerStore(PoolOwner):
             "bucket": [t.bucket for t in timers],
             "owner": owner,
         }
-        return await self.run("lease_release", params)
+        return await self._count("lease_release", params)
+
+    async def defer(
+        self, timers: Sequence[ClaimedTimer], *, owner: str, until: datetime, reason: str
+    ) -> int:
+        """Gives leased, unsent rows back as pending until ``until`` (an open circuit): their
+        attempt is not counted and ``waiting_on`` says why."""
+        if not timers:
+            return 0
+        params = {
+            "id": [t.id for t in timers],
+            "bucket": [t.bucket for t in timers],
+            "owner": owner,
+            "until": until,
+            "reason": reason,
+        }
+        return await self._count("lease_defer", params)
+
+    async def _count(self, name: str, params: dict[str, object]) -> int:
+        row = await self.fetch_one(name, _Count, params)
+        return row.count if row else 0
 
     async def reap(
         self, *, dead_after_seconds: float, now: datetime | None = None

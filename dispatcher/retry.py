@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
-from db.models import Delivery, TimerState
+from db.models import Delivery
+from db.states import TimerState
 
 # How much faster than the previous one each backoff ceiling grows.
 GROWTH = 4

@@ -19,8 +19,9 @@ from api.schemas import (
     TimerSummary,
 )
 from db.ids import parse_timer_id
-from db.models import TIMER_STATES, RequeueFilter, TimerState, parse_states
+from db.models import RequeueFilter
 from db.models import TimerSummary as StoredSummary
+from db.states import TIMER_STATES, TimerState, parse_states
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ def _summary(row: StoredSummary) -> TimerSummary:
     return TimerSummary(
         id=row.id, status=row.state, due_at=row.due_at, url=row.url, attempts=row.attempts,
         max_attempts=row.max_attempts, finished_at=row.finished_at, last_result=last,
+        priority=row.priority, resources=row.resources,
     )  # fmt: skip
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Response
 
 from api.deps import BatcherDep, DatabaseDep, SettingsDep
 from api.problems import FieldError
-from api.schemas import LastResult, TimerCreate, TimerDetail, TimerPublic
+from api.schemas import PRIORITY_DEFAULT, LastResult, TimerCreate, TimerDetail, TimerPublic
 from db.database import Database
 from db.ids import parse_timer_id
 from db.models import DeliveryOptions, IdempotentCreate, Timer
@@ -100,7 +101,25 @@ def delivery_options(body: TimerCreate, settings: Settings) -> DeliveryOptions:
         timeout_ms=timeout_ms,
         max_attempts=body.max_attempts or settings.max_attempts,
         delivery=body.delivery,
+        priority=body.priority,
+        resources=tuple(body.resources) if body.resources else None,
     )
+
+
+# Fields added after keys were first fingerprinted: left out while at their defaults, so a key
+# stored before they existed still matches the same request.
+_LATER_FIELDS = {"priority": PRIORITY_DEFAULT, "resources": None}
+
+
+def fingerprint(body: TimerCreate) -> str:
+    """A hash of the validated body with its defaults: equal bodies, equal fingerprints."""
+    dump = body.model_dump(mode="json")
+    for name, default in _LATER_FIELDS.items():
+        if dump.get(name) == default:
+            dump.pop(name, None)
+    return hashlib.sha256(
+        json.dumps(dump, separators=(",", ":"), ensure_ascii=False).encode()
+    ).hexdigest()
 
 
 async def _create_keyed(
@@ -109,7 +128,7 @@ async def _create_keyed(
     """The keyed create; the fingerprint is a hash of the validated body with its defaults."""
     return await db.timers.insert_idempotent(
         key=key,
-        fingerprint=hashlib.sha256(body.model_dump_json().encode()).hexdigest(),
+        fingerprint=fingerprint(body),
         delay_ms=body.delay_seconds * 1000,
         url=body.url,
         shards=settings.shards,
@@ -124,10 +143,21 @@ async def get_timer(timer_id: str, db: DatabaseDep) -> TimerDetail:
     timer = await db.timers.get(parsed) if parsed else None
     if timer is None:
         raise HTTPException(404, f"no timer with id {timer_id!r}")
-    return detail_of(timer)
+    return detail_of(timer, await _waiting_on(db, timer))
 
 
-def detail_of(timer: Timer) -> TimerDetail:
+async def _waiting_on(db: Database, timer: Timer) -> str | None:
+    """Why a due timer is not out yet: what the planner noted, or else a binding cap."""
+    due = timer.time_left == 0 and timer.run_at <= datetime.now(UTC)  # a display, not a decision
+    if timer.waiting_on is not None or timer.state != "pending" or not due:
+        return timer.waiting_on
+    for cap in await db.caps.list():
+        if cap.per_minute and cap.tokens < 1:
+            return f"{cap.scope} cap: {cap.per_minute}/min, no token left now"
+    return None
+
+
+def detail_of(timer: Timer, waiting_on: str | None = None) -> TimerDetail:
     """The API's view of a stored timer."""
     last = None
     if timer.fired_at is not None:
@@ -139,6 +169,7 @@ def detail_of(timer: Timer) -> TimerDetail:
         max_attempts=timer.max_attempts, delivery=timer.delivery, payload=timer.payload,
         headers=timer.headers,
         timeout_seconds=timer.timeout_ms / 1000 if timer.timeout_ms is not None else None,
+        priority=timer.priority, resources=timer.resources, waiting_on=waiting_on,
     )  # fmt: skip
 
 

@@ -10,26 +10,30 @@ with clock as (
     select ceil(extract(epoch from coalesce(%(now)s::timestamptz, now())) * 1000)::bigint as now_ms
 ), input as (
     select t.ord, t.url, clock.now_ms + t.delay_ms as due_ms, t.delay_ms, t.payload, t.headers,
-           t.timeout_ms, t.max_attempts, t.delivery
+           t.timeout_ms, t.max_attempts, t.delivery, t.priority,
+           -- resources travel as one space-separated text per timer (unnest flattens arrays
+           -- of arrays); names never hold a space
+           string_to_array(t.resources, ' ') as resources
     from unnest(%(delay_ms)s::bigint[], %(url)s::text[], %(payload)s::jsonb[],
                 %(headers)s::jsonb[], %(timeout_ms)s::integer[], %(max_attempts)s::integer[],
-                %(delivery)s::text[])
+                %(delivery)s::text[], %(priority)s::smallint[], %(resources)s::text[])
          with ordinality as t(delay_ms, url, payload, headers, timeout_ms, max_attempts,
-                              delivery, ord),
+                              delivery, priority, resources, ord),
          clock
 ), rows as (
     -- referenced twice below, so materialised once: the ids inserted are the ids returned
     select ord, timerhook_id(due_ms) as id, url, delay_ms, payload, headers, timeout_ms,
-           max_attempts, delivery,
+           max_attempts, delivery, priority, resources,
            'epoch'::timestamptz + due_ms * interval '1 millisecond' as due_at,
            'epoch'::timestamptz + ceil(due_ms / 1000.0) * interval '1 second' as bucket,
            floor(random() * %(shards)s)::smallint as shard
     from input
 ), inserted as (
     insert into timers (id, bucket, due_at, run_at, slot, shard, url, payload, headers,
-                        timeout_ms, max_attempts, delivery)
+                        timeout_ms, max_attempts, delivery, priority, resources)
     select id, bucket, due_at, due_at, bucket, shard, url, payload, headers, timeout_ms,
-           coalesce(max_attempts, 8), coalesce(delivery, 'at_least_once')
+           coalesce(max_attempts, 8), coalesce(delivery, 'at_least_once'), coalesce(priority, 5),
+           resources
     from rows
     returning 1
 )
@@ -44,7 +48,8 @@ select id, state, due_at, run_at, url, attempts, created_at, fired_at, finished_
        last_status, last_error,
        greatest(ceil(extract(epoch from due_at - coalesce(%(now)s::timestamptz, now()))), 0)::bigint
            as time_left,
-       max_attempts, round_start, delivery, payload, headers, timeout_ms
+       max_attempts, round_start, delivery, payload, headers, timeout_ms, priority, resources,
+       waiting_on
 from timers
 where id = %(id)s and bucket = %(bucket)s;
 
@@ -68,11 +73,12 @@ select target.state as found, exists (select 1 from cancelled) as cancelled from
 -- name: bucket_keys_due
 -- The oldest (slot, shard) keys with pending rows due by now + lookahead. A loose index scan:
 -- each step jumps to the next key in the partial index instead of walking every row of a
--- herd. bucket <= slot always, so the bucket bound prunes the partitions that cannot be due
+-- herd. Rows that name resources are left to the resource pass (timer_claim_held). bucket <=
+-- slot always, so the bucket bound prunes the partitions that cannot be due
 -- (the bound is a stable expression, not a CTE, so pruning happens at executor start-up).
 with recursive keys as (
     (select t.slot, t.shard from timers t
-     where t.state = 'pending'
+     where t.state = 'pending' and t.resources is null
        and t.slot <= coalesce(%(now)s::timestamptz, now()) + %(lookahead)s * interval '1 second'
        and t.bucket <= coalesce(%(now)s::timestamptz, now()) + %(lookahead)s * interval '1 second'
      order by t.slot, t.shard limit 1)
@@ -80,7 +86,8 @@ with recursive keys as (
     select next.slot, next.shard
     from keys k,
          lateral (select t.slot, t.shard from timers t
-                  where t.state = 'pending' and (t.slot, t.shard) > (k.slot, k.shard)
+                  where t.state = 'pending' and t.resources is null
+                    and (t.slot, t.shard) > (k.slot, k.shard)
                     and t.slot <= coalesce(%(now)s::timestamptz, now())
                                   + %(lookahead)s * interval '1 second'
                     and t.bucket <= coalesce(%(now)s::timestamptz, now())
@@ -104,7 +111,7 @@ with clock as (
     select t.id, t.bucket
     from timers t
     where t.slot = %(slot)s and t.shard = %(shard)s and t.state = 'pending'
-      and t.bucket <= %(slot)s and (select got from lock)
+      and t.resources is null and t.bucket <= %(slot)s and (select got from lock)
     order by t.run_at
     limit %(batch)s
     for update skip locked
@@ -112,7 +119,7 @@ with clock as (
 update timers t
 set state = 'inflight', lease_owner = %(owner)s,
     lease_until = clock.now + %(lease_seconds)s * interval '1 second',
-    attempts = t.attempts + 1
+    attempts = t.attempts + 1, waiting_on = null
 from picked, clock
 where t.id = picked.id and t.bucket = picked.bucket
 -- db_now is the database clock as each row is produced (clock_timestamp(), not the
@@ -120,7 +127,105 @@ where t.id = picked.id and t.bucket = picked.bucket
 returning t.id, t.bucket, t.url, t.run_at, t.attempts, t.max_attempts, t.round_start,
           t.delivery, t.payload::text as payload, t.headers, t.timeout_ms,
           case when %(now)s::timestamptz is null then clock_timestamp()
-               else clock.now end as db_now;
+               else clock.now end as db_now,
+          t.priority, t.resources;
+
+-- name: timer_claim_ranked
+-- Under a binding cap: leases up to %(batch)s pending rows already due, highest priority
+-- first, then the earliest run_at, across every (slot, shard) key, so that the few tokens
+-- there are go to the most important work of the whole fleet. Rows a cancel or another
+-- claimer holds are skipped (SKIP LOCKED), never waited for.
+with clock as (
+    select coalesce(%(now)s::timestamptz, now()) as now
+), ranked as (
+    -- one short range of timers_pending_rank_idx per priority, 10 down to 1: a backlog of
+    -- future rows at one priority is never walked to reach the due rows of the next
+    select c.id, c.bucket, c.priority, c.run_at
+    from generate_series(10, 1, -1) as p(priority),
+         lateral (select t.id, t.bucket, t.priority, t.run_at from timers t
+                  where t.state = 'pending' and t.resources is null and t.priority >= 1
+                    and t.priority = p.priority
+                    and t.run_at <= coalesce(%(now)s::timestamptz, now())
+                    and t.bucket <= coalesce(%(now)s::timestamptz, now())
+                  order by t.run_at
+                  limit %(batch)s) as c
+    order by c.priority desc, c.run_at
+    limit %(batch)s
+), picked as (
+    select t.id, t.bucket from timers t join ranked r on t.id = r.id and t.bucket = r.bucket
+    where t.state = 'pending'
+    for update of t skip locked
+)
+update timers t
+set state = 'inflight', lease_owner = %(owner)s,
+    lease_until = clock.now + %(lease_seconds)s * interval '1 second',
+    attempts = t.attempts + 1, waiting_on = null
+from picked, clock
+where t.id = picked.id and t.bucket = picked.bucket
+returning t.id, t.bucket, t.url, t.run_at, t.attempts, t.max_attempts, t.round_start,
+          t.delivery, t.payload::text as payload, t.headers, t.timeout_ms,
+          case when %(now)s::timestamptz is null then clock_timestamp()
+               else clock.now end as db_now,
+          t.priority, t.resources;
+
+-- name: resource_pass_lock
+-- One resource pass at a time across the fleet: the choice of which conflicting timers go
+-- is made by one dispatcher over one consistent view of the holds. Held to the transaction.
+select pg_try_advisory_xact_lock(hashtext('timerhook.resource_pass')::bigint) as got;
+
+-- name: held_candidates
+-- Pending rows that name resources and fall due by now + lookahead (the current second as a
+-- whole: timers due in the same second form one choice), highest priority first, then run_at.
+select t.id, t.bucket, t.priority, t.run_at, t.resources
+from timers t
+where t.state = 'pending' and t.resources is not null
+  and t.slot <= coalesce(%(now)s::timestamptz, now()) + %(lookahead)s * interval '1 second'
+  and t.bucket <= coalesce(%(now)s::timestamptz, now()) + %(lookahead)s * interval '1 second'
+order by t.priority desc, t.run_at
+limit %(limit)s;
+
+-- name: hold_list
+-- The holds on any of the given resources, with the timer that holds each.
+select resource, timer_id from resource_holds where resource = any(%(resources)s::text[]);
+
+-- name: timer_claim_held
+-- Leases the rows the resource pass chose and takes their holds, in one statement: a hold
+-- exists exactly while its timer is leased. A row cancelled meanwhile is skipped, and so
+-- are its holds.
+with clock as (
+    select coalesce(%(now)s::timestamptz, now()) as now
+), picked as (
+    select t.id, t.bucket from timers t
+    join unnest(%(id)s::uuid[], %(bucket)s::timestamptz[]) as r(id, bucket)
+      on t.id = r.id and t.bucket = r.bucket
+    where t.state = 'pending'
+    for update of t skip locked
+), leased as (
+    update timers t
+    set state = 'inflight', lease_owner = %(owner)s,
+        lease_until = clock.now + %(lease_seconds)s * interval '1 second',
+        attempts = t.attempts + 1, waiting_on = null
+    from picked, clock
+    where t.id = picked.id and t.bucket = picked.bucket
+    returning t.id, t.bucket, t.url, t.run_at, t.attempts, t.max_attempts, t.round_start,
+              t.delivery, t.payload::text as payload, t.headers, t.timeout_ms,
+              case when %(now)s::timestamptz is null then clock_timestamp()
+                   else clock.now end as db_now,
+              t.priority, t.resources
+), held as (
+    -- the primary key on resource is the last word: two holders of one resource cannot exist
+    insert into resource_holds (resource, timer_id, bucket, owner)
+    select unnest(l.resources), l.id, l.bucket, %(owner)s from leased l
+)
+select * from leased;
+
+-- name: timer_waiting_note
+-- Says why rows are held back (waiting_on); written only where the reason changed.
+update timers t set waiting_on = r.reason
+from unnest(%(id)s::uuid[], %(bucket)s::timestamptz[], %(reason)s::text[])
+     as r(id, bucket, reason)
+where t.id = r.id and t.bucket = r.bucket and t.state in ('pending', 'inflight')
+  and t.waiting_on is distinct from r.reason;
 
 -- name: timer_record
 -- Records the outcome of a batch of sends by their lease owner, and each attempt. A retry
@@ -151,11 +256,18 @@ with outcome as (
         last_status = r.status,
         last_error = r.error,
         lease_owner = null,
-        lease_until = null
+        lease_until = null,
+        waiting_on = null
     from outcome r
     where t.id = r.id and t.bucket = r.bucket and t.state = 'inflight'
       and t.lease_owner = %(owner)s
     returning t.id, t.bucket, t.attempts
+), released as (
+    -- the resource holds of the rows recorded (%(held)s lists only rows that named any, so
+    -- the usual batch with none costs nothing here)
+    delete from resource_holds h
+    where h.timer_id = any(%(held)s::uuid[])
+      and h.timer_id in (select id from recorded)
 )
 -- one attempt row per recorded outcome (a refused record writes none)
 insert into timer_attempts (timer_id, bucket, attempt, at, status, latency_ms, error, dispatcher)
@@ -164,12 +276,41 @@ from recorded rec join outcome r on r.id = rec.id and r.bucket = rec.bucket
 on conflict do nothing;
 
 -- name: lease_release
--- Gives back leased rows that were never sent (a clean shutdown), undoing their attempt count.
--- Safe for at_most_once rows too: nothing of them went out.
-update timers t
-set state = 'pending', lease_owner = null, lease_until = null, attempts = t.attempts - 1
-from unnest(%(id)s::uuid[], %(bucket)s::timestamptz[]) as r(id, bucket)
-where t.id = r.id and t.bucket = r.bucket and t.state = 'inflight' and t.lease_owner = %(owner)s;
+-- Gives back leased rows that were never sent (a clean shutdown), undoing their attempt count,
+-- and their resource holds. Safe for at_most_once rows too: nothing of them went out.
+with released as (
+    update timers t
+    set state = 'pending', lease_owner = null, lease_until = null, attempts = t.attempts - 1,
+        waiting_on = null
+    from unnest(%(id)s::uuid[], %(bucket)s::timestamptz[]) as r(id, bucket)
+    where t.id = r.id and t.bucket = r.bucket and t.state = 'inflight'
+      and t.lease_owner = %(owner)s
+    returning t.id
+), unheld as (
+    delete from resource_holds h where h.timer_id in (select id from released)
+)
+select count(*) from released;
+
+-- name: lease_defer
+-- Gives back leased rows that were never sent because their host's circuit is open: pending
+-- again, due when it closes (never before their own run_at), the attempt not counted, the
+-- reason kept in waiting_on, their resource holds released.
+with deferred as (
+    update timers t
+    set state = 'pending', lease_owner = null, lease_until = null, attempts = t.attempts - 1,
+        run_at = greatest(%(until)s::timestamptz, t.run_at),
+        slot = 'epoch'::timestamptz
+               + ceil(extract(epoch from greatest(%(until)s::timestamptz, t.run_at)))
+                 * interval '1 second',
+        waiting_on = %(reason)s
+    from unnest(%(id)s::uuid[], %(bucket)s::timestamptz[]) as r(id, bucket)
+    where t.id = r.id and t.bucket = r.bucket and t.state = 'inflight'
+      and t.lease_owner = %(owner)s
+    returning t.id
+), unheld as (
+    delete from resource_holds h where h.timer_id in (select id from deferred)
+)
+select count(*) from deferred;
 
 -- name: lease_reap
 -- Takes back every in-flight row whose lease ran out or whose owner is dead (stale heartbeat)
@@ -205,6 +346,9 @@ with clock as (
     from victims v, clock
     where t.id = v.id and t.bucket = v.bucket
     returning t.id, t.bucket, t.attempts, t.state, v.lease_owner, clock.now
+), unheld as (
+    -- a hold lives exactly as long as its lease: taking the lease back frees the resources
+    delete from resource_holds h where h.timer_id in (select id from reaped)
 ), noted as (
     insert into timer_attempts (timer_id, bucket, attempt, at, status, latency_ms, error,
                                 dispatcher)
@@ -227,7 +371,7 @@ select state, count(*) as n from timers group by state order by state;
 -- given states. One index probe per state (timers_state_list_idx), merged: a filter on dead
 -- letters reads only dead letters. The bucket bound prunes partitions before the cursor.
 select t.id, t.state, t.due_at, t.run_at, t.url, t.attempts, t.max_attempts, t.fired_at,
-       t.finished_at, t.last_status, t.last_error
+       t.finished_at, t.last_status, t.last_error, t.priority, t.resources
 from unnest(%(states)s::text[]) as s(state),
      lateral (select * from timers t
               where t.state = s.state
@@ -259,7 +403,7 @@ with clock as (
     set state = 'pending', run_at = greatest(clock.now, t.due_at),
         slot = 'epoch'::timestamptz
                + ceil(extract(epoch from greatest(clock.now, t.due_at))) * interval '1 second',
-        round_start = t.attempts, finished_at = null
+        round_start = t.attempts, finished_at = null, waiting_on = null
     from target, clock
     where t.id = target.id and t.bucket = target.bucket and target.state in ('dead', 'failed')
     returning t.id
@@ -289,7 +433,7 @@ update timers t
 set state = 'pending', run_at = greatest(clock.now, t.due_at),
     slot = 'epoch'::timestamptz
            + ceil(extract(epoch from greatest(clock.now, t.due_at))) * interval '1 second',
-    round_start = t.attempts, finished_at = null
+    round_start = t.attempts, finished_at = null, waiting_on = null
 from picked, clock
 where t.id = picked.id and t.bucket = picked.bucket
 returning t.id;
@@ -297,3 +441,17 @@ returning t.id;
 -- name: clock_now
 -- The database clock (or the injected now).
 select coalesce(%(now)s::timestamptz, now()) as now;
+
+-- name: plan_candidates
+-- What the next pass would look at: pending rows due by now + lookahead, highest priority
+-- first, then run_at, with the rows that wait in a dispatcher (leased, not yet sent, with a
+-- reason). For `timerhook plan`.
+select t.id, t.bucket, t.state, t.url, t.priority, t.run_at, t.resources, t.waiting_on,
+       t.lease_owner
+from timers t
+where ((t.state = 'pending'
+        and t.slot <= coalesce(%(now)s::timestamptz, now()) + %(lookahead)s * interval '1 second')
+       or (t.state = 'inflight' and t.waiting_on is not null))
+  and t.bucket <= coalesce(%(now)s::timestamptz, now()) + %(lookahead)s * interval '1 second'
+order by t.state desc, t.priority desc, t.run_at
+limit %(limit)s;

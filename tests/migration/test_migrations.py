@@ -104,7 +104,8 @@ async def test_0005_keeps_existing_timers_and_gives_each_day_its_attempts_partit
             "lateral (select 'epoch'::timestamptz + ceil(m.ms / 1000.0) * interval '1 s' as b) bb "
             "returning id"
         ).fetchall()
-    assert await migrate(empty_database) == ["0005_delivery"]
+    # 0005 and every migration after it (0006 came with the planner)
+    assert await migrate(empty_database) == [f"{m.version:04d}_{m.name}" for m in migrations()[4:]]
     with psycopg.connect(empty_database) as conn:
         timers_days = {r[0][len("timers_"):] for r in conn.execute(
             "select c.relname from pg_inherits i join pg_class c on c.oid = i.inhrelid "

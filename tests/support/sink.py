@@ -38,6 +38,9 @@ class Sink:
     received: list[Received] = field(default_factory=list)
     status_for: Callable[[Received], int | Reply] = lambda _r: 200
     url: str = ""
+    host: str = "127.0.0.1"  # any loopback address: 127.0.0.2 is another "host" on this machine
+    in_flight: int = 0  # requests being answered right now
+    max_in_flight: int = 0  # the most ever answered at once
     _distinct: set[bytes] = field(default_factory=set)
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     _runner: web.AppRunner | None = None
@@ -48,10 +51,10 @@ class Sink:
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, self.host, 0)
         await site.start()
         port = self._runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"http://{self.host}:{port}"
 
     async def stop(self) -> None:
         """Stops listening."""
@@ -60,6 +63,14 @@ class Sink:
 
     async def _handle(self, request: web.Request) -> web.Response:
         item = Received(request.path, await request.read(), dict(request.headers), time.time())
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._answer(item)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, item: Received) -> web.Response:
         async with self._changed:
             self.received.append(item)
             self._distinct.add(item.body)

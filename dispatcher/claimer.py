@@ -1,0 +1,187 @@
+"""The claimer: due work to leased rows, following the claim protocol of docs/architecture.md.
+
+One pass (``drain``) makes three kinds of claim, each a short transaction:
+
+1. **The resource pass**: the due rows that name resources, chosen by the planner's
+   ``choose_held`` under a fleet-wide advisory lock, leased together with their holds.
+2. **Key claims** (no cap binding): the oldest due (slot, shard) keys, a tick plus 1.5 s ahead,
+   each under ``pg_try_advisory_xact_lock`` so dispatchers share a herd instead of fighting.
+3. **Ranked claims** (a cap binds): only rows already due, highest priority first across every
+   key, as many as the cap granted tokens for.
+
+Rows leased are handed to the service (``hand_over``) with the cap's rate, for pacing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+
+from db.database import Database
+from db.models import Claim, DueKey, HeldCandidate, HeldChoice
+from db.settings import Settings
+from dispatcher.planner import Planner, choose_held
+
+log = logging.getLogger(__name__)
+
+# How many (slot, shard) keys one pass looks at.
+KEYS_PER_PASS = 64
+
+
+class Claimer:
+    """Finds due work and leases it, as much as there is room and tokens for."""
+
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        planner: Planner,
+        *,
+        owner: str,
+        hand_over: Callable[[Claim, int], None],
+        room: Callable[[], int],
+        wait_for_room: Callable[[], Awaitable[None]],
+        stopping: Callable[[], bool],
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.planner = planner
+        self.owner = owner
+        self._hand_over = hand_over
+        self._room = room
+        self._wait_for_room = wait_for_room
+        self._stopping = stopping
+        # Claim every slot that can fall due before the tick after next: a row is then in hand
+        # at least one tick before its time, so the claim's own duration never makes it late.
+        self.lookahead_seconds = settings.tick_seconds + 1.5
+        # The resource pass looks at the current second as a whole (one choice), not further.
+        self.held_lookahead_seconds = settings.tick_seconds + 0.5
+        self.capped = False  # a cap said stop during the last pass: poll again soon
+
+    async def drain(self, *, now: datetime | None = None) -> int:
+        """One pass: claims what it may (by ``now``, default the database clock); returns how
+        many rows it leased."""
+        self.capped = False
+        claimed = await self._held_pass(now)
+        if self.planner.cap_binding:
+            claimed += await self._ranked(now)
+        else:
+            claimed += await self._by_keys(now)
+        return claimed
+
+    # -- resources ----------------------------------------------------------------------
+
+    async def _held_pass(self, now: datetime | None) -> int:
+        room = self._room()
+        if room <= 0 or self._stopping():
+            return 0
+        per_minute = 0
+
+        async def choose(candidates: list[HeldCandidate], holds: dict[str, object]) -> HeldChoice:
+            nonlocal per_minute
+            choice = choose_held(candidates, holds, room)  # type: ignore[arg-type]
+            if not choice.chosen:
+                return choice
+            grant = await self.planner.grant(len(choice.chosen), now)
+            per_minute = grant.per_minute
+            if grant.granted < len(choice.chosen):
+                self.capped = True
+                over = choice.chosen[grant.granted :]
+                waiting = choice.waiting + [(c, "global cap: no token left now") for c in over]
+                return HeldChoice(choice.chosen[: grant.granted], waiting)
+            return choice
+
+        claim = await self.db.timers.claim_held(
+            choose,  # type: ignore[arg-type]
+            owner=self.owner,
+            lookahead_seconds=self.held_lookahead_seconds,
+            lease_seconds=self.settings.lease_seconds,
+            now=now,
+        )
+        if claim is None or not claim.rows:
+            return 0
+        self._hand_over(claim, per_minute)
+        return len(claim.rows)
+
+    # -- no cap binding: by key, ahead of time -------------------------------------------
+
+    async def _by_keys(self, now: datetime | None) -> int:
+        claimed = 0
+        while not self._stopping():
+            keys = await self.db.timers.due_keys(
+                limit=KEYS_PER_PASS, lookahead_seconds=self.lookahead_seconds, now=now
+            )
+            progress = 0
+            for key in keys:
+                if self._stopping():
+                    break
+                progress += await self._claim_key(key, now)
+                if self.capped or self.planner.cap_binding:
+                    break
+            claimed += progress
+            # A cap said stop, nothing was claimable (none due, or every key held by another
+            # dispatcher), or every due key was looked at: come back at the next tick or poll.
+            if self.capped or self.planner.cap_binding:
+                self.capped = True
+                break
+            if progress == 0 or len(keys) < KEYS_PER_PASS:
+                break
+        return claimed
+
+    async def _claim_key(self, key: DueKey, now: datetime | None) -> int:
+        total = 0
+        while not self._stopping():
+            await self._wait_for_room()
+            if self._stopping():
+                break
+            wanted = min(self.settings.batch_size, self._room())
+            grant = await self.planner.grant(wanted, now)
+            if grant.granted == 0:
+                self.capped = True
+                break
+            claim = await self.db.timers.claim(
+                key, owner=self.owner, batch=grant.granted,
+                lease_seconds=self.settings.lease_seconds, now=now,
+            )  # fmt: skip
+            rows = claim.rows
+            if len(rows) < grant.granted:
+                await self.planner.give_back(grant.granted - len(rows))
+            if rows:
+                self._hand_over(claim, grant.per_minute)
+            total += len(rows)
+            if len(rows) < grant.granted or self.planner.cap_binding:
+                break
+        return total
+
+    # -- a cap binds: only what is due, by priority --------------------------------------
+
+    async def _ranked(self, now: datetime | None) -> int:
+        claimed = 0
+        while not self._stopping():
+            await self._wait_for_room()
+            if self._stopping():
+                break
+            wanted = min(self.settings.batch_size, self._room())
+            grant = await self.planner.grant(wanted, now)
+            if grant.granted == 0:
+                self.capped = True
+                break
+            claim = await self.db.timers.claim_ranked(
+                owner=self.owner, batch=grant.granted,
+                lease_seconds=self.settings.lease_seconds, now=now,
+            )  # fmt: skip
+            rows = claim.rows
+            if len(rows) < grant.granted:
+                await self.planner.give_back(grant.granted - len(rows))
+                # Fewer due rows than tokens: the cap no longer binds; claim ahead again.
+                self.planner.cap_binding = False
+            if rows:
+                self._hand_over(claim, grant.per_minute)
+            claimed += len(rows)
+            if self.planner.cap_binding:
+                self.capped = True
+                break
+            if len(rows) < grant.granted:
+                break
+        return claimed

@@ -1,0 +1,144 @@
+"""Per-host limits and circuit breakers: a slow or failing target host cannot hold up the
+others.
+
+``HostGate`` caps the sends in flight to one host in this dispatcher
+(``TIMERHOOK_HOST_CONCURRENCY``); rows over the limit wait in priority order without taking
+a slot of the dispatcher's overall concurrency. ``Breaker`` is the pure state machine of a
+host's circuit: consecutive failures that say the host is not answering (no connection, a
+timeout) open it for a cool-down that doubles each time it opens again; after the cool-down
+one probe goes through, and a success closes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+
+def host_of(url: str) -> str:
+    """The host a URL names, lower case, without the port (as caps and circuits key it)."""
+    try:
+        return (urlsplit(url).hostname or "").lower()
+    except ValueError:
+        return ""
+
+
+@dataclass(order=True)
+class _Waiter:
+    rank: tuple[int, float, int]
+    future: asyncio.Future[None] = field(compare=False)
+
+
+class HostGate:
+    """At most ``limit`` sends in flight per host; waiters get slots highest priority first,
+    then earliest due, then first come."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._active: dict[str, int] = {}
+        self._waiters: dict[str, list[_Waiter]] = {}
+        self._seq = itertools.count()
+        self._probe: set[str] = set()  # hosts in half-open state: one send at a time
+
+    def limit_of(self, host: str) -> int:
+        """The limit that applies to a host now (1 while its circuit is being probed)."""
+        return 1 if host in self._probe else self.limit
+
+    def set_probing(self, host: str, probing: bool) -> None:
+        """Half-open: only one send at a time to this host until one succeeds."""
+        if probing:
+            self._probe.add(host)
+        elif host in self._probe:
+            self._probe.discard(host)
+            self._hand_on(host)
+
+    def active(self, host: str) -> int:
+        """Sends in flight to a host."""
+        return self._active.get(host, 0)
+
+    def waiting(self, host: str) -> int:
+        """Sends waiting for a slot of a host."""
+        return sum(1 for w in self._waiters.get(host, ()) if not w.future.done())
+
+    def full(self, host: str) -> bool:
+        """Whether a new send to this host would have to wait."""
+        return self._active.get(host, 0) >= self.limit_of(host)
+
+    async def acquire(self, host: str, *, priority: int, due: float) -> None:
+        """Takes a slot of the host, waiting in rank order if it is full."""
+        if not self.full(host) and not self.waiting(host):
+            self._active[host] = self._active.get(host, 0) + 1
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(
+            self._waiters.setdefault(host, []), _Waiter((-priority, due, next(self._seq)), future)
+        )
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release(host)  # granted just as it was cancelled: pass the slot on
+            raise
+
+    def release(self, host: str) -> None:
+        """Gives a slot back; the best-ranked waiter gets it."""
+        self._active[host] = self._active.get(host, 1) - 1
+        self._hand_on(host)
+
+    def _hand_on(self, host: str) -> None:
+        queue = self._waiters.get(host)
+        while queue and self._active.get(host, 0) < self.limit_of(host):
+            waiter = heapq.heappop(queue)
+            if waiter.future.done():
+                continue
+            self._active[host] = self._active.get(host, 0) + 1
+            waiter.future.set_result(None)
+        if not self._active.get(host):
+            self._active.pop(host, None)
+        if queue is not None and not queue:
+            self._waiters.pop(host, None)
+
+
+@dataclass(frozen=True, slots=True)
+class Trip:
+    """A circuit to open: for how long, after how many failures, and why."""
+
+    seconds: float
+    failures: int
+    reason: str
+
+
+class Breaker:
+    """Counts consecutive host failures; says when to open a circuit and when it closed."""
+
+    def __init__(self, *, threshold: int, base_seconds: float, max_seconds: float) -> None:
+        self.threshold = threshold
+        self.base_seconds = base_seconds
+        self.max_seconds = max_seconds
+        self._failures: dict[str, int] = {}
+        self._trips: dict[str, int] = {}
+
+    def failure(self, host: str, error: str, *, circuit_open: bool = False) -> Trip | None:
+        """A send to the host failed without an answer; a Trip when the circuit must open
+        (the threshold reached, or a probe after a cool-down failed). Failures of sends that
+        were already under way when it opened (``circuit_open``) only count."""
+        count = self._failures.get(host, 0) + 1
+        self._failures[host] = count
+        if count < self.threshold or circuit_open:
+            return None
+        trips = self._trips.get(host, 0) + 1
+        self._trips[host] = trips
+        seconds = min(self.base_seconds * 2 ** (trips - 1), self.max_seconds)
+        return Trip(seconds, count, f"{count} consecutive failures, the last: {error}")
+
+    def success(self, host: str) -> bool:
+        """The host answered; True if that closes a circuit that had opened."""
+        self._failures.pop(host, None)
+        return self._trips.pop(host, None) is not None
+
+    def tripped(self, host: str) -> bool:
+        """Whether the host's circuit opened and has not closed since."""
+        return host in self._trips

@@ -1,0 +1,125 @@
+"""Maintenance: the tick, heartbeat, lease reaping, circuits, partitions and retention, each an
+APScheduler job of the dispatcher's scheduler. A failing job logs and runs again next time."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from db.connection import DatabaseUnavailable
+from db.database import Database
+from db.settings import Settings
+from dispatcher.planner import Planner
+
+log = logging.getLogger(__name__)
+
+
+class Maintenance:
+    """The dispatcher's scheduled jobs; ``tick`` wakes the claimer every second."""
+
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        planner: Planner,
+        *,
+        owner: str,
+        tick: Callable[[], None],
+        counters: Callable[[], tuple[int, int, int]],
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.planner = planner
+        self.owner = owner
+        self._tick = tick
+        self._counters = counters  # in flight, sent, failed
+        self._scheduler: AsyncIOScheduler | None = None
+
+    def start(self) -> None:
+        """Starts the jobs: the tick on whole seconds, the rest on their intervals."""
+        s = self.settings
+        scheduler = AsyncIOScheduler(timezone=UTC)
+        now = datetime.now(UTC)
+        first_tick = now.replace(microsecond=0) + timedelta(seconds=1)
+        scheduler.add_job(
+            self._on_tick,
+            IntervalTrigger(seconds=s.tick_seconds, start_date=first_tick, timezone=UTC),
+            id="tick", max_instances=1, coalesce=True, misfire_grace_time=None,
+        )  # fmt: skip
+        scheduler.add_job(
+            self.heartbeat, IntervalTrigger(seconds=s.heartbeat_seconds, timezone=UTC),
+            id="heartbeat", max_instances=1, coalesce=True,
+        )  # fmt: skip
+        scheduler.add_job(
+            self.reap, IntervalTrigger(seconds=s.heartbeat_seconds, timezone=UTC),
+            id="reap", max_instances=1, coalesce=True, next_run_time=now,
+        )  # fmt: skip
+        scheduler.add_job(
+            self.circuits, IntervalTrigger(seconds=s.tick_seconds, timezone=UTC),
+            id="circuits", max_instances=1, coalesce=True,
+        )  # fmt: skip
+        scheduler.add_job(
+            self.partitions, CronTrigger(minute=7, timezone=UTC),
+            id="partitions", max_instances=1, coalesce=True,
+        )  # fmt: skip
+        scheduler.start()
+        self._scheduler = scheduler
+
+    def stop(self) -> None:
+        """Stops the jobs (one running finishes on its own)."""
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+
+    async def _on_tick(self) -> None:
+        self._tick()
+
+    async def heartbeat(self) -> None:
+        """Proves this dispatcher alive and publishes its counters."""
+        in_flight, sent, failed = self._counters()
+        await _guarded(
+            "heartbeat",
+            self.db.dispatchers.heartbeat(
+                dispatcher_id=self.owner, in_flight=in_flight, sent_total=sent,
+                failed_total=failed,
+            ),
+        )  # fmt: skip
+
+    async def reap(self) -> None:
+        """Takes back the leases (and resource holds) of dead dispatchers and expired leases."""
+
+        async def reap() -> None:
+            reaped = await self.db.timers.reap(dead_after_seconds=self.settings.dead_after_seconds)
+            if reaped:
+                owners = sorted({r.lease_owner for r in reaped})
+                log.warning("took back %d in-flight timers from %s", len(reaped), owners)
+                self._tick()
+
+        await _guarded("lease reap", reap())
+
+    async def circuits(self) -> None:
+        """Learns the host circuits other dispatchers opened."""
+        await _guarded("circuit refresh", self.planner.refresh_circuits())
+
+    async def partitions(self) -> None:
+        """Partitions ahead for the horizon, expired ones dropped, old idempotency keys purged."""
+
+        async def maintain() -> None:
+            await self.db.partitions.ensure(horizon_days=self.settings.horizon_days)
+            await self.db.partitions.drop_expired(retention_days=self.settings.retention_days)
+            await self.db.timers.purge_idempotency(hours=self.settings.idempotency_hours)
+
+        await _guarded("partition maintenance", maintain())
+
+
+async def _guarded(what: str, op: Awaitable[object]) -> None:
+    try:
+        await op
+    except DatabaseUnavailable as exc:
+        log.error("%s failed, will run again: %s", what, exc)
+    except Exception:
+        log.exception("%s failed unexpectedly, will run again", what)

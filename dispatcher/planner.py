@@ -1,0 +1,286 @@
+"""The plan stage: of the timers due now, which go out now, and why each of the others waits.
+
+Every decision between claiming and sending is made here, over what the claimer found:
+
+- **Caps**: tokens are taken from the global cap (a token bucket in PostgreSQL shared by the
+  fleet) before rows are leased, and only as many rows are leased as were granted; sends
+  under a cap are paced ``60 / per_minute`` seconds apart. While the cap binds, the claimer
+  leases by priority across every key (``timer_claim_ranked``).
+- **Resources**: ``choose_held`` is the satellite selector's rule, greedy by priority then due
+  time: of the due rows that name resources, take each one whose resources are neither held
+  nor taken by a row chosen before it. Rows due in the same second are one choice.
+- **Per-host limits and circuits**: ``HostGate`` and ``Breaker`` (dispatcher/hosts.py); a row
+  to a host with an open circuit is given back, pending until the circuit's cool-down ends,
+  its attempt not counted.
+- **Why it waits**: each held-back row gets a ``waiting_on`` text, written to the database
+  (the resource pass writes its own; host-limit waits are noted through the recorder), and
+  ``timerhook plan`` runs the same functions over what the database holds.
+
+Pure decisions are plain functions with unit tests (tests/unit/test_planner.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from db.caps import GLOBAL
+from db.connection import DatabaseUnavailable
+from db.database import Database
+from db.models import Claim, ClaimedTimer, Grant, HeldCandidate, HeldChoice, PlanRow
+from db.settings import Settings
+from dispatcher.clock import ClockMap
+from dispatcher.hosts import Breaker, HostGate, host_of
+from dispatcher.sender import Result
+
+log = logging.getLogger(__name__)
+
+
+def choose_held(
+    candidates: Sequence[HeldCandidate], holds: dict[str, uuid.UUID], room: int
+) -> HeldChoice:
+    """The resource choice of one pass: ``candidates`` in priority order (then due time),
+    ``holds`` maps each held resource to the timer holding it. Greedy: each candidate whose
+    resources are free and not taken by one chosen before it goes, up to ``room`` of them;
+    every other candidate gets the reason it waits."""
+    taken: dict[str, HeldCandidate] = {}
+    chosen: list[HeldCandidate] = []
+    waiting: list[tuple[HeldCandidate, str]] = []
+    for cand in candidates:
+        reason = None
+        for name in cand.resources:
+            if name in holds:
+                reason = f"resource {name} held by timer {holds[name]}"
+                break
+            if name in taken:
+                first = taken[name]
+                reason = (
+                    f"resource {name} goes first to timer {first.id} (priority {first.priority})"
+                )
+                break
+        if reason is None and len(chosen) >= room:
+            reason = "its turn: this pass is full (the dispatcher's send buffer)"
+        if reason is not None:
+            waiting.append((cand, reason))
+            continue
+        chosen.append(cand)
+        taken.update((name, cand) for name in cand.resources)
+    return HeldChoice(chosen, waiting)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What the next pass would do with one row: send it now, or why it waits."""
+
+    row: PlanRow
+    send_now: bool
+    why: str
+
+
+def plan_pass(
+    rows: Sequence[PlanRow],
+    *,
+    holds: dict[str, uuid.UUID],
+    circuits: dict[str, str],
+    tokens: float | None,
+    room: int,
+) -> list[Decision]:
+    """The next pass over what the database holds (``timerhook plan``), by the rules the
+    dispatchers follow: open circuits first, then resources (``choose_held``), then the
+    global cap's tokens (None: no cap), in priority order, then due time."""
+    pending = [r for r in rows if r.state == "pending"]
+    held_rows = [r for r in pending if r.resources and host_of(r.url) not in circuits]
+    candidates = [
+        HeldCandidate(r.id, r.bucket, r.priority, r.run_at, list(r.resources or ()))
+        for r in held_rows
+    ]
+    choice = choose_held(candidates, holds, room)
+    resource_wait = {c.id: why for c, why in choice.waiting}
+    left = None if tokens is None else int(tokens + 1e-9)
+    decisions = []
+    for row in rows:
+        host = host_of(row.url)
+        if row.state != "pending":
+            why = f"in dispatcher {row.lease_owner}: {row.waiting_on}"
+            decisions.append(Decision(row, False, why))
+        elif host in circuits:
+            decisions.append(
+                Decision(row, False, f"circuit open for host {host}: {circuits[host]}")
+            )
+        elif row.id in resource_wait:
+            decisions.append(Decision(row, False, resource_wait[row.id]))
+        elif left is not None and left < 1:
+            decisions.append(Decision(row, False, "global cap: no token left now"))
+        else:
+            if left is not None:
+                left -= 1
+            decisions.append(Decision(row, True, row.waiting_on or "nothing holds it back"))
+    return decisions
+
+
+def ranked(rows: Sequence[ClaimedTimer]) -> list[ClaimedTimer]:
+    """Rows in the order contention serves them: higher priority, then earlier run_at."""
+    return sorted(rows, key=lambda r: (-r.priority, r.run_at))
+
+
+@dataclass(frozen=True, slots=True)
+class OpenCircuit:
+    """A host's circuit as this dispatcher knows it: open until (both clocks), and why."""
+
+    until_mono: float
+    until_db: datetime
+    reason: str
+
+
+WaitingNote = Callable[[ClaimedTimer, str], None]
+
+
+class Planner:
+    """Caps, pacing, per-host limits, circuits and the dispatcher's concurrency."""
+
+    def __init__(self, db: Database, settings: Settings, *, owner: str) -> None:
+        self.db = db
+        self.settings = settings
+        self.owner = owner
+        self.cap_binding = False  # a take granted less than asked: claim only what is due
+        self._pace_next = 0.0  # monotonic instant of the next paced send under a cap
+        self._sem = asyncio.Semaphore(settings.concurrency)
+        self.gate = HostGate(min(settings.host_concurrency, settings.concurrency))
+        self.breaker = Breaker(
+            threshold=settings.circuit_failures,
+            base_seconds=settings.circuit_seconds,
+            max_seconds=settings.circuit_max_seconds,
+        )
+        self._circuits: dict[str, OpenCircuit] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    # -- caps ---------------------------------------------------------------------------
+
+    async def grant(self, wanted: int, now: datetime | None) -> Grant:
+        """Takes up to ``wanted`` tokens of the global cap; notes whether the cap binds."""
+        grant = await self.db.caps.take(scope=GLOBAL, wanted=wanted, now=now)
+        self.cap_binding = grant.granted < wanted
+        return grant
+
+    async def give_back(self, n: int) -> None:
+        """Returns tokens taken for rows that were not there."""
+        await self.db.caps.give_back(scope=GLOBAL, n=n)
+
+    def deadlines(self, claim: Claim, per_minute: int) -> list[tuple[ClaimedTimer, float]]:
+        """Each claimed row with the monotonic instant to send it: its run_at, or under a cap
+        the next paced instant (sends ``60 / per_minute`` apart, a smooth stream), in the
+        order contention serves them."""
+        clock = ClockMap.of(claim)
+        spacing = 60.0 / per_minute if per_minute else 0.0
+        rows = ranked(claim.rows) if spacing else claim.rows
+        planned = []
+        for row in rows:
+            deadline = clock.local(row.run_at)
+            if spacing:
+                deadline = max(deadline, self._pace_next, claim.answered_at)
+                self._pace_next = deadline + spacing
+            planned.append((row, deadline))
+        return planned
+
+    # -- hosts --------------------------------------------------------------------------
+
+    def circuit(self, host: str) -> OpenCircuit | None:
+        """The host's open circuit, if it is open now; past its cool-down, the host is
+        probed one send at a time until one succeeds."""
+        found = self._circuits.get(host)
+        if found is None:
+            return None
+        if found.until_mono > time.monotonic():
+            return found
+        del self._circuits[host]
+        if self.breaker.tripped(host):
+            self.gate.set_probing(host, True)
+        return None
+
+    @asynccontextmanager
+    async def admitted(
+        self, row: ClaimedTimer, host: str, note: WaitingNote
+    ) -> AsyncIterator[None]:
+        """Holds a slot of the row's host and of the dispatcher's concurrency while it is
+        sent; a row that must wait for its host says so (``note``)."""
+        if self.gate.full(host) or self.gate.waiting(host):
+            note(
+                row,
+                f"host limit: {host} has {self.gate.active(host)} sends in flight in "
+                f"dispatcher {self.owner} (TIMERHOOK_HOST_CONCURRENCY="
+                f"{self.gate.limit_of(host)})",
+            )
+        await self.gate.acquire(host, priority=row.priority, due=row.run_at.timestamp())
+        try:
+            async with self._sem:
+                yield
+        finally:
+            self.gate.release(host)
+
+    def observe(self, host: str, result: Result) -> None:
+        """Feeds a send's result to the host's breaker; opens or closes its circuit."""
+        failure = result.failure
+        if failure is None or failure.status is not None or failure.refused:
+            if self.breaker.success(host):
+                self.gate.set_probing(host, False)
+                log.info("circuit of host %s closed: it answers again", host)
+                self._spawn(self._close(host))
+            return
+        if self.breaker.tripped(host) and host not in self._circuits:
+            self.gate.set_probing(host, True)  # a failed probe: still one at a time
+        trip = self.breaker.failure(
+            host, result.error or "no answer", circuit_open=host in self._circuits
+        )
+        if trip is None:
+            return
+        until_mono = time.monotonic() + trip.seconds
+        # Until the database confirms, the local estimate of its clock is now.
+        estimate = datetime.now(UTC) + timedelta(seconds=trip.seconds)
+        self._circuits[host] = OpenCircuit(until_mono, estimate, trip.reason)
+        log.warning("circuit of host %s opened for %.0f s: %s", host, trip.seconds, trip.reason)
+        self._spawn(self._open(host, trip.seconds, trip.failures, trip.reason))
+
+    async def _open(self, host: str, seconds: float, failures: int, reason: str) -> None:
+        until = await self.db.circuits.open(
+            host=host, seconds=seconds, failures=failures, reason=reason, owner=self.owner
+        )
+        known = self._circuits.get(host)
+        if known is not None:
+            self._circuits[host] = OpenCircuit(known.until_mono, until, known.reason)
+
+    async def _close(self, host: str) -> None:
+        await self.db.circuits.close(host=host)
+
+    async def refresh_circuits(self) -> None:
+        """Learns the circuits other dispatchers opened (each tick)."""
+        now = time.monotonic()
+        for c in await self.db.circuits.list():
+            if c.open and c.host not in self._circuits:
+                self._circuits[c.host] = OpenCircuit(now + c.seconds_left, c.open_until, c.reason)
+
+    def _spawn(self, op: Coroutine[Any, Any, None]) -> None:
+        async def guarded() -> None:
+            try:
+                await op
+            except DatabaseUnavailable as exc:
+                log.error("circuit change not stored (the database is unreachable): %s", exc)
+
+        task = asyncio.create_task(guarded())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def circuits_known(self) -> dict[str, OpenCircuit]:
+        """The open circuits this dispatcher knows."""
+        return dict(self._circuits)
+
+
+def host_key(row: ClaimedTimer) -> str:
+    """The host a row is sent to."""
+    return host_of(row.url)

@@ -1,0 +1,197 @@
+"""The recorder: send outcomes buffered and written in batches; retries scheduled; resource
+holds released; rows given back for an open circuit; why rows wait.
+
+One task flushes at least every 50 ms while sends complete (at once when a batch fills or a
+row that held resources finishes, so the next row waiting for them goes without delay). Each
+flush is one statement guarded by the lease (docs/architecture.md, "The claim protocol"); a
+flush that fails keeps its outcomes for the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime
+
+from db.connection import DatabaseUnavailable
+from db.database import Database
+from db.models import ClaimedTimer, SendOutcome
+from db.settings import Settings
+from db.states import TimerState
+from dispatcher.retry import decide
+from dispatcher.sender import Result
+
+log = logging.getLogger(__name__)
+
+# Outcomes are written at least this often (seconds) while sends complete.
+RECORD_INTERVAL = 0.05
+
+
+class Recorder:
+    """Buffers outcomes, waiting notes and deferrals, and writes them; ``wake_claims`` is
+    called when a write makes work claimable sooner (a retry due soon, a hold released)."""
+
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        *,
+        owner: str,
+        retry_soon_seconds: float,
+        wake_claims: Callable[[], None],
+        recorded: Callable[[int], None],
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.owner = owner
+        self.retry_soon_seconds = retry_soon_seconds
+        self._wake_claims = wake_claims
+        self._recorded = recorded
+        self.sent_total = 0
+        self.failed_total = 0
+        # Outcomes waiting to be written, each with the monotonic instant of its retry (if any).
+        self._outcomes: list[tuple[SendOutcome, float | None]] = []
+        self._notes: dict[tuple[object, datetime], str] = {}
+        self._deferred: dict[tuple[datetime, str], list[ClaimedTimer]] = {}
+        self._wake = asyncio.Event()
+        self._running = True
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def unwritten(self) -> int:
+        """Outcomes and deferrals not yet written."""
+        return len(self._outcomes) + sum(len(rows) for rows in self._deferred.values())
+
+    def start(self) -> None:
+        """Starts the flush loop."""
+        self._task = asyncio.create_task(self._loop(), name=f"record-{self.owner}")
+
+    async def stop(self) -> None:
+        """Writes what is left and ends the loop; it is told to finish, never cancelled (a
+        cancel mid-flush would lose a batch)."""
+        self._running = False
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        await self.flush()
+
+    # -- what the send path hands in ------------------------------------------------------
+
+    def outcome(self, row: ClaimedTimer, result: Result, fired_at: datetime) -> None:
+        """Decides what a send's result makes of the row (delivered, a retry, failed, dead)
+        and buffers it."""
+        retry_at = None
+        if result.failure is None:
+            state: TimerState = "delivered"
+            self.sent_total += 1
+        else:
+            self.failed_total += 1
+            decision = decide(
+                result.failure, delivery=row.delivery, attempt=row.attempts - row.round_start,
+                attempts_left=row.attempts_left, base=self.settings.retry_base_seconds,
+                cap=self.settings.retry_max_seconds,
+            )  # fmt: skip
+            state = decision.state
+            if decision.delay is not None:
+                # Counted from now, when the failure became known (Retry-After is relative to
+                # the answer); turned into a database time when recorded, never earlier.
+                retry_at = time.monotonic() + decision.delay
+            elif state == "dead":
+                log.warning("timer %s is dead after %d attempts", row.id, row.attempts)
+        held = row.resources is not None
+        outcome = SendOutcome(
+            row.id, row.bucket, state, result.status, result.error, fired_at, result.latency_ms,
+            held=held,
+        )  # fmt: skip
+        self._outcomes.append((outcome, retry_at))
+        if held or len(self._outcomes) >= self.settings.batch_size:
+            self._wake.set()
+
+    def note(self, row: ClaimedTimer, reason: str) -> None:
+        """Says why a row waits (its ``waiting_on``), written with the next flush."""
+        self._notes[(row.id, row.bucket)] = reason
+
+    def defer(self, row: ClaimedTimer, until: datetime, reason: str) -> None:
+        """Gives an unsent row back, pending until ``until``, its attempt not counted."""
+        self._deferred.setdefault((until, reason), []).append(row)
+        self._wake.set()
+
+    # -- writing --------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        while self._running:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), RECORD_INTERVAL)
+            self._wake.clear()
+            try:
+                await self.flush()
+            except DatabaseUnavailable as exc:
+                log.error("recording outcomes failed, will retry: %s", exc)
+
+    async def flush(self) -> None:
+        """Writes every buffered outcome, deferral and note."""
+        await self._flush_deferred()
+        await self._flush_notes()
+        if not self._outcomes:
+            return
+        pending, self._outcomes = self._outcomes, []
+        now = time.monotonic()
+        # A retry's delay is what is left of it now; the record adds it to the database's now(),
+        # which is read after this, so the retry can only err late (by the record's round trip).
+        batch = [
+            o if retry_at is None else replace(o, retry_in=max(0.0, retry_at - now))
+            for o, retry_at in pending
+        ]
+        try:
+            await self.db.timers.record(batch, owner=self.owner)
+        except BaseException:
+            self._outcomes[:0] = pending  # keep them for the next flush
+            raise
+        for o in batch:
+            self._notes.pop((o.id, o.bucket), None)
+        # A retry due before the next tick's claim could see it is claimed now, so that it
+        # goes out at its run_at and not up to a tick late; a released hold lets the next
+        # row waiting for it go now.
+        if any(
+            o.held or (o.retry_in is not None and o.retry_in < self.retry_soon_seconds)
+            for o in batch
+        ):
+            self._wake_claims()
+        self._recorded(len(batch))
+
+    async def _flush_deferred(self) -> None:
+        while self._deferred:
+            # Taken out before the write: rows deferred while it runs start a new list.
+            (until, reason), rows = self._deferred.popitem()
+            try:
+                await self.db.timers.defer(rows, owner=self.owner, until=until, reason=reason)
+            except BaseException:
+                self._deferred.setdefault((until, reason), [])[:0] = rows
+                raise
+            self._recorded(0)
+
+    async def _flush_notes(self) -> None:
+        if not self._notes:
+            return
+        notes, self._notes = self._notes, {}
+        try:
+            await self.db.timers.note_waiting(
+                [(i, b, why) for (i, b), why in notes.items()]  # type: ignore[misc]
+            )
+        except DatabaseUnavailable:
+            # Only a display: a note lost to an outage is not worth holding outcomes back.
+            log.warning("could not note why %d rows wait", len(notes))
+
+    async def release(self, rows: list[ClaimedTimer]) -> int:
+        """Gives leased rows that were never sent back to pending (a clean shutdown)."""
+        try:
+            return await self.db.timers.release(rows, owner=self.owner)
+        except DatabaseUnavailable as exc:
+            log.error(
+                "could not give back %d unsent rows (their leases expire): %s", len(rows), exc
+            )
+            return 0
