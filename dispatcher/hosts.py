@@ -15,9 +15,11 @@ import asyncio
 import heapq
 import itertools
 from dataclasses import dataclass, field
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 
+@lru_cache(maxsize=4096)
 def host_of(url: str) -> str:
     """The host a URL names, lower case, without the port (as caps and circuits key it)."""
     try:

@@ -25,8 +25,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -194,6 +193,8 @@ class Planner:
     def circuit(self, host: str) -> OpenCircuit | None:
         """The host's open circuit, if it is open now; past its cool-down, the host is
         probed one send at a time until one succeeds."""
+        if not self._circuits:
+            return None
         found = self._circuits.get(host)
         if found is None:
             return None
@@ -204,25 +205,28 @@ class Planner:
             self.gate.set_probing(host, True)
         return None
 
-    @asynccontextmanager
-    async def admitted(
-        self, row: ClaimedTimer, host: str, note: WaitingNote
-    ) -> AsyncIterator[None]:
-        """Holds a slot of the row's host and of the dispatcher's concurrency while it is
-        sent; a row that must wait for its host says so (``note``)."""
-        if self.gate.full(host) or self.gate.waiting(host):
+    async def enter(self, row: ClaimedTimer, host: str, note: WaitingNote) -> None:
+        """Takes a slot of the row's host, then one of the dispatcher's concurrency, for its
+        send; a row that must wait for its host says so (``note``). ``leave`` gives both back.
+        """
+        gate = self.gate
+        if gate.full(host) or gate.waiting(host):
             note(
                 row,
-                f"host limit: {host} has {self.gate.active(host)} sends in flight in "
-                f"dispatcher {self.owner} (TIMERHOOK_HOST_CONCURRENCY="
-                f"{self.gate.limit_of(host)})",
+                f"host limit: {host} has {gate.active(host)} sends in flight in "
+                f"dispatcher {self.owner} (TIMERHOOK_HOST_CONCURRENCY={gate.limit_of(host)})",
             )
-        await self.gate.acquire(host, priority=row.priority, due=row.run_at.timestamp())
+        await gate.acquire(host, priority=row.priority, due=row.run_at.timestamp())
         try:
-            async with self._sem:
-                yield
-        finally:
-            self.gate.release(host)
+            await self._sem.acquire()
+        except BaseException:
+            gate.release(host)
+            raise
+
+    def leave(self, host: str) -> None:
+        """Gives back what ``enter`` took."""
+        self._sem.release()
+        self.gate.release(host)
 
     def observe(self, host: str, result: Result) -> None:
         """Feeds a send's result to the host's breaker; opens or closes its circuit."""

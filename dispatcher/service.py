@@ -201,16 +201,20 @@ class Dispatcher:
         try:
             await sleep_until(deadline)
             host = host_of(row.url)
-            circuit = self.planner.circuit(host)
+            planner = self.planner
+            circuit = planner.circuit(host)
             if circuit is not None:
-                self.recorder.defer(row, circuit.until_db, f"circuit open for host {host}: "
-                                    f"{circuit.reason}")  # fmt: skip
+                why = f"circuit open for host {host}: {circuit.reason}"
+                self.recorder.defer(row, circuit.until_db, why)
                 return
-            async with self.planner.admitted(row, host, self.recorder.note):
+            await planner.enter(row, host, self.recorder.note)
+            try:
                 self._sending.add(task)
                 sent_mono = time.monotonic()
                 result = await self.sender.send(row)
-            self.planner.observe(host, result)
+            finally:
+                planner.leave(host)
+            planner.observe(host, result)
             self.recorder.outcome(row, result, clock.database(sent_mono))
         finally:
             self._sending.discard(task)

@@ -61,6 +61,17 @@ URL = "https://someserver.com"
         ({"seconds": 1, "url": URL, "max_attempts": 0}, "max_attempts", "greater than or equal"),
         ({"seconds": 1, "url": URL, "max_attempts": 101}, "max_attempts", "less than or equal"),
         ({"seconds": 1, "url": URL, "delivery": "exactly_once"}, "delivery", "at_most_once"),
+        ({"url": URL, "priority": 0}, "priority", "greater than or equal to 1"),
+        ({"url": URL, "priority": 11}, "priority", "less than or equal to 10"),
+        ({"url": URL, "priority": "high"}, "priority", "whole number"),
+        ({"url": URL, "priority": 5.5}, "priority", "whole number"),
+        ({"url": URL, "resources": "disk"}, "resources", "valid list"),
+        ({"url": URL, "resources": [f"r{i}" for i in range(17)]}, "resources", "at most 16"),
+        ({"url": URL, "resources": ["has space"]}, "resources", "not a resource name"),
+        ({"url": URL, "resources": [""]}, "resources", "not a resource name"),
+        ({"url": URL, "resources": ["x" * 65]}, "resources", "1 to 64"),
+        ({"url": URL, "resources": ["ok", "é"]}, "resources", "not a resource name"),
+        ({"url": URL, "resources": [1]}, "resources", "valid string"),
     ],
 )
 async def test_refusals_name_field_and_reason(
@@ -208,3 +219,33 @@ async def test_payloads_postgres_cannot_store_are_refused(
     )
     assert 400 <= response.status_code < 500, response.text
     assert reason in response.text
+
+
+async def test_priority_and_resources_are_stored_and_shown(client: httpx.AsyncClient) -> None:
+    body = {"url": URL, "priority": 9, "resources": ["disk", "camera:1", "disk", "a.b_c-d"]}
+    created = (await client.post("/timer", json=body)).json()
+    shown = (await client.get(f"/timer/{created['id']}")).json()
+    assert shown["priority"] == 9
+    assert shown["resources"] == ["a.b_c-d", "camera:1", "disk"]  # sorted, distinct
+    assert shown["waiting_on"] is None
+    plain = (await client.post("/timer", json={"url": URL, "resources": []})).json()
+    shown = (await client.get(f"/timer/{plain['id']}")).json()
+    assert (shown["priority"], shown["resources"]) == (5, None)
+    listed = (await client.get("/timer")).json()["items"]
+    assert sorted((i["priority"], i["resources"] is None) for i in listed) == [
+        (5, True),
+        (9, False),
+    ]
+
+
+async def test_an_idempotency_key_matches_a_body_that_spells_out_the_defaults(
+    client: httpx.AsyncClient,
+) -> None:
+    headers = {"Idempotency-Key": "same"}
+    first = await client.post("/timer", json={"url": URL}, headers=headers)
+    again = await client.post(
+        "/timer", json={"url": URL, "priority": 5, "resources": None}, headers=headers
+    )
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    other = await client.post("/timer", json={"url": URL, "priority": 6}, headers=headers)
+    assert other.status_code == 422 and "Idempotency-Key" in other.json()["detail"]

@@ -111,3 +111,42 @@ async def test_dead_lists_dead_letters_and_requeue_puts_them_back(
     assert (rest.returncode, rest.stdout.strip()) == (0, "requeued 1 timer")
     states = [(await db.timers.get(i)).state for i in ids]  # type: ignore[union-attr]
     assert states == ["pending", "pending", "pending", "delivered"]
+
+
+async def test_plan_shows_what_goes_now_and_why_the_rest_waits(
+    db: Database, database_url: str
+) -> None:
+    # 1/min: the bucket holds at most 1 + 1/60 tokens, so exactly one whole token now
+    await db.caps.set(scope=GLOBAL, per_minute=1)
+    async with db.pool.connection() as conn:
+        await conn.execute("update caps set tokens = 1, updated_at = now()")
+    from db.models import DeliveryOptions
+
+    await db.timers.insert(
+        [-5000] * 3, ["https://a.example/x"] * 3, shards=16,
+        options=[DeliveryOptions(priority=p) for p in (2, 9, 4)],
+    )  # fmt: skip
+    [holder] = await db.timers.insert(
+        [-5000], ["https://b.example/y"], shards=16,
+        options=[DeliveryOptions(priority=10, resources=("scanner",))],
+    )  # fmt: skip
+    async with db.pool.connection() as conn:  # someone holds the scanner
+        await conn.execute(
+            "insert into resource_holds (resource, timer_id, bucket, owner) "
+            "values ('scanner', gen_random_uuid(), now(), 'd1')"
+        )
+    await db.circuits.open(host="c.example", seconds=60, failures=5, reason="refused", owner="d1")
+    await db.timers.insert([-5000], ["https://c.example/z"], shards=16)
+    result = await _timerhook(database_url, "plan")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("│")]
+    assert len(lines) == 5, result.stdout
+    # Priority order; the one token goes to priority 9; the others say why they wait.
+    assert "scanner" in lines[0] and "resource scanner held by timer" in lines[0]
+    assert "│    9 │" in lines[1] and "send" in lines[1]
+    assert "│    5 │" in lines[2] and "circuit open for host c.example: refused" in lines[2]
+    assert "│    4 │" in lines[3] and "global cap: no token left now" in lines[3]
+    assert "│    2 │" in lines[4] and "global cap" in lines[4]
+    assert "1 would go now, 4 wait; global cap 1/min" in result.stdout
+    assert "open circuits: c.example" in result.stdout
+    assert str(holder.id)[:8] in lines[0]
