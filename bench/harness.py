@@ -159,8 +159,18 @@ async def wait_count(url: str, count: int, timeout: float) -> dict[str, Any]:
     return await sink_stats(url)
 
 
-def insert_due(url: str, count: int, *, first_ms: int, spread_ms: int, target: str) -> None:
-    """Inserts ``count`` timers due from now + first_ms over spread_ms, straight in SQL."""
+def insert_due(
+    url: str,
+    count: int,
+    *,
+    first_ms: int,
+    spread_ms: int,
+    target: str,
+    resource_every: int = 0,
+    resource_names: int = 100,
+) -> None:
+    """Inserts ``count`` timers due from now + first_ms over spread_ms, straight in SQL; with
+    ``resource_every`` = k, every k-th one names one of ``resource_names`` resources."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
             """
@@ -168,18 +178,28 @@ def insert_due(url: str, count: int, *, first_ms: int, spread_ms: int, target: s
             rows as (
                 select clock.now_ms + %(first)s
                            + (g::bigint * %(spread)s / greatest(%(n)s, 1)) as due_ms,
-                       (g %% 16)::smallint as shard
+                       (g %% 16)::smallint as shard,
+                       case when %(every)s > 0 and g %% greatest(%(every)s, 1) = 0
+                            then array['r' || (g / greatest(%(every)s, 1)) %% %(names)s]
+                       end as resources
                 from generate_series(0, %(n)s - 1) g, clock
             ), shaped as (
-                select timerhook_id(due_ms) as id, shard,
+                select timerhook_id(due_ms) as id, shard, resources,
                        'epoch'::timestamptz + due_ms * interval '1 millisecond' as due_at,
                        'epoch'::timestamptz + ceil(due_ms / 1000.0) * interval '1 second' as bucket
                 from rows
             )
-            insert into timers (id, bucket, due_at, run_at, slot, shard, url)
-            select id, bucket, due_at, due_at, bucket, shard, %(url)s from shaped
+            insert into timers (id, bucket, due_at, run_at, slot, shard, url, resources)
+            select id, bucket, due_at, due_at, bucket, shard, %(url)s, resources from shaped
             """,
-            {"n": count, "first": first_ms, "spread": spread_ms, "url": target},
+            {
+                "n": count,
+                "first": first_ms,
+                "spread": spread_ms,
+                "url": target,
+                "every": resource_every,
+                "names": resource_names,
+            },
         )
 
 

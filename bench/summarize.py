@@ -59,6 +59,8 @@ def main() -> None:
         ("two dispatchers, webhooks/s end to end", "two_dispatchers_per_s"),
         ("raw aiohttp POSTs/s to the same sink (64 in flight)", "raw_aiohttp_posts_per_s"),
         ("one dispatcher / raw aiohttp", "one_vs_raw"),
+        ("one dispatcher, 10% of timers naming one of 100 resources, webhooks/s",
+         "one_dispatcher_10pct_resources_per_s"),
     ]))  # fmt: skip
     print("\n### Lateness at 1,000 timers/s (`python -m bench.lateness`)\n")
     print(table("lateness", [

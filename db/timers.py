@@ -347,22 +347,17 @@ class TimerStore(PoolOwner):
         # Conditioned on the lease (state and owner), so a repeat changes nothing more.
         return await self.run("timer_record", params)
 
-    async def release(self, timers: Sequence[ClaimedTimer], *, owner: str) -> int:
-        """Gives leased rows that were never sent back to pending."""
-        if not timers:
-            return 0
-        params = {
-            "id": [t.id for t in timers],
-            "bucket": [t.bucket for t in timers],
-            "owner": owner,
-        }
-        return await self._count("lease_release", params)
-
-    async def defer(
-        self, timers: Sequence[ClaimedTimer], *, owner: str, until: datetime, reason: str
+    async def release(
+        self,
+        timers: Sequence[ClaimedTimer],
+        *,
+        owner: str,
+        until: datetime | None = None,
+        reason: str | None = None,
     ) -> int:
-        """Gives leased, unsent rows back as pending until ``until`` (an open circuit): their
-        attempt is not counted and ``waiting_on`` says why."""
+        """Gives leased rows that were never sent back to pending, their attempt uncounted:
+        due as before, or not before ``until`` (an open circuit) with ``reason`` as their
+        ``waiting_on``."""
         if not timers:
             return 0
         params = {
@@ -372,7 +367,7 @@ class TimerStore(PoolOwner):
             "until": until,
             "reason": reason,
         }
-        return await self._count("lease_defer", params)
+        return await self._count("lease_release", params)
 
     async def _count(self, name: str, params: dict[str, object]) -> int:
         row = await self.fetch_one(name, _Count, params)

@@ -15,6 +15,7 @@ Rows leased are handed to the service (``hand_over``) with the cap's rate, for p
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
@@ -78,9 +79,11 @@ class Claimer:
             return 0
         per_minute = 0
 
-        async def choose(candidates: list[HeldCandidate], holds: dict[str, object]) -> HeldChoice:
+        async def choose(
+            candidates: list[HeldCandidate], holds: dict[str, uuid.UUID]
+        ) -> HeldChoice:
             nonlocal per_minute
-            choice = choose_held(candidates, holds, room)  # type: ignore[arg-type]
+            choice = choose_held(candidates, holds, room)
             if not choice.chosen:
                 return choice
             grant = await self.planner.grant(len(choice.chosen), now)
@@ -93,7 +96,7 @@ class Claimer:
             return choice
 
         claim = await self.db.timers.claim_held(
-            choose,  # type: ignore[arg-type]
+            choose,
             owner=self.owner,
             lookahead_seconds=self.held_lookahead_seconds,
             lease_seconds=self.settings.lease_seconds,
@@ -132,25 +135,15 @@ class Claimer:
     async def _claim_key(self, key: DueKey, now: datetime | None) -> int:
         total = 0
         while not self._stopping():
-            await self._wait_for_room()
-            if self._stopping():
-                break
-            wanted = min(self.settings.batch_size, self._room())
-            grant = await self.planner.grant(wanted, now)
-            if grant.granted == 0:
-                self.capped = True
-                break
-            claim = await self.db.timers.claim(
-                key, owner=self.owner, batch=grant.granted,
-                lease_seconds=self.settings.lease_seconds, now=now,
+            granted, leased = await self._leasing(
+                lambda n: self.db.timers.claim(
+                    key, owner=self.owner, batch=n, lease_seconds=self.settings.lease_seconds,
+                    now=now,
+                ),
+                now,
             )  # fmt: skip
-            rows = claim.rows
-            if len(rows) < grant.granted:
-                await self.planner.give_back(grant.granted - len(rows))
-            if rows:
-                self._hand_over(claim, grant.per_minute)
-            total += len(rows)
-            if len(rows) < grant.granted or self.planner.cap_binding:
+            total += leased
+            if granted == 0 or leased < granted or self.planner.cap_binding:
                 break
         return total
 
@@ -159,29 +152,40 @@ class Claimer:
     async def _ranked(self, now: datetime | None) -> int:
         claimed = 0
         while not self._stopping():
-            await self._wait_for_room()
-            if self._stopping():
+            granted, leased = await self._leasing(
+                lambda n: self.db.timers.claim_ranked(
+                    owner=self.owner, batch=n, lease_seconds=self.settings.lease_seconds, now=now
+                ),
+                now,
+            )
+            claimed += leased
+            if granted == 0:
                 break
-            wanted = min(self.settings.batch_size, self._room())
-            grant = await self.planner.grant(wanted, now)
-            if grant.granted == 0:
-                self.capped = True
-                break
-            claim = await self.db.timers.claim_ranked(
-                owner=self.owner, batch=grant.granted,
-                lease_seconds=self.settings.lease_seconds, now=now,
-            )  # fmt: skip
-            rows = claim.rows
-            if len(rows) < grant.granted:
-                await self.planner.give_back(grant.granted - len(rows))
+            if leased < granted:
                 # Fewer due rows than tokens: the cap no longer binds; claim ahead again.
                 self.planner.cap_binding = False
-            if rows:
-                self._hand_over(claim, grant.per_minute)
-            claimed += len(rows)
+                break
             if self.planner.cap_binding:
                 self.capped = True
                 break
-            if len(rows) < grant.granted:
-                break
         return claimed
+
+    async def _leasing(
+        self, lease: Callable[[int], Awaitable[Claim]], now: datetime | None
+    ) -> tuple[int, int]:
+        """One claim under the cap: tokens for as many rows as there is room for, a lease of
+        up to that many, unused tokens given back, the rows handed over. Returns (tokens
+        granted, rows leased); no tokens (the cap said stop, or stopping) is (0, 0)."""
+        await self._wait_for_room()
+        if self._stopping():
+            return 0, 0
+        grant = await self.planner.grant(min(self.settings.batch_size, self._room()), now)
+        if grant.granted == 0:
+            self.capped = True
+            return 0, 0
+        claim = await lease(grant.granted)
+        if len(claim.rows) < grant.granted:
+            await self.planner.give_back(grant.granted - len(claim.rows))
+        if claim.rows:
+            self._hand_over(claim, grant.per_minute)
+        return grant.granted, len(claim.rows)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
@@ -40,6 +41,11 @@ from dispatcher.hosts import Breaker, HostGate, host_of
 from dispatcher.sender import Result
 
 log = logging.getLogger(__name__)
+
+# While a cap binds, the claimer asks for tokens this often (seconds), and a dispatcher holds
+# no more than this much of paced sends: the stream is smooth within each second, and what
+# falls due meanwhile competes by priority for the next tokens.
+CAP_POLL_SECONDS = 0.1
 
 
 def choose_held(
@@ -150,6 +156,7 @@ class Planner:
         self.owner = owner
         self.cap_binding = False  # a take granted less than asked: claim only what is due
         self._pace_next = 0.0  # monotonic instant of the next paced send under a cap
+        self._per_minute = 0  # the cap's rate at the last take (0: none)
         self._sem = asyncio.Semaphore(settings.concurrency)
         self.gate = HostGate(min(settings.host_concurrency, settings.concurrency))
         self.breaker = Breaker(
@@ -163,9 +170,24 @@ class Planner:
     # -- caps ---------------------------------------------------------------------------
 
     async def grant(self, wanted: int, now: datetime | None) -> Grant:
-        """Takes up to ``wanted`` tokens of the global cap; notes whether the cap binds."""
+        """Takes up to ``wanted`` tokens of the global cap; notes whether the cap binds.
+
+        While it binds, this dispatcher takes a poll's worth of tokens (plus one, so that the
+        stream keeps the cap's full rate) and only once less than a poll of paced sends is left
+        in hand: tokens beyond that stay in (or go back to) the shared bucket, where the next take of
+        any dispatcher spends them on the highest-priority work due by then. A paced queue of
+        its own would make a timer that falls due later wait behind it, whatever its priority.
+        """
+        if self.cap_binding and self._pace_next - time.monotonic() > CAP_POLL_SECONDS:
+            return Grant(0, self._per_minute)  # enough in hand: ask again at the next poll
         grant = await self.db.caps.take(scope=GLOBAL, wanted=wanted, now=now)
         self.cap_binding = grant.granted < wanted
+        self._per_minute = grant.per_minute
+        if self.cap_binding and grant.per_minute:
+            keep = math.ceil(grant.per_minute / 60 * CAP_POLL_SECONDS) + 1
+            if grant.granted > keep:
+                await self.give_back(grant.granted - keep)
+                return Grant(keep, grant.per_minute)
         return grant
 
     async def give_back(self, n: int) -> None:

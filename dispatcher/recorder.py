@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
@@ -55,7 +56,7 @@ class Recorder:
         self.failed_total = 0
         # Outcomes waiting to be written, each with the monotonic instant of its retry (if any).
         self._outcomes: list[tuple[SendOutcome, float | None]] = []
-        self._notes: dict[tuple[object, datetime], str] = {}
+        self._notes: dict[tuple[uuid.UUID, datetime], str] = {}
         self._deferred: dict[tuple[datetime, str], list[ClaimedTimer]] = {}
         self._wake = asyncio.Event()
         self._running = True
@@ -168,7 +169,7 @@ class Recorder:
             # Taken out before the write: rows deferred while it runs start a new list.
             (until, reason), rows = self._deferred.popitem()
             try:
-                await self.db.timers.defer(rows, owner=self.owner, until=until, reason=reason)
+                await self.db.timers.release(rows, owner=self.owner, until=until, reason=reason)
             except BaseException:
                 self._deferred.setdefault((until, reason), [])[:0] = rows
                 raise
@@ -179,9 +180,7 @@ class Recorder:
             return
         notes, self._notes = self._notes, {}
         try:
-            await self.db.timers.note_waiting(
-                [(i, b, why) for (i, b), why in notes.items()]  # type: ignore[misc]
-            )
+            await self.db.timers.note_waiting([(i, b, why) for (i, b), why in notes.items()])
         except DatabaseUnavailable:
             # Only a display: a note lost to an outage is not worth holding outcomes back.
             log.warning("could not note why %d rows wait", len(notes))

@@ -20,17 +20,13 @@ from dispatcher.claimer import Claimer
 from dispatcher.clock import ClockMap, sleep_until
 from dispatcher.hosts import host_of
 from dispatcher.maintenance import Maintenance
-from dispatcher.planner import Planner
+from dispatcher.planner import CAP_POLL_SECONDS, Planner
 from dispatcher.recorder import Recorder
 from dispatcher.sender import Sender
 
 __all__ = ["Dispatcher", "run_until_signalled", "sleep_until"]
 
 log = logging.getLogger(__name__)
-
-# While a cap holds sending back, the claimer asks for tokens this often (seconds), so the
-# stream is smooth within each second, not a burst at every tick.
-CAPPED_POLL = 0.1
 
 
 def new_dispatcher_id(host: str) -> str:
@@ -171,7 +167,7 @@ class Dispatcher:
             except Exception:
                 log.exception("claim pass failed unexpectedly; trying again at the next tick")
             if self.claimer.capped and not self._stopping:
-                await asyncio.sleep(CAPPED_POLL)
+                await asyncio.sleep(CAP_POLL_SECONDS)
                 self._wake.set()
 
     async def drain(self, *, now: datetime | None = None) -> int:

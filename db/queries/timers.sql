@@ -146,7 +146,8 @@ with clock as (
                   where t.state = 'pending' and t.resources is null and t.priority >= 1
                     and t.priority = p.priority
                     and t.run_at <= coalesce(%(now)s::timestamptz, now())
-                    and t.bucket <= coalesce(%(now)s::timestamptz, now())
+                    -- a row due now has its bucket at the next whole second at the latest
+                    and t.bucket <= coalesce(%(now)s::timestamptz, now()) + interval '1 second'
                   order by t.run_at
                   limit %(batch)s) as c
     order by c.priority desc, c.run_at
@@ -276,12 +277,18 @@ from recorded rec join outcome r on r.id = rec.id and r.bucket = rec.bucket
 on conflict do nothing;
 
 -- name: lease_release
--- Gives back leased rows that were never sent (a clean shutdown), undoing their attempt count,
--- and their resource holds. Safe for at_most_once rows too: nothing of them went out.
+-- Gives back leased rows that were never sent, undoing their attempt count, and their resource
+-- holds: at a clean shutdown (%(until)s null: due as before), or because their host's circuit
+-- is open (due when it closes, never before their own run_at; %(reason)s kept in waiting_on).
+-- Safe for at_most_once rows too: nothing of them went out.
 with released as (
     update timers t
     set state = 'pending', lease_owner = null, lease_until = null, attempts = t.attempts - 1,
-        waiting_on = null
+        run_at = greatest(%(until)s::timestamptz, t.run_at),
+        slot = 'epoch'::timestamptz
+               + ceil(extract(epoch from greatest(%(until)s::timestamptz, t.run_at)))
+                 * interval '1 second',
+        waiting_on = %(reason)s::text
     from unnest(%(id)s::uuid[], %(bucket)s::timestamptz[]) as r(id, bucket)
     where t.id = r.id and t.bucket = r.bucket and t.state = 'inflight'
       and t.lease_owner = %(owner)s
@@ -290,27 +297,6 @@ with released as (
     delete from resource_holds h where h.timer_id in (select id from released)
 )
 select count(*) from released;
-
--- name: lease_defer
--- Gives back leased rows that were never sent because their host's circuit is open: pending
--- again, due when it closes (never before their own run_at), the attempt not counted, the
--- reason kept in waiting_on, their resource holds released.
-with deferred as (
-    update timers t
-    set state = 'pending', lease_owner = null, lease_until = null, attempts = t.attempts - 1,
-        run_at = greatest(%(until)s::timestamptz, t.run_at),
-        slot = 'epoch'::timestamptz
-               + ceil(extract(epoch from greatest(%(until)s::timestamptz, t.run_at)))
-                 * interval '1 second',
-        waiting_on = %(reason)s
-    from unnest(%(id)s::uuid[], %(bucket)s::timestamptz[]) as r(id, bucket)
-    where t.id = r.id and t.bucket = r.bucket and t.state = 'inflight'
-      and t.lease_owner = %(owner)s
-    returning t.id
-), unheld as (
-    delete from resource_holds h where h.timer_id in (select id from deferred)
-)
-select count(*) from deferred;
 
 -- name: lease_reap
 -- Takes back every in-flight row whose lease ran out or whose owner is dead (stale heartbeat)

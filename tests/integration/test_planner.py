@@ -64,8 +64,10 @@ async def test_priority_goes_first_under_a_binding_cap(
     assert len(between) <= 2, between
     sent_low_before = sum(1 for at, i in arrivals if at < first_high and i not in high_ids)
     assert sent_low_before < 40, sent_low_before  # the cap held the low ones back
-    assert high[0].due_at.timestamp() <= first_high < high[0].due_at.timestamp() + 1.0
-    assert last_high - first_high < 20 * 0.1 + 0.5  # paced at the cap's rate, nothing else
+    # Within a poll and the few paced sends a dispatcher holds (about 0.3 s) of falling due.
+    assert high[0].due_at.timestamp() <= first_high < high[0].due_at.timestamp() + 0.6
+    # 20 sends paced at the cap's full rate: 1.9 s from the first to the last, no slower.
+    assert 1.8 < last_high - first_high < 2.2, last_high - first_high
     assert len(low) == 200 and all(str(t.id) not in high_ids for t in low)
 
 

@@ -78,7 +78,7 @@ async def test_every_transition_the_queries_make_is_a_defined_one(
     [key] = await db.timers.due_keys(limit=1, lookahead_seconds=31)
     claim = await db.timers.claim(key, owner="someone", batch=1, lease_seconds=60)
     until = datetime.now(UTC) + timedelta(minutes=1)
-    assert await db.timers.defer(claim.rows, owner="someone", until=until, reason="test") == 1
+    assert await db.timers.release(claim.rows, owner="someone", until=until, reason="t") == 1
     await db.dispatchers.register(dispatcher_id="ghost", host="h", pid=1)
     [key] = await db.timers.due_keys(limit=1, lookahead_seconds=120)  # its deferred slot
     claim = await db.timers.claim(key, owner="ghost", batch=1, lease_seconds=1)
