@@ -173,10 +173,11 @@ class Planner:
         """Takes up to ``wanted`` tokens of the global cap; notes whether the cap binds.
 
         While it binds, this dispatcher takes a poll's worth of tokens (plus one, so that the
-        stream keeps the cap's full rate) and only once less than a poll of paced sends is left
-        in hand: tokens beyond that stay in (or go back to) the shared bucket, where the next take of
-        any dispatcher spends them on the highest-priority work due by then. A paced queue of
-        its own would make a timer that falls due later wait behind it, whatever its priority.
+        stream keeps the cap's full rate) and only once less than a poll of paced sends is
+        left in hand: tokens beyond that stay in (or go back to) the shared bucket, where the
+        next take of any dispatcher spends them on the highest-priority work due by then. A
+        paced queue of its own would make a timer that falls due later wait behind it,
+        whatever its priority.
         """
         if self.cap_binding and self._pace_next - time.monotonic() > CAP_POLL_SECONDS:
             return Grant(0, self._per_minute)  # enough in hand: ask again at the next poll
