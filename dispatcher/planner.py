@@ -173,25 +173,25 @@ class Planner:
     async def grant(self, wanted: int, now: datetime | None) -> Grant:
         """Takes up to ``wanted`` tokens of the global cap; notes whether the cap binds.
 
-        While it binds, this dispatcher takes what the bucket refilled since its last take
-        (plus one, so that the stream keeps the cap's full rate; half a second's worth at
-        most) and only once less than a poll of paced sends is left in hand: tokens beyond
-        that stay in (or go back to) the shared bucket, where the next take of any dispatcher
-        spends them on the highest-priority work due by then. A paced queue of its own would
-        make a timer that falls due later wait behind it, whatever its priority.
+        While it binds, a dispatcher keeps only a short queue of paced sends in hand (under
+        two polls): when the cap starts to bind it takes a poll's worth, then what the bucket
+        refilled since its last take, so the stream keeps the cap's full rate and never runs
+        dry between polls. Tokens beyond that stay in (or go back to) the shared bucket, where
+        the next take of any dispatcher spends them on the highest-priority work due by then.
+        A long queue of its own would make a timer that falls due later wait behind it,
+        whatever its priority.
         """
         started = time.monotonic()
-        if self.cap_binding and self._pace_next - started > CAP_POLL_SECONDS:
+        was_binding = self.cap_binding
+        if was_binding and self._pace_next - started > 2 * CAP_POLL_SECONDS:
             return Grant(0, self._per_minute)  # enough in hand: ask again at the next poll
         grant = await self.db.caps.take(scope=GLOBAL, wanted=wanted, now=now)
         since, self._last_take = started - self._last_take, started
         self.cap_binding = grant.granted < wanted
         self._per_minute = grant.per_minute
         if self.cap_binding and grant.per_minute:
-            # What the bucket refilled since the last take: the steady stream keeps the cap's
-            # full rate, and a full bucket does not become one long queue here.
-            seconds = min(max(since, CAP_POLL_SECONDS), 5 * CAP_POLL_SECONDS)
-            keep = math.ceil(grant.per_minute / 60 * seconds) + 1
+            seconds = min(since, 5 * CAP_POLL_SECONDS) if was_binding else CAP_POLL_SECONDS
+            keep = max(1, math.ceil(grant.per_minute / 60 * seconds))
             if grant.granted > keep:
                 await self.give_back(grant.granted - keep)
                 return Grant(keep, grant.per_minute)
