@@ -42,10 +42,13 @@ from dispatcher.sender import Result
 
 log = logging.getLogger(__name__)
 
-# While a cap binds, the claimer asks for tokens this often (seconds), and a dispatcher holds
-# no more than this much of paced sends: the stream is smooth within each second, and what
-# falls due meanwhile competes by priority for the next tokens.
+# While a cap binds, the claimer asks for tokens this often (seconds): the stream is smooth
+# within each second, and what falls due meanwhile competes by priority for the next tokens...
 CAP_POLL_SECONDS = 0.1
+# ... and keeps about this much of paced sends in hand: enough to ride out a slow claim
+# without a gap in the stream, little enough that a timer of higher priority that falls due
+# meanwhile waits no longer than this behind the ones already in hand.
+CAP_IN_HAND_SECONDS = 0.5
 
 
 def choose_held(
@@ -173,24 +176,24 @@ class Planner:
     async def grant(self, wanted: int, now: datetime | None) -> Grant:
         """Takes up to ``wanted`` tokens of the global cap; notes whether the cap binds.
 
-        While it binds, a dispatcher keeps only a short queue of paced sends in hand (under
-        two polls): when the cap starts to bind it takes a poll's worth, then what the bucket
-        refilled since its last take, so the stream keeps the cap's full rate and never runs
-        dry between polls. Tokens beyond that stay in (or go back to) the shared bucket, where
-        the next take of any dispatcher spends them on the highest-priority work due by then.
-        A long queue of its own would make a timer that falls due later wait behind it,
-        whatever its priority.
+        While it binds, a dispatcher keeps only a short queue of paced sends in hand (about
+        CAP_IN_HAND_SECONDS): when the cap starts to bind it takes that much, then what the
+        bucket refilled since its last take, so the stream keeps the cap's full rate and does
+        not run dry when a claim is slow (a commit waiting for a busy disk). Tokens beyond
+        that stay in (or go back to) the shared bucket, where the next take of any dispatcher
+        spends them on the highest-priority work due by then. A long queue of its own would
+        make a timer that falls due later wait behind it, whatever its priority.
         """
         started = time.monotonic()
         was_binding = self.cap_binding
-        if was_binding and self._pace_next - started > 2 * CAP_POLL_SECONDS:
+        if was_binding and self._pace_next - started > CAP_IN_HAND_SECONDS:
             return Grant(0, self._per_minute)  # enough in hand: ask again at the next poll
         grant = await self.db.caps.take(scope=GLOBAL, wanted=wanted, now=now)
         since, self._last_take = started - self._last_take, started
         self.cap_binding = grant.granted < wanted
         self._per_minute = grant.per_minute
         if self.cap_binding and grant.per_minute:
-            seconds = min(since, 5 * CAP_POLL_SECONDS) if was_binding else CAP_POLL_SECONDS
+            seconds = min(since, CAP_IN_HAND_SECONDS) if was_binding else CAP_IN_HAND_SECONDS
             keep = max(1, math.ceil(grant.per_minute / 60 * seconds))
             if grant.granted > keep:
                 await self.give_back(grant.granted - keep)
