@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from urllib.parse import urlsplit
@@ -32,6 +33,9 @@ def host_of(url: str) -> str:
 class _Waiter:
     rank: tuple[int, float, int]
     future: asyncio.Future[None] = field(compare=False)
+    item: object = field(compare=False, default=None)  # what waits (a row), for reports
+    since: float = field(compare=False, default=0.0)  # monotonic instant it began to wait
+    noted: bool = field(compare=False, default=False)
 
 
 class HostGate:
@@ -42,6 +46,7 @@ class HostGate:
         self.limit = limit
         self._active: dict[str, int] = {}
         self._waiters: dict[str, list[_Waiter]] = {}
+        self._waiting: dict[str, int] = {}  # waiters not yet granted nor cancelled, per host
         self._seq = itertools.count()
         self._probe: set[str] = set()  # hosts in half-open state: one send at a time
 
@@ -63,27 +68,48 @@ class HostGate:
 
     def waiting(self, host: str) -> int:
         """Sends waiting for a slot of a host."""
-        return sum(1 for w in self._waiters.get(host, ()) if not w.future.done())
+        return self._waiting.get(host, 0)
 
     def full(self, host: str) -> bool:
         """Whether a new send to this host would have to wait."""
         return self._active.get(host, 0) >= self.limit_of(host)
 
-    async def acquire(self, host: str, *, priority: int, due: float) -> None:
-        """Takes a slot of the host, waiting in rank order if it is full."""
-        if not self.full(host) and not self.waiting(host):
+    async def acquire(self, host: str, *, priority: int, due: float, item: object = None) -> None:
+        """Takes a slot of the host, waiting in rank order if it is full (or others wait)."""
+        if host not in self._waiting and self._active.get(host, 0) < self.limit_of(host):
             self._active[host] = self._active.get(host, 0) + 1
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(
-            self._waiters.setdefault(host, []), _Waiter((-priority, due, next(self._seq)), future)
-        )
+        waiter = _Waiter((-priority, due, next(self._seq)), future, item, time.monotonic())
+        heapq.heappush(self._waiters.setdefault(host, []), waiter)
+        self._waiting[host] = self._waiting.get(host, 0) + 1
         try:
             await future
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
                 self.release(host)  # granted just as it was cancelled: pass the slot on
+            else:
+                self._count_out(host)
             raise
+
+    def waited(self, longer_than: float) -> list[tuple[str, object]]:
+        """The items that have waited longer than ``longer_than`` seconds and were not
+        reported yet, with their host; each is reported once."""
+        cutoff = time.monotonic() - longer_than
+        found = []
+        for host, queue in self._waiters.items():
+            for w in queue:
+                if not w.noted and w.since < cutoff and not w.future.done():
+                    w.noted = True
+                    found.append((host, w.item))
+        return found
+
+    def _count_out(self, host: str) -> None:
+        left = self._waiting.get(host, 1) - 1
+        if left:
+            self._waiting[host] = left
+        else:
+            self._waiting.pop(host, None)
 
     def release(self, host: str) -> None:
         """Gives a slot back; the best-ranked waiter gets it."""
@@ -95,8 +121,9 @@ class HostGate:
         while queue and self._active.get(host, 0) < self.limit_of(host):
             waiter = heapq.heappop(queue)
             if waiter.future.done():
-                continue
+                continue  # cancelled: counted out already
             self._active[host] = self._active.get(host, 0) + 1
+            self._count_out(host)
             waiter.future.set_result(None)
         if not self._active.get(host):
             self._active.pop(host, None)
@@ -140,6 +167,11 @@ class Breaker:
         """The host answered; True if that closes a circuit that had opened."""
         self._failures.pop(host, None)
         return self._trips.pop(host, None) is not None
+
+    @property
+    def counting(self) -> bool:
+        """Whether any host has failures or an open circuit (else a success changes nothing)."""
+        return bool(self._failures or self._trips)
 
     def tripped(self, host: str) -> bool:
         """Whether the host's circuit opened and has not closed since."""

@@ -237,23 +237,30 @@ class Planner:
             self.gate.set_probing(host, True)
         return None
 
-    async def enter(self, row: ClaimedTimer, host: str, note: WaitingNote) -> None:
+    async def enter(self, row: ClaimedTimer, host: str) -> None:
         """Takes a slot of the row's host, then one of the dispatcher's concurrency, for its
-        send; a row that must wait for its host says so (``note``). ``leave`` gives both back.
-        """
+        send; ``leave`` gives both back. A row that waits for its host long enough to matter
+        is reported by ``note_waits``."""
         gate = self.gate
-        if gate.full(host) or gate.waiting(host):
-            note(
-                row,
-                f"host limit: {host} has {gate.active(host)} sends in flight in "
-                f"dispatcher {self.owner} (TIMERHOOK_HOST_CONCURRENCY={gate.limit_of(host)})",
-            )
-        await gate.acquire(host, priority=row.priority, due=row.run_at.timestamp())
+        await gate.acquire(host, priority=row.priority, due=row.run_at.timestamp(), item=row)
         try:
             await self._sem.acquire()
         except BaseException:
             gate.release(host)
             raise
+
+    def note_waits(self, note: WaitingNote) -> None:
+        """Says why each row that has waited a second or more for its host waits (each
+        once): its ``waiting_on`` names the host limit. Called every tick; a short wait for a
+        busy host is normal and costs no write."""
+        for host, row in self.gate.waited(longer_than=1.0):
+            assert isinstance(row, ClaimedTimer)
+            note(
+                row,
+                f"host limit: {host} has {self.gate.active(host)} sends in flight in "
+                f"dispatcher {self.owner} (TIMERHOOK_HOST_CONCURRENCY="
+                f"{self.gate.limit_of(host)})",
+            )
 
     def leave(self, host: str) -> None:
         """Gives back what ``enter`` took."""
@@ -264,7 +271,7 @@ class Planner:
         """Feeds a send's result to the host's breaker; opens or closes its circuit."""
         failure = result.failure
         if failure is None or failure.status is not None or failure.refused:
-            if self.breaker.success(host):
+            if self.breaker.counting and self.breaker.success(host):
                 self.gate.set_probing(host, False)
                 log.info("circuit of host %s closed: it answers again", host)
                 self._spawn(self._close(host))

@@ -155,6 +155,7 @@ class Dispatcher:
 
     def _on_tick(self) -> None:
         self._wake.set()
+        self.planner.note_waits(self.recorder.note)
 
     async def _drain_loop(self) -> None:
         while not self._stopping:
@@ -203,7 +204,7 @@ class Dispatcher:
                 why = f"circuit open for host {host}: {circuit.reason}"
                 self.recorder.defer(row, circuit.until_db, why)
                 return
-            await planner.enter(row, host, self.recorder.note)
+            await planner.enter(row, host)
             try:
                 self._sending.add(task)
                 sent_mono = time.monotonic()
