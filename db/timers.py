@@ -211,11 +211,22 @@ class TimerStore(PoolOwner):
         return await self._claiming("bucket_claim", params)
 
     async def claim_ranked(
-        self, *, owner: str, batch: int, lease_seconds: float, now: datetime | None = None
+        self,
+        *,
+        owner: str,
+        batch: int,
+        lease_seconds: float,
+        after: Sequence[datetime | None] = (),
+        now: datetime | None = None,
     ) -> Claim:
         """Leases up to ``batch`` rows already due, highest priority first, then the earliest,
-        across every key (the claim under a binding cap)."""
-        params = {"owner": owner, "batch": batch, "lease_seconds": lease_seconds, "now": now}
+        across every key (the claim under a binding cap); ``after[p - 1]`` resumes priority
+        p at that run_at."""
+        resume = [*after, *[None] * (10 - len(after))][:10]
+        params = {
+            "owner": owner, "batch": batch, "lease_seconds": lease_seconds, "now": now,
+            "after": resume,
+        }  # fmt: skip
         return await self._claiming("timer_claim_ranked", params)
 
     async def _claiming(self, name: str, params: dict[str, object]) -> Claim:

@@ -59,6 +59,9 @@ class Claimer:
         # The resource pass looks at the current second as a whole (one choice), not further.
         self.held_lookahead_seconds = settings.tick_seconds + 0.5
         self.capped = False  # a cap said stop during the last pass: poll again soon
+        # Per priority (index p - 1), the run_at where the last ranked claim stopped.
+        self._resume: list[datetime | None] = [None] * 10
+        self._now: datetime | None = None
 
     async def drain(self, *, now: datetime | None = None) -> int:
         """One pass: claims what it may (by ``now``, default the database clock); returns how
@@ -151,13 +154,9 @@ class Claimer:
 
     async def _ranked(self, now: datetime | None) -> int:
         claimed = 0
+        self._now = now
         while not self._stopping():
-            granted, leased = await self._leasing(
-                lambda n: self.db.timers.claim_ranked(
-                    owner=self.owner, batch=n, lease_seconds=self.settings.lease_seconds, now=now
-                ),
-                now,
-            )
+            granted, leased = await self._leasing(self._claim_ranked, now)
             claimed += leased
             if granted == 0:
                 break
@@ -169,6 +168,21 @@ class Claimer:
                 self.capped = True
                 break
         return claimed
+
+    async def _claim_ranked(self, batch: int) -> Claim:
+        claim = await self.db.timers.claim_ranked(
+            owner=self.owner, batch=batch, lease_seconds=self.settings.lease_seconds,
+            after=self._resume, now=self._now,
+        )  # fmt: skip
+        for row in claim.rows:
+            last = self._resume[row.priority - 1]
+            if last is None or row.run_at > last:
+                self._resume[row.priority - 1] = row.run_at
+        return claim
+
+    def forget_resume(self) -> None:
+        """Ranked claims search each priority from its start again (every tick)."""
+        self._resume = [None] * 10
 
     async def _leasing(
         self, lease: Callable[[int], Awaitable[Claim]], now: datetime | None

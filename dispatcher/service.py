@@ -154,6 +154,7 @@ class Dispatcher:
     # -- claims -------------------------------------------------------------------------
 
     def _on_tick(self) -> None:
+        self.claimer.forget_resume()
         self._wake.set()
         self.planner.note_waits(self.recorder.note)
 

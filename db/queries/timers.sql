@@ -134,7 +134,9 @@ returning t.id, t.bucket, t.url, t.run_at, t.attempts, t.max_attempts, t.round_s
 -- Under a binding cap: leases up to %(batch)s pending rows already due, highest priority
 -- first, then the earliest run_at, across every (slot, shard) key, so that the few tokens
 -- there are go to the most important work of the whole fleet. Rows a cancel or another
--- claimer holds are skipped (SKIP LOCKED), never waited for.
+-- claimer holds are skipped (SKIP LOCKED), never waited for. %(after)s[p] is the run_at
+-- where the dispatcher's last claim of priority p stopped (it forgets them every tick, so a
+-- row given back behind it waits a tick at most).
 with clock as (
     select coalesce(%(now)s::timestamptz, now()) as now
 ), ranked as (
@@ -145,6 +147,10 @@ with clock as (
          lateral (select t.id, t.bucket, t.priority, t.run_at from timers t
                   where t.state = 'pending' and t.resources is null and t.priority >= 1
                     and t.priority = p.priority
+                    -- resumed where the last claim of this priority stopped: a herd's rows
+                    -- claimed already leave dead index entries at the front of the range
+                    and t.run_at >= coalesce((%(after)s::timestamptz[])[p.priority],
+                                             '-infinity')
                     and t.run_at <= coalesce(%(now)s::timestamptz, now())
                     -- a row due now has its bucket at the next whole second at the latest
                     and t.bucket <= coalesce(%(now)s::timestamptz, now()) + interval '1 second'
