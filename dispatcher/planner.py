@@ -129,7 +129,8 @@ def plan_pass(
         else:
             if left is not None:
                 left -= 1
-            decisions.append(Decision(row, True, row.waiting_on or "nothing holds it back"))
+            # (a waiting_on it still carries is stale: its reason is gone)
+            decisions.append(Decision(row, True, "nothing holds it back"))
     return decisions
 
 

@@ -94,6 +94,9 @@ def test_the_plan_spends_tokens_by_priority_and_names_every_reason() -> None:
     assert by[broken.id].why == "circuit open for host down.example: 5 consecutive failures"
     assert by[held.id].why == f"resource db held by timer {holder}"
     assert by[hi.id].send_now and by[mid.id].send_now  # two whole tokens
+    stale = _row("stale", 6, waiting_on="resource db held by timer x")  # since released
+    [decision] = plan_pass([stale], holds={}, circuits={}, tokens=None, room=10)
+    assert decision.send_now and decision.why == "nothing holds it back"
     assert not by[lo.id].send_now and by[lo.id].why == "global cap: no token left now"
     assert not by[waiting.id].send_now and by[waiting.id].why == "in dispatcher d1: host limit: x"
     no_cap = plan_pass([hi, mid, lo], holds={}, circuits={}, tokens=None, room=100)
