@@ -433,11 +433,7 @@ class TimerStore(PoolOwner):
     ) -> int:
         """Requeues the dead letters that match (at most ``limit``); returns how many. Runs in
         batches of a few thousand, each its own short transaction."""
-        async with self.connection() as conn:
-            cur = await conn.execute(query("clock_now"), {"now": now})
-            row = await cur.fetchone()
-        assert row is not None
-        started: datetime = row[0]
+        started = await self.clock(now)
         cutoff = min(which.finished_before, started) if which.finished_before else started
         total = 0
         while limit is None or total < limit:

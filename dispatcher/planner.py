@@ -319,12 +319,3 @@ class Planner:
         task = asyncio.create_task(guarded())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-    def circuits_known(self) -> dict[str, OpenCircuit]:
-        """The open circuits this dispatcher knows."""
-        return dict(self._circuits)
-
-
-def host_key(row: ClaimedTimer) -> str:
-    """The host a row is sent to."""
-    return host_of(row.url)
