@@ -19,6 +19,7 @@ from pydantic import (
 
 from db.models import Delivery
 from db.states import DeadLetterState, TimerState
+from db.targets import host_problem
 
 MAX_URL_LENGTH = 2048
 MAX_HEADERS = 32
@@ -163,6 +164,9 @@ class TimerCreate(BaseModel):
             raise ValueError("must be an absolute http:// or https:// URL with a host") from None
         if not parsed.host:
             raise ValueError("must name a host")
+        problem = host_problem(value)
+        if problem is not None:
+            raise ValueError(f"the host {problem}")
         return value  # stored exactly as given, not normalised
 
     @field_validator("payload", mode="before")

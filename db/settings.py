@@ -9,7 +9,7 @@ import base64
 import binascii
 import ipaddress
 import socket
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
@@ -126,7 +126,7 @@ class Settings(BaseSettings):
                 ) from None
         return value
 
-    @property
+    @cached_property
     def allowed_network_list(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         """TIMERHOOK_ALLOWED_NETWORKS, parsed."""
         entries = self.allowed_networks.replace(",", " ").split()

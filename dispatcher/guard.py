@@ -2,66 +2,25 @@
 
 The check runs inside aiohttp's resolver, at connect time, so a name that resolves to a public
 address when the timer is created and to 127.0.0.1 when it fires (DNS rebinding) is refused too.
-aiohttp does not call the resolver for IP literals, so those are checked before the request.
+aiohttp does not call the resolver for IP literals: the sender checks those before the request
+(db/targets.py, shared with the API, which refuses them at create).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Sequence
 from typing import Any
 
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+from db.targets import Networks, refused_reason
 
-# Cloud metadata services that sit outside the private ranges (AWS IPv6, Alibaba).
-_METADATA = [ipaddress.ip_network("fd00:ec2::254/128"), ipaddress.ip_network("100.100.100.200/32")]
-
+__all__ = ["GuardedResolver", "Networks", "TargetRefused"]
 
 class TargetRefused(OSError):
     """The webhook target resolves to an address that private-target protection refuses."""
-
-
-Networks = Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]
-
-
-def refused_reason(address: IPAddress, allowed: Networks = ()) -> str | None:
-    """Why an address may not be a webhook target, or None if it may.
-
-    ``allowed`` networks (TIMERHOOK_ALLOWED_NETWORKS) are let through whatever they are.
-    """
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    if any(address in net for net in allowed):
-        return None
-    checks = [
-        ("loopback", address.is_loopback),
-        ("link-local", address.is_link_local),
-        ("private", address.is_private),
-        ("multicast", address.is_multicast),
-        ("reserved", address.is_reserved),
-        ("unspecified", address.is_unspecified),
-        ("metadata", any(address in net for net in _METADATA)),
-        ("shared (CGNAT)", address in ipaddress.ip_network("100.64.0.0/10")),
-    ]
-    for name, hit in checks:
-        if hit:
-            return f"{address} is a {name} address"
-    return None
-
-
-def check_literal(host: str, allowed: Networks = ()) -> None:
-    """Raises TargetRefused if host is an IP literal that is not allowed."""
-    try:
-        address = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return  # a name: the resolver checks it
-    reason = refused_reason(address, allowed)
-    if reason:
-        raise TargetRefused(f"target refused: {reason} (TIMERHOOK_ALLOW_PRIVATE_TARGETS=1 allows)")
 
 
 class GuardedResolver(AbstractResolver):

@@ -12,10 +12,10 @@ from datetime import UTC, datetime
 
 import aiohttp
 from standardwebhooks.webhooks import Webhook
-from yarl import URL
 
 from db.models import ClaimedTimer
-from dispatcher.guard import GuardedResolver, Networks, TargetRefused, check_literal
+from db.targets import host_problem, literal_refused
+from dispatcher.guard import GuardedResolver, Networks, TargetRefused
 from dispatcher.retry import Failure, parse_retry_after
 
 log = logging.getLogger(__name__)
@@ -105,9 +105,10 @@ class Sender:
         if timer.timeout_ms is not None:
             timeout = aiohttp.ClientTimeout(total=timer.timeout_ms / 1000)
         started = time.monotonic()
+        refused = self._refused(timer.url)
+        if refused is not None:
+            return self._failed(timer, started, None, refused, refused=True, connected=False)
         try:
-            if not self._allow_private:
-                check_literal(URL(timer.url).host or "", self._allowed)
             async with self._session.post(
                 timer.url, data=body, headers=headers, allow_redirects=False, timeout=timeout
             ) as response:
@@ -118,8 +119,6 @@ class Sender:
                 # Only the start of a failed answer's body is read, for the error text.
                 excerpt = await _excerpt(response)
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        except TargetRefused as exc:
-            return self._failed(timer, started, None, str(exc), refused=True, connected=False)
         except aiohttp.ClientConnectorError as exc:
             if isinstance(exc.os_error, TargetRefused):
                 return self._failed(
@@ -137,6 +136,19 @@ class Sender:
             raise
         error = f"HTTP {status}" + (f": {excerpt}" if excerpt else "")
         return self._failed(timer, started, status, error, retry_after=retry_after)
+
+    def _refused(self, url: str) -> str | None:
+        """Why a URL may not be sent to at all, before any connection: a malformed or
+        non-canonical host (stored before creates checked it), or a refused literal address.
+        Names are checked by the resolver, on the address they resolve to."""
+        problem = host_problem(url)
+        if problem is not None:
+            return f"target refused: the URL's host {problem}"
+        if not self._allow_private:
+            reason = literal_refused(url, self._allowed)
+            if reason is not None:
+                return f"target refused: {reason} (TIMERHOOK_ALLOW_PRIVATE_TARGETS=1 allows)"
+        return None
 
     def _signature(self, timer: ClaimedTimer, body: bytes) -> dict[str, str]:
         """Standard Webhooks headers: the id is the timer's (the same on every attempt), the

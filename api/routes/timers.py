@@ -17,6 +17,7 @@ from db.database import Database
 from db.ids import parse_timer_id
 from db.models import DeliveryOptions, IdempotentCreate, Timer
 from db.settings import Settings
+from db.targets import literal_refused
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,14 @@ async def create_timer(
 
 def delivery_options(body: TimerCreate, settings: Settings) -> DeliveryOptions:
     """The stored request shape and policy of a create, checked against the settings' limits."""
+    if not settings.allow_private_targets:
+        refused = literal_refused(body.url, settings.allowed_network_list)
+        if refused is not None:
+            raise FieldError(
+                "url",
+                f"{refused}, and private targets are not allowed "
+                "(TIMERHOOK_ALLOW_PRIVATE_TARGETS=1 or TIMERHOOK_ALLOWED_NETWORKS allows them)",
+            )
     payload = None
     if body.payload is not None:
         payload = json.dumps(body.payload, separators=(",", ":"), ensure_ascii=False)
