@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
 from api import problems
 from api.batcher import CreateBatcher
 from api.routes import health, history, timers
+from api.schemas import TimerCreate
 from db.database import Database
 from db.settings import Settings
 
@@ -28,12 +30,16 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = Database(database_url, max_size=settings.pool_size, name="api")
+        db = Database(
+            database_url, max_size=settings.pool_size, name="api",
+            timeout=settings.db_timeout_seconds,
+        )  # fmt: skip
         await db.open()
         app.state.db = db
         app.state.settings = settings
         batcher = CreateBatcher(
             db, shards=settings.shards, max_batch=settings.create_batch_max,
+            max_queue=settings.create_queue_max, timeout=settings.db_timeout_seconds,
         )  # fmt: skip
         await batcher.start()
         app.state.batcher = batcher
@@ -54,9 +60,26 @@ def create_app(
         version="0.1.0",
         summary="Webhook timers: call this URL in 4 hours, once, on time.",
         lifespan=lifespan,
+        max_body_size=settings.body_limit,
     )
-    problems.install(app)
+    problems.install(app, body_limit=settings.body_limit)
     app.include_router(timers.router)
     app.include_router(history.router)
     app.include_router(health.router)
+    _document_create_body(app)
     return app
+
+
+def _document_create_body(app: FastAPI) -> None:
+    """POST /timer parses its body itself (api/routes/timers.py); its schema is added here."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            body = TimerCreate.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(body.pop("$defs", {}))
+            components["TimerCreate"] = body
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]

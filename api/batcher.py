@@ -5,6 +5,12 @@ Requests queue while an INSERT is running; the next INSERT takes all of them (up
 holds one row, under heavy load batches grow by themselves. A failure fails exactly the
 requests of its batch, each with the same error, and nothing of that batch is half-written
 (one statement, one commit).
+
+The queue is bounded twice, so that overload and outages answer fast instead of piling up:
+past ``max_queue`` waiting creates a new one is refused at once (Overloaded, a 503), and a
+create still queued after ``timeout`` seconds is taken out unwritten (DatabaseUnavailable, a
+503). Once its INSERT is sent, a create waits for the answer: cutting it off then could
+leave the client not knowing whether its timer exists.
 """
 
 from __future__ import annotations
@@ -12,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
+from db.connection import DatabaseUnavailable, deadline
 from db.database import Database
 from db.models import CreatedTimer, DeliveryOptions
 
@@ -22,26 +30,44 @@ log = logging.getLogger(__name__)
 _PLAIN = DeliveryOptions()
 
 
+class Overloaded(RuntimeError):
+    """More creates are waiting for the database than the queue holds; retry shortly."""
+
+
 @dataclass(slots=True)
 class _Pending:
     delay_ms: int
     url: str
     options: DeliveryOptions
     done: asyncio.Future[CreatedTimer] | None
+    deadline: float = 0.0
+    taken: bool = field(default=False)
 
 
 class CreateBatcher:
     """Batches creates; ``await start()``, then ``await create(...)``, then ``await stop()``."""
 
-    def __init__(self, db: Database, *, shards: int, max_batch: int, writers: int = 2) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        shards: int,
+        max_batch: int,
+        writers: int = 2,
+        max_queue: int = 5000,
+        timeout: float = 1.0,
+    ) -> None:
         self._db = db
         self._shards = shards
         self._max_batch = max_batch
         self._writers = writers
+        self._max_queue = max_queue
+        self._timeout = timeout
         self._queue: list[_Pending] = []
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._shed = 0  # creates refused in the current overload, logged when it ends
 
     async def start(self) -> None:
         """Starts the writer tasks (each uses one pooled connection per batch)."""
@@ -53,17 +79,45 @@ class CreateBatcher:
         self._wake.set()
         await asyncio.gather(*self._tasks)
 
+    @property
+    def queued(self) -> int:
+        """Creates waiting for their INSERT."""
+        return len(self._queue)
+
     async def create(
         self, delay_ms: int, url: str, options: DeliveryOptions | None = None
     ) -> CreatedTimer:
-        """Inserts one timer as part of the next batch; raises what its batch raised."""
+        """Inserts one timer as part of the next batch; raises what its batch raised,
+        Overloaded when the queue is full, DatabaseUnavailable when it waited too long."""
         options = options or _PLAIN
         if self._max_batch == 1:
             return (await self._insert([_Pending(delay_ms, url, options, None)]))[0]
+        if len(self._queue) >= self._max_queue:
+            if not self._shed:
+                log.warning(
+                    "shedding creates: %d are waiting for the database already (the most "
+                    "TIMERHOOK_CREATE_QUEUE_MAX allows); answering 503 until they drain",
+                    len(self._queue),
+                )
+            self._shed += 1
+            raise Overloaded(f"{len(self._queue)} creates are waiting for the database")
+        if self._shed and len(self._queue) < self._max_queue // 2:
+            log.warning("stopped shedding creates: %d were refused with 503", self._shed)
+            self._shed = 0
         done: asyncio.Future[CreatedTimer] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(delay_ms, url, options, done))
+        pending = _Pending(delay_ms, url, options, done, time.monotonic() + self._timeout)
+        self._queue.append(pending)
         self._wake.set()
-        return await done
+        try:
+            return await asyncio.wait_for(asyncio.shield(done), self._timeout)
+        except TimeoutError:
+            if pending.taken:
+                return await done  # its INSERT is out: its answer decides
+            self._queue.remove(pending)
+            done.cancel()
+            raise DatabaseUnavailable(
+                f"no database answer within {self._timeout:g} s; the timer was not created"
+            ) from None
 
     async def _writer(self) -> None:
         while True:
@@ -76,8 +130,12 @@ class CreateBatcher:
             batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
             if self._queue:
                 self._wake.set()  # more waiting: let another writer start on it
+            for p in batch:
+                p.taken = True
             try:
-                created = await self._insert(batch)
+                # A pooled connection is waited for only as long as the oldest create may wait.
+                with deadline(min(p.deadline for p in batch)):
+                    created = await self._insert(batch)
             except Exception as exc:
                 for p in batch:
                     if p.done is not None and not p.done.done():

@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.batcher import Overloaded
 from db.connection import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def validation_errors(exc: RequestValidationError) -> list[dict[str, str]]:
     return [{"field": _field_of(tuple(e["loc"])), "reason": _reason(e)} for e in exc.errors()]
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, *, body_limit: int) -> None:
     """Makes every error of the app a problem+json response, and logs the ones that are ours."""
 
     @app.exception_handler(RequestValidationError)
@@ -89,13 +90,31 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         headers = dict(exc.headers) if exc.headers else None
+        if exc.status_code == 413:
+            log.info("refused %s %s: body over %d bytes", request.method, request.url.path,
+                     body_limit)  # fmt: skip
+            return problem(
+                413,
+                f"the request body is larger than {body_limit} bytes "
+                "(TIMERHOOK_MAX_BODY_BYTES; by default twice the payload limit plus 32 KiB)",
+                errors=[{"field": "body", "reason": f"is larger than {body_limit} bytes"}],
+            )
         return problem(exc.status_code, str(exc.detail), headers=headers)
 
     @app.exception_handler(DatabaseUnavailable)
     async def on_db_down(request: Request, exc: DatabaseUnavailable) -> JSONResponse:
-        log.error("%s %s: database unavailable: %s", request.method, request.url.path, exc)
+        # The outage itself is logged once, where it was seen (db/connection.py).
+        log.debug("%s %s: database unavailable: %s", request.method, request.url.path, exc)
         return problem(
-            503, "the database is unavailable; retry shortly", headers={"Retry-After": "1"}
+            503, f"the database is unavailable; retry shortly ({exc})",
+            headers={"Retry-After": "1"},
+        )  # fmt: skip
+
+    @app.exception_handler(Overloaded)
+    async def on_overload(request: Request, exc: Overloaded) -> JSONResponse:
+        # Logged by the batcher once per overload, with how many were refused.
+        return problem(
+            503, f"too many creates at once; retry shortly ({exc})", headers={"Retry-After": "1"}
         )
 
     @app.exception_handler(Exception)

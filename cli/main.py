@@ -34,11 +34,12 @@ def _setup_logging(settings: Settings) -> None:
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
-def _database_url(settings: Settings) -> str:
-    """The configured URL, or the embedded server's (started or joined) when none is set."""
+def _database_url(settings: Settings, *, supervise: bool = False) -> str:
+    """The configured URL, or the embedded server's (started or joined) when none is set;
+    ``supervise``: started again if it dies while this process runs."""
     if settings.database_url:
         return settings.database_url
-    return embedded.start(settings.data_dir)
+    return embedded.start(settings.data_dir, supervise=supervise)
 
 
 async def _prepare_async(url: str, settings: Settings) -> list[str]:
@@ -51,7 +52,7 @@ async def _prepare_async(url: str, settings: Settings) -> list[str]:
 def _prepare() -> tuple[Settings, str]:
     settings = get_settings()
     _setup_logging(settings)
-    url = _database_url(settings)
+    url = _database_url(settings, supervise=True)
     asyncio.run(_prepare_async(url, settings))
     return settings, url
 
@@ -72,7 +73,10 @@ def _serve(settings: Settings, url: str, *, with_dispatcher: bool) -> None:
         holder: dict[str, tuple[Database, Dispatcher]] = {}
 
         async def start() -> None:
-            db = Database(url, max_size=settings.pool_size, name="dispatcher")
+            db = Database(
+                url, max_size=settings.pool_size, name="dispatcher",
+                timeout=settings.db_timeout_seconds,
+            )  # fmt: skip
             await db.open()
             dispatcher = Dispatcher(db, settings)
             await dispatcher.start()
@@ -119,7 +123,10 @@ def dispatcher() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        async with Database(url, max_size=settings.pool_size, name="dispatcher") as db:
+        async with Database(
+            url, max_size=settings.pool_size, name="dispatcher",
+            timeout=settings.db_timeout_seconds,
+        ) as db:  # fmt: skip
             await run_until_signalled(Dispatcher(db, settings), stop)
 
     run_loop(main())

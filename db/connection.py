@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, ParamSpec, TypeVar
 
@@ -11,11 +14,12 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg.rows import TupleRow, class_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool.base import AttemptWithBackoff
 from tenacity import (
     AsyncRetrying,
-    before_sleep_log,
     retry_if_exception_type,
     stop_after_attempt,
+    stop_after_delay,
     wait_exponential,
     wait_random,
 )
@@ -27,39 +31,174 @@ log = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
 
+
+class DatabaseUnavailable(RuntimeError):
+    """The database could not be reached; the request can be retried later."""
+
+
 # Errors after which the same statement can simply be run again.
 TRANSIENT = (
+    DatabaseUnavailable,
     psycopg.OperationalError,
     pg_errors.SerializationFailure,
     pg_errors.DeadlockDetected,
     PoolTimeout,
 )
 
+# How long a pool waits between connection attempts while the database is away: retried
+# quickly, so that service resumes within a second of its return (psycopg_pool's own
+# backoff doubles from 1 s without a ceiling short of its reconnect timeout).
+RECONNECT_FIRST_DELAY = 0.2
+RECONNECT_MAX_DELAY = 0.5
+# Connection-level timeouts (libpq): a server that does not answer a connect, or a link that
+# died without a reset, is noticed in seconds rather than at the kernel's TCP timeouts.
+CONNECT_OPTIONS = {
+    "connect_timeout": 3,
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+}
 
-class DatabaseUnavailable(RuntimeError):
-    """The database could not be reached; the request can be retried later."""
+# When the current operation must be done by (monotonic), set by retry_transient.
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "timerhook_db_deadline", default=None
+)
 
 
-async def retry_transient(op: Callable[[], Awaitable[T]], *, what: str, attempts: int = 4) -> T:
-    """Runs an idempotent database operation, retrying transient errors with backoff.
+@contextlib.contextmanager
+def deadline(at: float) -> Iterator[None]:
+    """Database operations in this block wait for a pooled connection until ``at`` (monotonic)
+    at most, instead of the pool's whole timeout."""
+    token = _DEADLINE.set(at)
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
+
+class Outage:
+    """Whether a pool can reach the database, as its last connection attempts and operations
+    saw it. Each change is logged once (not once per failed operation), and recovery wakes
+    whoever asked to be told (the dispatcher's loops)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.since: float | None = None
+        self.failures = 0
+        self._listeners: list[Callable[[], None]] = []
+
+    @property
+    def down(self) -> bool:
+        """True from the first failure until the next success."""
+        return self.since is not None
+
+    def on_recovery(self, listener: Callable[[], None]) -> None:
+        """Calls ``listener`` (on the event loop) each time the database is reachable again."""
+        self._listeners.append(listener)
+
+    def failed(self, what: str, exc: BaseException) -> None:
+        """A connection attempt or an operation failed for want of the database."""
+        self.failures += 1
+        if self.since is None:
+            self.since = time.monotonic()
+            log.error(
+                "database unreachable from %s (%s: %s); failing fast and reconnecting every "
+                "%.1f s until it is back",
+                self.name, what, _one_line(exc), RECONNECT_MAX_DELAY,
+            )  # fmt: skip
+
+    def recovered(self) -> None:
+        """A connection or an operation succeeded."""
+        if self.since is None:
+            return
+        took, failures = time.monotonic() - self.since, self.failures
+        self.since, self.failures = None, 0
+        log.warning(
+            "database reachable again from %s after %.1f s (%d operations failed meanwhile)",
+            self.name, took, failures,
+        )  # fmt: skip
+        for listener in self._listeners:
+            listener()
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+class _ConnectAttempts(AttemptWithBackoff):
+    INITIAL_DELAY = RECONNECT_FIRST_DELAY
+
+    def update_delay(self, now: float) -> None:
+        super().update_delay(now)
+        self.delay = min(self.delay, RECONNECT_MAX_DELAY)
+
+
+class Pool(AsyncConnectionPool):
+    """psycopg's pool, reconnecting every RECONNECT_MAX_DELAY at most while the database is
+    away, and keeping an Outage up to date from its connection attempts."""
+
+    outage: Outage
+
+    async def _connect(self, timeout: float | None = None) -> Any:
+        try:
+            conn = await super()._connect(timeout)
+        except Exception as exc:
+            self.outage.failed("connect", exc)
+            raise
+        self.outage.recovered()
+        return conn
+
+    async def _add_connection(
+        self, attempt: AttemptWithBackoff | None, growing: bool = False
+    ) -> None:
+        if attempt is None:
+            # Never given up on: the attempts go on, quietly, for as long as the outage lasts.
+            attempt = _ConnectAttempts(timeout=self.reconnect_timeout)
+        await super()._add_connection(attempt, growing)
+
+
+class _NoReconnectNoise(logging.Filter):
+    """psycopg_pool warns at every failed reconnect; the Outage says it once instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("error connecting in")
+
+
+logging.getLogger("psycopg.pool").addFilter(_NoReconnectNoise())
+
+
+async def retry_transient(
+    op: Callable[[], Awaitable[T]], *, what: str, outage: Outage, budget: float, attempts: int = 4
+) -> T:
+    """Runs an idempotent database operation, retrying transient errors with backoff, all
+    within ``budget`` seconds (waits for a pooled connection included).
 
     Only operations that are safe to repeat go through here; a failure that outlasts the
-    retries becomes DatabaseUnavailable with the cause logged.
+    retries or the budget becomes DatabaseUnavailable (the Outage logs it, once).
     """
+    deadline = time.monotonic() + budget
+    token = _DEADLINE.set(deadline)
     try:
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(TRANSIENT),
-            stop=stop_after_attempt(attempts),
-            wait=wait_exponential(multiplier=0.05, max=1.0) + wait_random(0, 0.05),
-            before_sleep=before_sleep_log(log, logging.WARNING),
+            stop=stop_after_attempt(attempts) | stop_after_delay(budget),
+            wait=wait_exponential(multiplier=0.05, max=0.25) + wait_random(0, 0.05),
             reraise=True,
         ):
             with attempt:
-                return await op()
+                result = await op()
+        outage.recovered()
+        return result
+    except DatabaseUnavailable:
+        raise
     except TRANSIENT as exc:
-        log.error("database operation %s failed after %d attempts: %s", what, attempts, exc)
-        raise DatabaseUnavailable(f"{what}: {exc}") from exc
-    raise AssertionError("unreachable")  # pragma: no cover
+        if not isinstance(exc, pg_errors.SerializationFailure | pg_errors.DeadlockDetected):
+            outage.failed(what, exc)
+        log.debug("database operation %s failed: %s", what, exc)
+        raise DatabaseUnavailable(f"{what}: {_one_line(exc)}") from exc
+    finally:
+        _DEADLINE.reset(token)
 
 
 async def _configure(conn: psycopg.AsyncConnection[TupleRow]) -> None:
@@ -67,35 +206,58 @@ async def _configure(conn: psycopg.AsyncConnection[TupleRow]) -> None:
     await conn.execute("set timezone = 'UTC'")
 
 
-def make_pool(conninfo: str, *, max_size: int, name: str) -> AsyncConnectionPool:
-    """An unopened pool of autocommit connections; open it with ``await pool.open()``."""
-    return AsyncConnectionPool(
+def make_pool(conninfo: str, *, max_size: int, name: str, timeout: float = 1.0) -> Pool:
+    """An unopened pool of autocommit connections; open it with ``await pool.open()``.
+
+    ``timeout`` bounds how long an operation waits for a connection (TIMERHOOK_DB_TIMEOUT_SECONDS):
+    while the database is away, requests get their 503 within it instead of hanging."""
+    pool = Pool(
         conninfo,
         min_size=1,
         max_size=max_size,
         open=False,
         name=name,
         configure=_configure,
-        timeout=10.0,
-        kwargs={"application_name": f"timerhook-{name}", "autocommit": True},
-    )
+        timeout=timeout,
+        reconnect_timeout=10 * 365 * 86_400.0,
+        kwargs={
+            "application_name": f"timerhook-{name}", "autocommit": True, **CONNECT_OPTIONS,
+        },
+    )  # fmt: skip
+    pool.outage = Outage(name)
+    return pool
 
 
 class PoolOwner:
     """Base of the stores: shares one pool and offers connection and transaction helpers."""
 
-    def __init__(self, pool: AsyncConnectionPool) -> None:
+    def __init__(self, pool: Pool) -> None:
         self.pool = pool
+        self.outage = pool.outage
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[TupleRow]]:
-        """A pooled autocommit connection; pool exhaustion becomes DatabaseUnavailable."""
+        """A pooled autocommit connection, waited for until the operation's deadline (or the
+        pool's timeout). No connection in time, or one that broke (the server went away),
+        becomes DatabaseUnavailable."""
+        deadline = _DEADLINE.get()
+        timeout = None if deadline is None else max(0.001, deadline - time.monotonic())
         try:
-            async with self.pool.connection() as conn:
-                yield conn
+            async with self.pool.connection(timeout=timeout) as conn:
+                try:
+                    yield conn
+                except psycopg.OperationalError as exc:
+                    if not conn.broken:
+                        raise  # a statement-level error (a cancel, a lock timeout)
+                    self.outage.failed("query", exc)
+                    raise DatabaseUnavailable(f"connection lost: {_one_line(exc)}") from exc
         except PoolTimeout as exc:
-            log.error("no database connection within the pool timeout: %s", exc)
-            raise DatabaseUnavailable(str(exc)) from exc
+            detail = "database unreachable" if self.outage.down else "every connection busy"
+            raise DatabaseUnavailable(f"no connection within the timeout ({detail})") from exc
+
+    async def retrying(self, op: Callable[[], Awaitable[T]], *, what: str) -> T:
+        """retry_transient within this pool's timeout."""
+        return await retry_transient(op, what=what, outage=self.outage, budget=self.pool.timeout)
 
     async def fetch_one(self, name: str, model: type[T], params: Mapping[str, Any]) -> T | None:
         """Runs the named single-statement query (its own transaction) and returns its one row
@@ -108,7 +270,7 @@ class PoolOwner:
                 await cur.execute(query(name), params)
                 return await cur.fetchone()
 
-        return await retry_transient(op, what=name)
+        return await self.retrying(op, what=name)
 
     async def fetch_all(self, name: str, model: type[T], params: Mapping[str, Any]) -> list[T]:
         """Like fetch_one, for every row."""
@@ -119,7 +281,7 @@ class PoolOwner:
                 await cur.execute(query(name), params)
                 return await cur.fetchall()
 
-        return await retry_transient(op, what=name)
+        return await self.retrying(op, what=name)
 
     async def run(self, name: str, params: Mapping[str, Any]) -> int:
         """Runs the named single-statement query, retried like fetch_one; returns its rowcount."""
@@ -129,4 +291,4 @@ class PoolOwner:
                 cur = await conn.execute(query(name), params)
                 return cur.rowcount
 
-        return await retry_transient(op, what=name)
+        return await self.retrying(op, what=name)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from db.backlog import BacklogStore
 from db.caps import CapStore
 from db.circuits import CircuitStore
-from db.connection import make_pool, retry_transient
+from db.connection import PoolOwner, make_pool
+from db.migrate import migrations
 from db.query_loader import query
 from db.registry import DispatcherStore, PartitionStore
 from db.timers import TimerStore
@@ -14,9 +15,13 @@ from db.timers import TimerStore
 class Database:
     """One pool and the stores that share it: what api/, dispatcher/ and cli/ hold on to."""
 
-    def __init__(self, conninfo: str, *, max_size: int = 8, name: str = "timerhook") -> None:
+    def __init__(
+        self, conninfo: str, *, max_size: int = 8, name: str = "timerhook", timeout: float = 1.0
+    ) -> None:
         self.conninfo = conninfo
-        self.pool = make_pool(conninfo, max_size=max_size, name=name)
+        self.pool = make_pool(conninfo, max_size=max_size, name=name, timeout=timeout)
+        self.outage = self.pool.outage
+        self._schema = PoolOwner(self.pool)
         self.timers = TimerStore(self.pool)
         self.dispatchers = DispatcherStore(self.pool)
         self.partitions = PartitionStore(self.pool)
@@ -28,14 +33,23 @@ class Database:
         """Opens the pool and waits for a first connection (fails fast if unreachable)."""
         await self.pool.open(wait=True, timeout=30.0)
 
-    async def ping(self) -> None:
-        """One round trip to the database (health checks); raises DatabaseUnavailable."""
+    async def not_ready(self) -> str | None:
+        """Why this process cannot serve (the database does not answer, or its schema is not
+        the one this code expects), or None when it can. One round trip (/readyz)."""
 
-        async def op() -> None:
-            async with self.pool.connection() as conn:
-                await conn.execute(query("database_ping"))
+        async def op() -> int:
+            async with self._schema.connection() as conn:
+                cur = await conn.execute(query("schema_version"))
+                row = await cur.fetchone()
+            return int(row[0]) if row else 0
 
-        await retry_transient(op, what="ping", attempts=2)
+        version = await self._schema.retrying(op, what="schema_version")
+        expected = len(migrations())
+        if version < expected:
+            return f"the schema is at version {version}, this code needs {expected}: run migrate"
+        if version > expected:
+            return f"the schema is at version {version}, newer than this code ({expected})"
+        return None
 
     async def close(self) -> None:
         """Closes every pooled connection."""

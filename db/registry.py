@@ -7,7 +7,7 @@ from datetime import datetime
 
 from psycopg.rows import class_row
 
-from db.connection import PoolOwner, retry_transient
+from db.connection import PoolOwner
 from db.models import Dispatcher
 from db.query_loader import query
 
@@ -37,7 +37,7 @@ class DispatcherStore(PoolOwner):
                 cur = await conn.execute(query("dispatcher_heartbeat"), params)
                 return await cur.fetchone() is not None
 
-        return await retry_transient(op, what="dispatcher_heartbeat")
+        return await self.retrying(op, what="dispatcher_heartbeat")
 
     async def deregister(self, *, dispatcher_id: str) -> None:
         """Marks this dispatcher stopped (a clean shutdown)."""
@@ -65,7 +65,7 @@ class PartitionStore(PoolOwner):
                 row = await cur.fetchone()
                 return int(row[0]) if row else 0
 
-        made = await retry_transient(op, what="partition_ensure")
+        made = await self.retrying(op, what="partition_ensure")
         if made:
             log.info("created %d timer partitions", made)
         return made
@@ -80,7 +80,7 @@ class PartitionStore(PoolOwner):
                 )
                 return [str(r[0]) for r in await cur.fetchall()]
 
-        dropped = await retry_transient(op, what="partition_drop")
+        dropped = await self.retrying(op, what="partition_drop")
         if dropped:
             log.info("dropped %d timer partitions past retention: %s", len(dropped), dropped)
         return dropped

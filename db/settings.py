@@ -68,6 +68,13 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(
         default=65_536, ge=16, le=1_048_576, description="Largest payload, as compact JSON."
     )
+    max_body_bytes: int | None = Field(
+        default=None,
+        ge=1024,
+        le=64 * 1_048_576,
+        description="Largest request body; larger ones get 413 before they are read whole. "
+        "Default: twice TIMERHOOK_MAX_PAYLOAD_BYTES plus 32 KiB (160 KiB).",
+    )
     concurrency: int = Field(default=256, ge=1, le=10_000, description="Sends in flight.")
     host_concurrency: int = Field(
         default=128,
@@ -91,6 +98,20 @@ class Settings(BaseSettings):
     dead_after_seconds: float = Field(default=10.0, gt=0)
     shutdown_grace_seconds: float = Field(default=15.0, ge=0)
     pool_size: int = Field(default=8, ge=1, le=200)
+    db_timeout_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="Longest wait for the database per request or job: past it, API requests "
+        "answer 503 with Retry-After and dispatcher jobs try again at their next run.",
+    )
+    create_queue_max: int = Field(
+        default=5000,
+        ge=1,
+        le=1_000_000,
+        description="Creates waiting for their INSERT; past it, creates answer 503 with "
+        "Retry-After at once (overload shedding).",
+    )
     create_batch_max: int = Field(
         default=256, ge=1, le=5000, description="Creates per INSERT (group commit); 1: none."
     )
@@ -131,6 +152,14 @@ class Settings(BaseSettings):
         """TIMERHOOK_ALLOWED_NETWORKS, parsed."""
         entries = self.allowed_networks.replace(",", " ").split()
         return [ipaddress.ip_network(e, strict=False) for e in entries]
+
+    @property
+    def body_limit(self) -> int:
+        """TIMERHOOK_MAX_BODY_BYTES, or the default derived from the payload limit: room for
+        the payload with some escaping, the URL and the extra headers (at most 16 KiB)."""
+        if self.max_body_bytes is not None:
+            return self.max_body_bytes
+        return 2 * self.max_payload_bytes + 32 * 1024
 
     @property
     def signing_secrets(self) -> list[str]:

@@ -13,7 +13,7 @@ from typing import TypeVar
 from psycopg import errors as pg_errors
 from psycopg.rows import class_row
 
-from db.connection import TRANSIENT, DatabaseUnavailable, PoolOwner, retry_transient
+from db.connection import TRANSIENT, DatabaseUnavailable, PoolOwner
 from db.ids import bucket_of, lock_key
 from db.models import (
     Attempt,
@@ -159,8 +159,9 @@ class TimerStore(PoolOwner):
                     query("partition_ensure_ahead"), {"ahead_ms": ahead_ms, "now": now}
                 )
             return await once()
-        except TRANSIENT as exc:
-            log.error("timer insert failed, no timer created: %s", exc)
+        except DatabaseUnavailable:
+            raise
+        except TRANSIENT as exc:  # a statement-level failure: nothing was written
             raise DatabaseUnavailable(f"timer_insert: {exc}") from exc
 
     async def purge_idempotency(self, *, hours: int, now: datetime | None = None) -> int:
@@ -242,7 +243,7 @@ class TimerStore(PoolOwner):
                 answered_at = time.monotonic()
             return Claim(rows, answered_at)
 
-        return await retry_transient(op, what=name)
+        return await self.retrying(op, what=name)
 
     async def claim_held(
         self,
@@ -304,7 +305,7 @@ class TimerStore(PoolOwner):
                 answered_at = time.monotonic()
             return Claim(rows, answered_at)
 
-        return await retry_transient(op, what="timer_claim_held")
+        return await self.retrying(op, what="timer_claim_held")
 
     async def note_waiting(self, notes: Sequence[tuple[uuid.UUID, datetime, str]]) -> int:
         """Writes why rows are held back (``waiting_on``), where the reason changed."""

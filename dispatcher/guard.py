@@ -19,6 +19,7 @@ from db.targets import Networks, refused_reason
 
 __all__ = ["GuardedResolver", "Networks", "TargetRefused"]
 
+
 class TargetRefused(OSError):
     """The webhook target resolves to an address that private-target protection refuses."""
 

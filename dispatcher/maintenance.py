@@ -1,5 +1,9 @@
 """Maintenance: the tick, heartbeat, lease reaping, circuits, partitions and retention, each an
-APScheduler job of the dispatcher's scheduler. A failing job logs and runs again next time."""
+APScheduler job of the dispatcher's scheduler. A failing job logs and runs again next time.
+
+While the database is away (the pool's Outage, which logs it once) the database jobs do not
+run at all: each would only wait out the database timeout. When the database is back, the
+heartbeat and the reap run at once (``resume``), not at their next interval."""
 
 from __future__ import annotations
 
@@ -78,12 +82,17 @@ class Maintenance:
     async def _on_tick(self) -> None:
         self._tick()
 
+    async def resume(self) -> None:
+        """The database is back: heartbeat and reap now."""
+        await self.heartbeat()
+        await self.reap()
+
     async def heartbeat(self) -> None:
         """Proves this dispatcher alive and publishes its counters."""
         in_flight, sent, failed = self._counters()
-        await _guarded(
+        await self._guarded(
             "heartbeat",
-            self.db.dispatchers.heartbeat(
+            lambda: self.db.dispatchers.heartbeat(
                 dispatcher_id=self.owner, in_flight=in_flight, sent_total=sent,
                 failed_total=failed,
             ),
@@ -99,11 +108,11 @@ class Maintenance:
                 log.warning("took back %d in-flight timers from %s", len(reaped), owners)
                 self._tick()
 
-        await _guarded("lease reap", reap())
+        await self._guarded("lease reap", reap)
 
     async def circuits(self) -> None:
         """Learns the host circuits other dispatchers opened."""
-        await _guarded("circuit refresh", self.planner.refresh_circuits())
+        await self._guarded("circuit refresh", self.planner.refresh_circuits)
 
     async def partitions(self) -> None:
         """Partitions ahead for the horizon, expired ones dropped, old idempotency keys purged."""
@@ -113,13 +122,14 @@ class Maintenance:
             await self.db.partitions.drop_expired(retention_days=self.settings.retention_days)
             await self.db.timers.purge_idempotency(hours=self.settings.idempotency_hours)
 
-        await _guarded("partition maintenance", maintain())
+        await self._guarded("partition maintenance", maintain)
 
-
-async def _guarded(what: str, op: Awaitable[object]) -> None:
-    try:
-        await op
-    except DatabaseUnavailable as exc:
-        log.error("%s failed, will run again: %s", what, exc)
-    except Exception:
-        log.exception("%s failed unexpectedly, will run again", what)
+    async def _guarded(self, what: str, op: Callable[[], Awaitable[object]]) -> None:
+        if self.db.outage.down:
+            return  # logged once by the outage; resume() runs what matters when it ends
+        try:
+            await op()
+        except DatabaseUnavailable as exc:
+            log.debug("%s failed, will run again: %s", what, exc)  # the outage logs it
+        except Exception:
+            log.exception("%s failed unexpectedly, will run again", what)

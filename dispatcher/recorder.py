@@ -80,6 +80,10 @@ class Recorder:
             await self._task
         await self.flush()
 
+    def wake(self) -> None:
+        """Flushes now (the database is back after an outage)."""
+        self._wake.set()
+
     # -- what the send path hands in ------------------------------------------------------
 
     def outcome(self, row: ClaimedTimer, result: Result, fired_at: datetime) -> None:
@@ -131,7 +135,8 @@ class Recorder:
             try:
                 await self.flush()
             except DatabaseUnavailable as exc:
-                log.error("recording outcomes failed, will retry: %s", exc)
+                # Kept for the next flush; the outage is logged once by the pool.
+                log.debug("recording outcomes failed, will retry: %s", exc)
 
     async def flush(self) -> None:
         """Writes every buffered outcome, deferral and note."""
@@ -183,7 +188,7 @@ class Recorder:
             await self.db.timers.note_waiting([(i, b, why) for (i, b), why in notes.items()])
         except DatabaseUnavailable:
             # Only a display: a note lost to an outage is not worth holding outcomes back.
-            log.warning("could not note why %d rows wait", len(notes))
+            log.debug("could not note why %d rows wait", len(notes))
 
     async def release(self, rows: list[ClaimedTimer]) -> int:
         """Gives leased rows that were never sent back to pending (a clean shutdown)."""

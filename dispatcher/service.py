@@ -84,6 +84,7 @@ class Dispatcher:
         self._progress = asyncio.Condition()
         self._progress_waiters = 0
         self._drain_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     @property
     def sent_total(self) -> int:
@@ -110,6 +111,7 @@ class Dispatcher:
         self._drain_task = asyncio.create_task(self._drain_loop(), name=f"drain-{self.id}")
         self.recorder.start()
         self.maintenance.start()
+        self.db.outage.on_recovery(self._database_back)
         self._wake.set()  # whatever fell due while nothing ran goes out now
         log.info("dispatcher %s started", self.id)
 
@@ -151,6 +153,16 @@ class Dispatcher:
             self.id, self.sent_total, self.failed_total, released,
         )  # fmt: skip
 
+    def _database_back(self) -> None:
+        """After an outage: claim, record and heartbeat now, not at the next interval."""
+        if self._stopping:
+            return
+        self._wake.set()
+        self.recorder.wake()
+        task = asyncio.get_running_loop().create_task(self.maintenance.resume())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     # -- claims -------------------------------------------------------------------------
 
     def _on_tick(self) -> None:
@@ -165,7 +177,8 @@ class Dispatcher:
             try:
                 await self.drain()
             except DatabaseUnavailable as exc:
-                log.error("claim pass failed, trying again at the next tick: %s", exc)
+                # The outage is logged once by the pool; claims resume when it ends.
+                log.debug("claim pass failed, trying again at the next tick: %s", exc)
             except Exception:
                 log.exception("claim pass failed unexpectedly; trying again at the next tick")
             if self.claimer.capped and not self._stopping:

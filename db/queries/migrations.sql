@@ -21,6 +21,6 @@ select version from schema_migrations;
 -- Records one applied step.
 insert into schema_migrations (version, name) values (%(version)s, %(name)s);
 
--- name: database_ping
--- One round trip, for health checks.
-select 1;
+-- name: schema_version
+-- The newest applied migration (0 before any): /readyz compares it with the code's.
+select coalesce(max(version), 0) from schema_migrations;
