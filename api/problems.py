@@ -67,6 +67,17 @@ def _reason(error: dict[str, Any]) -> str:
     return message.removeprefix("Value error, ")
 
 
+def too_large(limit: int) -> JSONResponse:
+    """The 413, as problem+json naming the limit and the setting."""
+    return problem(
+        413,
+        f"the request body is larger than {limit} bytes (TIMERHOOK_MAX_BODY_BYTES; by default "
+        "twice TIMERHOOK_MAX_PAYLOAD_BYTES plus 32 KiB)",
+        errors=[{"field": "body", "reason": f"is larger than {limit} bytes"}],
+        headers={"Connection": "close"},
+    )
+
+
 def validation_errors(exc: RequestValidationError) -> list[dict[str, str]]:
     """Pydantic's errors as a list of {field, reason}, in the order they were found."""
     return [{"field": _field_of(tuple(e["loc"])), "reason": _reason(e)} for e in exc.errors()]
@@ -93,12 +104,7 @@ def install(app: FastAPI, *, body_limit: int) -> None:
         if exc.status_code == 413:
             log.info("refused %s %s: body over %d bytes", request.method, request.url.path,
                      body_limit)  # fmt: skip
-            return problem(
-                413,
-                f"the request body is larger than {body_limit} bytes "
-                "(TIMERHOOK_MAX_BODY_BYTES; by default twice the payload limit plus 32 KiB)",
-                errors=[{"field": "body", "reason": f"is larger than {body_limit} bytes"}],
-            )
+            return too_large(body_limit)
         return problem(exc.status_code, str(exc.detail), headers=headers)
 
     @app.exception_handler(DatabaseUnavailable)

@@ -16,8 +16,8 @@ from pydantic import (
     JsonValue,
     PrivateAttr,
     TypeAdapter,
+    ValidationInfo,
     field_validator,
-    model_validator,
 )
 
 from db.models import Delivery
@@ -46,7 +46,7 @@ PRIORITY_MIN, PRIORITY_MAX, PRIORITY_DEFAULT = 1, 10, 5
 
 # A JSON string literal, and an array or object with no container inside (after strings are
 # blanked out): the depth check peels one level per pass, in C, never recursing in Python.
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
 _INNERMOST = re.compile(r"\[[^\[\]{}]*\]|\{[^\[\]{}]*\}")
 _ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
@@ -188,26 +188,29 @@ class TimerCreate(BaseModel):
             raise ValueError(f"the host {problem}")
         return value  # stored exactly as given, not normalised
 
+    # The payload as compact JSON, kept by the payload's validator when the caller passes a
+    # validation context (the create route does), so that it is not encoded twice.
     _payload_json: str | None = PrivateAttr(default=None)
-
-    @field_validator("payload")
-    @classmethod
-    def _storable_payload(cls, value: object) -> object:
-        if value is not None:
-            compact_json(value)
-        return value
-
-    @model_validator(mode="after")
-    def _keep_compact_payload(self) -> TimerCreate:
-        # Kept so the create path does not encode the payload again (the checks passed above).
-        if self.payload is not None:
-            self._payload_json = compact_json(self.payload)
-        return self
 
     @property
     def payload_json(self) -> str | None:
-        """The payload as compact JSON, as it is stored and sent."""
+        """The payload as compact JSON, as it is stored and sent (set by the create route)."""
+        if self._payload_json is None and self.payload is not None:
+            self._payload_json = compact_json(self.payload)
         return self._payload_json
+
+    @payload_json.setter
+    def payload_json(self, text: str | None) -> None:
+        self._payload_json = text
+
+    @field_validator("payload")
+    @classmethod
+    def _storable_payload(cls, value: object, info: ValidationInfo) -> object:
+        if value is not None:
+            text = compact_json(value)
+            if isinstance(info.context, dict):
+                info.context["payload_json"] = text
+        return value
 
     @field_validator("headers")
     @classmethod

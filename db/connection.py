@@ -159,10 +159,12 @@ class Pool(AsyncConnectionPool):
 
 
 class _NoReconnectNoise(logging.Filter):
-    """psycopg_pool warns at every failed reconnect; the Outage says it once instead."""
+    """psycopg_pool warns at every failed reconnect and every connection the outage broke;
+    the Outage says it once instead."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("error connecting in")
+        message = str(record.msg)
+        return not message.startswith(("error connecting in", "discarding closed connection"))
 
 
 logging.getLogger("psycopg.pool").addFilter(_NoReconnectNoise())

@@ -65,7 +65,9 @@ class Maintenance:
         )  # fmt: skip
         scheduler.add_job(
             self.circuits, IntervalTrigger(seconds=s.tick_seconds, timezone=UTC),
-            id="circuits", max_instances=1, coalesce=True,
+            # A refresh may wait out the database timeout (1 s) when the database just went
+            # away: a second may start meanwhile rather than be reported skipped.
+            id="circuits", max_instances=2, coalesce=True,
         )  # fmt: skip
         scheduler.add_job(
             self.partitions, CronTrigger(minute=7, timezone=UTC),

@@ -6,6 +6,7 @@ import asyncio
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,6 +18,7 @@ from db.models import CreatedTimer, DeliveryOptions
 from db.settings import Settings
 from dispatcher.service import Dispatcher
 from tests.support import postgres
+from tests.support.processes import Service, free_port
 from tests.support.sink import Sink
 
 # Short, so that each per-test copy of the template is quick (partitions dominate its cost).
@@ -152,3 +154,24 @@ async def client(settings: Settings, database_url: str) -> AsyncIterator[httpx.A
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://timerhook") as c:
             yield c
+
+
+@pytest.fixture
+def make_service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
+    """Real ``timerhook <command>`` processes (killed at the end if a test left them)."""
+    made: list[Service] = []
+
+    def make(command: str = "serve", **env: str) -> Service:
+        defaults = {
+            "TIMERHOOK_PORT": str(free_port()),
+            "TIMERHOOK_ALLOW_PRIVATE_TARGETS": "1",
+            "TIMERHOOK_HORIZON_DAYS": "30",
+            "TIMERHOOK_SHUTDOWN_GRACE_SECONDS": "10",
+        }
+        service = Service(command, {**defaults, **env}, tmp_path / f"{command}-{len(made)}.log")
+        made.append(service)
+        return service
+
+    yield make
+    for service in made:
+        service.ensure_dead()

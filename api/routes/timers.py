@@ -46,20 +46,45 @@ _REFUSED: dict[int | str, dict[str, Any]] = {
 INLINE_BODY_BYTES = 16_384
 
 
+def parse_create(raw: bytes) -> TimerCreate:
+    """A POST /timer body, parsed and validated; RequestValidationError when refused."""
+    context: dict[str, Any] = {}
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise RequestValidationError(
+            [{"type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error",
+              "ctx": {"error": exc.msg}}]
+        ) from None  # fmt: skip
+    except RecursionError:
+        raise RequestValidationError(
+            [{"type": "value_error", "loc": ("body",), "msg": "is nested too deeply to parse"}]
+        ) from None
+    except UnicodeDecodeError:
+        raise RequestValidationError(
+            [{"type": "json_invalid", "loc": ("body",), "msg": "JSON decode error",
+              "ctx": {"error": "the body is not UTF-8"}}]
+        ) from None  # fmt: skip
+    try:
+        body = TimerCreate.model_validate(data, context=context)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
+    body.payload_json = context.get("payload_json")
+    return body
+
+
 async def _create_body(request: Request) -> TimerCreate:
-    """The body of POST /timer, parsed and validated in one step by pydantic's JSON parser."""
+    """The body of POST /timer: parsed on the event loop when small, in a worker thread when
+    large, so that one request never holds the loop for long."""
     raw = await request.body()
     if not raw.strip():
         raise RequestValidationError(
             [{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}]
         )
-    try:
-        if len(raw) <= INLINE_BODY_BYTES:
-            return TimerCreate.model_validate_json(raw)
-        return await asyncio.to_thread(TimerCreate.model_validate_json, raw)
-    except ValidationError as exc:
-        errors = exc.errors(include_url=False, include_input=False)
-        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
+    if len(raw) <= INLINE_BODY_BYTES:
+        return parse_create(raw)
+    return await asyncio.to_thread(parse_create, raw)
 
 
 CreateBody = Annotated[TimerCreate, Depends(_create_body)]

@@ -102,10 +102,28 @@ async def test_openapi_is_served(client: httpx.AsyncClient) -> None:
     assert (await client.get("/docs")).status_code == 200
 
 
-async def test_health_is_ok_while_the_database_answers(client: httpx.AsyncClient) -> None:
+async def test_health_and_readiness_while_the_database_answers(client: httpx.AsyncClient) -> None:
     response = await client.get("/healthz")
     assert response.status_code == 200
     assert response.json() == {"status": "ok"}
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200 and ready.json() == {"status": "ready"}
+
+
+async def test_readiness_needs_the_current_schema(
+    client: httpx.AsyncClient, database_url: str
+) -> None:
+    import psycopg
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "delete from schema_migrations"
+            " where version = (select max(version) from schema_migrations)"
+        )
+    ready = await client.get("/readyz")
+    assert ready.status_code == 503, ready.text
+    assert "run migrate" in ready.json()["detail"]
+    assert (await client.get("/healthz")).status_code == 200  # alive, only not ready
 
 
 async def test_a_lost_database_is_a_503_problem_never_a_500(
@@ -119,9 +137,11 @@ async def test_a_lost_database_is_a_503_problem_never_a_500(
     for method, path, body in [
         ("POST", "/timer", {"seconds": 5, "url": URL}),
         ("GET", "/timer/01a208e8-fcba-7d11-90dc-a8ad99086503", None),
-        ("GET", "/healthz", None),
+        ("GET", "/timer", None),
+        ("GET", "/readyz", None),
     ]:
         response = await client.request(method, path, json=body)
         assert response.status_code == 503, (path, response.text)
         assert response.headers["content-type"] == "application/problem+json"
         assert response.headers["retry-after"] == "1"
+    assert (await client.get("/healthz")).status_code == 200  # the process itself is alive

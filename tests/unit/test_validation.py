@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -56,3 +57,25 @@ def test_a_url_of_exactly_2048_characters_is_accepted() -> None:
     url = "https://x.org/" + "a" * (2048 - len("https://x.org/"))
     assert len(url) == 2048
     assert TimerCreate.model_validate({"seconds": 1, "url": url}).url == url
+
+
+def test_compact_json_counts_nesting_outside_strings_only() -> None:
+    from api.schemas import MAX_PAYLOAD_DEPTH, compact_json
+
+    deepest = "[" * MAX_PAYLOAD_DEPTH + "0" + "]" * MAX_PAYLOAD_DEPTH
+    assert compact_json(json.loads(deepest)) == deepest
+    too_deep = "[" + deepest + "]"
+    with pytest.raises(ValueError, match="deeper than 32"):
+        compact_json(json.loads(too_deep))
+    brackets = {"text": "[{" * 100, "escaped": '\\"[[[', "deep": json.loads(deepest)[0]}
+    assert json.loads(compact_json(brackets)) == brackets
+    with pytest.raises(ValueError, match="NUL"):
+        compact_json({"a": ["x\x00y"]})
+    assert (
+        compact_json("a\\u0000 is six characters, not NUL")
+        == '"a\\\\u0000 is six characters, not NUL"'
+    )
+    with pytest.raises(ValueError, match="finite"):
+        compact_json([1.0, float("nan")])
+    with pytest.raises(ValueError, match="surrogates"):
+        compact_json(["\ud800"])
