@@ -73,12 +73,15 @@ def create_app(
     app.include_router(timers.router)
     app.include_router(history.router)
     app.include_router(health.router)
-    _document_create_body(app)
+    _document(app)
     return app
 
 
-def _document_create_body(app: FastAPI) -> None:
-    """POST /timer parses its body itself (api/routes/timers.py); its schema is added here."""
+def _document(app: FastAPI) -> None:
+    """The OpenAPI schema as the API behaves: POST /timer's body (parsed by the route itself,
+    api/routes/timers.py), and every error as the problem+json it is, with the statuses any
+    operation may answer (422 refused input, 413 body too large, 503 database away or
+    overload)."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -87,6 +90,12 @@ def _document_create_body(app: FastAPI) -> None:
             body = TimerCreate.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(body.pop("$defs", {}))
             components["TimerCreate"] = body
+            components.update(problems.openapi_components())
+            for path, operations in schema["paths"].items():
+                for method, operation in operations.items():
+                    problems.document_errors(operation, method=method, path=path)
+            for unused in ("HTTPValidationError", "ValidationError"):
+                components.pop(unused, None)
         return app.openapi_schema or {}
 
     app.openapi = openapi  # type: ignore[method-assign]

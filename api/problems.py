@@ -9,7 +9,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 
 from api.batcher import Overloaded
 from db.connection import DatabaseUnavailable
@@ -83,6 +85,70 @@ def validation_errors(exc: RequestValidationError) -> list[dict[str, str]]:
     return [{"field": _field_of(tuple(e["loc"])), "reason": _reason(e)} for e in exc.errors()]
 
 
+class FieldProblem(BaseModel):
+    """One refused field."""
+
+    field: str
+    reason: str
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem: every error the API returns."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldProblem] | None = Field(
+        default=None, description="For refused input: each field and why."
+    )
+
+
+_PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+_ANY_OPERATION = {
+    413: "The request body is larger than TIMERHOOK_MAX_BODY_BYTES.",
+    422: "A field was refused (or the body is not JSON); the problem names it and says why.",
+    503: "The database is unavailable, or too many creates are waiting: retry after the "
+    "Retry-After seconds.",
+}
+_NO_INPUT = {"/healthz"}
+
+
+def openapi_components() -> dict[str, Any]:
+    """Problem and FieldProblem as OpenAPI component schemas."""
+    schema = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+    found: dict[str, Any] = schema.pop("$defs", {})
+    found["Problem"] = schema
+    return found
+
+
+def document_errors(operation: dict[str, Any], *, method: str, path: str) -> None:
+    """Every error response of an operation documented as problem+json, and the ones any
+    operation may answer added."""
+    responses = operation.setdefault("responses", {})
+    if path not in _NO_INPUT:
+        for status, description in _ANY_OPERATION.items():
+            responses.setdefault(str(status), {"description": description})
+    for status, response in responses.items():
+        if status.startswith(("4", "5")):
+            response["content"] = {PROBLEM_JSON: {"schema": _PROBLEM_REF}}
+            if status == "503":
+                response["headers"] = {
+                    "Retry-After": {
+                        "description": "Seconds to wait before retrying.",
+                        "schema": {"type": "string"},
+                    }
+                }
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.routes:
+        if isinstance(route, Route) and route.matches(request.scope)[0] != Match.NONE:
+            methods |= route.methods or set()
+    return sorted(methods)
+
+
 def install(app: FastAPI, *, body_limit: int) -> None:
     """Makes every error of the app a problem+json response, and logs the ones that are ours."""
 
@@ -101,6 +167,20 @@ def install(app: FastAPI, *, body_limit: int) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         headers = dict(exc.headers) if exc.headers else None
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            # FastAPI's answer to a body json.loads could not take (not UTF-8, nested past
+            # the parser's depth): refused input like any other, so a 422 naming the body.
+            cause = exc.__cause__
+            why = (
+                "nested too deeply to parse"
+                if isinstance(cause, RecursionError)
+                else (f"not valid JSON ({type(cause).__name__ if cause else 'parse error'})")
+            )
+            log.info("refused %s %s: body: %s", request.method, request.url.path, why)
+            return problem(422, f"body: {why}", errors=[{"field": "body", "reason": why}])
+        if exc.status_code == 405:
+            # Starlette names only the first route that matched the path; there may be more.
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
         if exc.status_code == 413:
             log.info("refused %s %s: body over %d bytes", request.method, request.url.path,
                      body_limit)  # fmt: skip

@@ -337,10 +337,23 @@ class AttemptList(BaseModel):
     attempts: list[AttemptPublic]
 
 
+_datetime: TypeAdapter[datetime] = TypeAdapter(datetime)
+
+
 class RequeueRequest(BaseModel):
     """POST /timer/requeue: which dead letters to put back; {} takes every one."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @field_validator("finished_after", "finished_before", mode="before")
+    @classmethod
+    def _rfc3339(cls, value: object) -> object:
+        # Strict, but JSON has no date type: the text form only (no Unix numbers).
+        if value is None or isinstance(value, datetime):
+            return value
+        if not isinstance(value, str):
+            raise ValueError("must be an RFC 3339 date-time string")
+        return _datetime.validate_python(value)
 
     status: list[DeadLetterState] = Field(
         default=["dead", "failed"], min_length=1, description="Which final states to requeue."
