@@ -18,7 +18,9 @@ ENV TIMERHOOK_HOST=0.0.0.0 \
     TIMERHOOK_PORT=8000 \
     PYTHONUNBUFFERED=1
 EXPOSE 8000
+# Healthy = ready to serve: /readyz (the database answers, the schema is current). /healthz is
+# the liveness probe for orchestrators that restart processes (it never touches the database).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s \
-    CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)" || exit 1
+    CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2)" || exit 1
 ENTRYPOINT ["timerhook"]
 CMD ["serve"]

@@ -8,9 +8,10 @@ requests of its batch, each with the same error, and nothing of that batch is ha
 
 The queue is bounded twice, so that overload and outages answer fast instead of piling up:
 past ``max_queue`` waiting creates a new one is refused at once (Overloaded, a 503), and a
-create still queued after ``timeout`` seconds is taken out unwritten (DatabaseUnavailable, a
-503). Once its INSERT is sent, a create waits for the answer: cutting it off then could
-leave the client not knowing whether its timer exists.
+create still queued after ``timeout`` seconds while the database is away is taken out
+unwritten (DatabaseUnavailable, a 503; while it answers, after BUSY_WAIT_SECONDS). Once its
+INSERT is sent, a create waits for the answer: cutting it off then could leave the client not
+knowing whether its timer exists.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from db.connection import DatabaseUnavailable, deadline
+from db.connection import BUSY_WAIT_SECONDS, DatabaseUnavailable, deadline
 from db.database import Database
 from db.models import CreatedTimer, DeliveryOptions
 
@@ -108,16 +109,22 @@ class CreateBatcher:
         pending = _Pending(delay_ms, url, options, done, time.monotonic() + self._timeout)
         self._queue.append(pending)
         self._wake.set()
-        try:
-            return await asyncio.wait_for(asyncio.shield(done), self._timeout)
-        except TimeoutError:
-            if pending.taken:
-                return await done  # its INSERT is out: its answer decides
-            self._queue.remove(pending)
-            done.cancel()
-            raise DatabaseUnavailable(
-                f"no database answer within {self._timeout:g} s; the timer was not created"
-            ) from None
+        busy_until = time.monotonic() + BUSY_WAIT_SECONDS
+        timeout = self._timeout
+        while True:
+            try:
+                return await asyncio.wait_for(asyncio.shield(done), timeout)
+            except TimeoutError:
+                if pending.taken:
+                    return await done  # its INSERT is out: its answer decides
+                if not self._db.outage.down and time.monotonic() < busy_until:
+                    timeout = 0.25  # the database answers, the queue drains: wait on
+                    continue
+                self._queue.remove(pending)
+                done.cancel()
+                raise DatabaseUnavailable(
+                    f"no database answer within {self._timeout:g} s; the timer was not created"
+                ) from None
 
     async def _writer(self) -> None:
         while True:

@@ -60,6 +60,10 @@ CONNECT_OPTIONS = {
     "keepalives_count": 3,
 }
 
+# How long an operation waits for a pooled connection while the database answers but every
+# connection is in use (the pool's timeout applies once the database is known to be away).
+BUSY_WAIT_SECONDS = 10.0
+
 # When the current operation must be done by (monotonic), set by retry_transient.
 _DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "timerhook_db_deadline", default=None
@@ -239,23 +243,42 @@ class PoolOwner:
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[TupleRow]]:
-        """A pooled autocommit connection, waited for until the operation's deadline (or the
-        pool's timeout). No connection in time, or one that broke (the server went away),
-        becomes DatabaseUnavailable."""
-        deadline = _DEADLINE.get()
-        timeout = None if deadline is None else max(0.001, deadline - time.monotonic())
+        """A pooled autocommit connection. One that broke (the server went away) becomes
+        DatabaseUnavailable, and so does none in time (see _getconn)."""
+        conn = await self._getconn()
         try:
-            async with self.pool.connection(timeout=timeout) as conn:
-                try:
-                    yield conn
-                except psycopg.OperationalError as exc:
-                    if not conn.broken:
-                        raise  # a statement-level error (a cancel, a lock timeout)
-                    self.outage.failed("query", exc)
-                    raise DatabaseUnavailable(f"connection lost: {_one_line(exc)}") from exc
-        except PoolTimeout as exc:
-            detail = "database unreachable" if self.outage.down else "every connection busy"
-            raise DatabaseUnavailable(f"no connection within the timeout ({detail})") from exc
+            yield conn
+        except psycopg.OperationalError as exc:
+            if not conn.broken:
+                raise  # a statement-level error (a cancel, a lock timeout)
+            self.outage.failed("query", exc)
+            raise DatabaseUnavailable(f"connection lost: {_one_line(exc)}") from exc
+        finally:
+            await self.pool.putconn(conn)
+
+    async def _getconn(self) -> psycopg.AsyncConnection[TupleRow]:
+        """Waits for a pooled connection until the operation's deadline (the pool's timeout,
+        TIMERHOOK_DB_TIMEOUT_SECONDS, by default). Past it, while the database is known to be
+        away, gives up: requests answer 503 fast. While it answers and every connection is
+        merely busy, keeps waiting, up to BUSY_WAIT_SECONDS, since the queue is draining (an
+        overload is shed by the create queue's bound instead)."""
+        now = time.monotonic()
+        deadline = _DEADLINE.get() or now + self.pool.timeout
+        busy_until = now + BUSY_WAIT_SECONDS
+        while True:
+            try:
+                conn: psycopg.AsyncConnection[TupleRow] = await self.pool.getconn(
+                    timeout=max(0.001, deadline - time.monotonic())
+                )
+                return conn
+            except PoolTimeout as exc:
+                now = time.monotonic()
+                if self.outage.down or now >= busy_until:
+                    detail = "database unreachable" if self.outage.down else "every connection busy"
+                    raise DatabaseUnavailable(
+                        f"no connection within the timeout ({detail})"
+                    ) from exc
+                deadline = min(now + 0.25, busy_until)
 
     async def retrying(self, op: Callable[[], Awaitable[T]], *, what: str) -> T:
         """retry_transient within this pool's timeout."""

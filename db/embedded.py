@@ -8,6 +8,7 @@ next start, and the server it left running is reused.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import subprocess
@@ -61,7 +62,11 @@ def start(data_dir: Path, *, supervise: bool = False) -> str:
     log.info("embedded postgres ready in %s (pid %s)", pgdata, server.get_pid())
     ensure_database(server.get_uri(), DATABASE)
     if supervise:
-        Supervisor(server).start()
+        supervisor = Supervisor(server)
+        supervisor.start()
+        # Runs before the wheel's own exit handler (registered earlier), which stops the
+        # server when this is the last process: the supervisor must not start it again.
+        atexit.register(supervisor.stop)
     return str(server.get_uri(database=DATABASE))
 
 
@@ -90,8 +95,10 @@ class Supervisor(threading.Thread):
         self._failing = False
 
     def stop(self) -> None:
-        """Stops watching (the server is left as it is)."""
+        """Stops watching and waits for a check in progress (the server is left as it is)."""
         self._stopped.set()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(timeout=30)
 
     def run(self) -> None:
         """Checks every INTERVAL seconds until stopped."""
@@ -115,16 +122,23 @@ class Supervisor(threading.Thread):
         if self.running_pid() is not None:
             return
         with PostgresServer._lock:  # one process restarts; the others find it running
-            if self.running_pid() is not None:
+            if self._stopped.is_set() or self.running_pid() is not None:
                 return
-            log.error("embedded postgres in %s is not running; starting it again", self.pgdata)
+            if not self._failing:
+                log.error("embedded postgres in %s is not running; starting it again", self.pgdata)
+            # The wheel takes a zombie postmaster (killed, not yet reaped) for a live one:
+            # its pid file is stale for sure, and PostgreSQL makes a new one.
+            (self.pgdata / "postmaster.pid").unlink(missing_ok=True)
             try:
                 self.server.ensure_postgres_running()
             except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
                 # Backends of the killed server may still hold its shared memory for a moment.
                 raise RuntimeError(f"pg_ctl start failed: {exc}") from exc
+            pid = self.running_pid()
+            if pid is None:
+                raise RuntimeError("pg_ctl start returned, but no postmaster runs")
         self._failing = False
-        log.warning("embedded postgres started again (pid %s)", self.running_pid())
+        log.warning("embedded postgres started again (pid %s)", pid)
 
 
 def ensure_database(admin_url: str, name: str) -> None:
