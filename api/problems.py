@@ -74,7 +74,7 @@ def too_large(limit: int) -> JSONResponse:
     return problem(
         413,
         f"the request body is larger than {limit} bytes (TIMERHOOK_MAX_BODY_BYTES; by default "
-        "twice TIMERHOOK_MAX_PAYLOAD_BYTES plus 32 KiB)",
+        "TIMERHOOK_MAX_PAYLOAD_BYTES plus 32 KiB)",
         errors=[{"field": "body", "reason": f"is larger than {limit} bytes"}],
         headers={"Connection": "close"},
     )
