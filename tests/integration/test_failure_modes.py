@@ -196,6 +196,7 @@ async def test_a_killed_embedded_server_is_started_again_and_loses_nothing(
         assert await service.terminate() == 0
         log = service.log()
         assert "starting it again" in log and "embedded postgres started again" in log
+        assert "Traceback" not in log, log
     finally:
         stop_embedded(data_dir / "pgdata")
 
