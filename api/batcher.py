@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from db.connection import BUSY_WAIT_SECONDS, DatabaseUnavailable, deadline
 from db.database import Database
@@ -42,7 +42,7 @@ class _Pending:
     options: DeliveryOptions
     done: asyncio.Future[CreatedTimer] | None
     deadline: float = 0.0
-    taken: bool = field(default=False)
+    taken: bool = False
 
 
 class CreateBatcher:

@@ -167,9 +167,9 @@ def install(app: FastAPI, *, body_limit: int) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         headers = dict(exc.headers) if exc.headers else None
-        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
-            # FastAPI's answer to a body json.loads could not take (not UTF-8, nested past
-            # the parser's depth): refused input like any other, so a 422 naming the body.
+        if exc.status_code == 400:
+            # Only FastAPI answers 400 here: a body json.loads could not take (not UTF-8,
+            # nested past the parser's depth). Refused input like any other: a 422 naming it.
             cause = exc.__cause__
             why = (
                 "nested too deeply to parse"

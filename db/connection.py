@@ -64,7 +64,7 @@ CONNECT_OPTIONS = {
 # connection is in use (the pool's timeout applies once the database is known to be away).
 BUSY_WAIT_SECONDS = 10.0
 
-# When the current operation must be done by (monotonic), set by retry_transient.
+# When the current operation must be done by (monotonic): set by ``deadline``.
 _DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "timerhook_db_deadline", default=None
 )
@@ -183,17 +183,9 @@ async def retry_transient(
     Only operations that are safe to repeat go through here; a failure that outlasts the
     retries or the budget becomes DatabaseUnavailable (the Outage logs it, once).
     """
-    deadline = time.monotonic() + budget
-    token = _DEADLINE.set(deadline)
     try:
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type(TRANSIENT),
-            stop=stop_after_attempt(attempts) | stop_after_delay(budget),
-            wait=wait_exponential(multiplier=0.05, max=0.25) + wait_random(0, 0.05),
-            reraise=True,
-        ):
-            with attempt:
-                result = await op()
+        with deadline(time.monotonic() + budget):
+            result = await _retrying(op, budget=budget, attempts=attempts)
         outage.recovered()
         return result
     except DatabaseUnavailable:
@@ -203,8 +195,18 @@ async def retry_transient(
             outage.failed(what, exc)
         log.debug("database operation %s failed: %s", what, exc)
         raise DatabaseUnavailable(f"{what}: {_one_line(exc)}") from exc
-    finally:
-        _DEADLINE.reset(token)
+
+
+async def _retrying(op: Callable[[], Awaitable[T]], *, budget: float, attempts: int) -> T:
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception_type(TRANSIENT),
+        stop=stop_after_attempt(attempts) | stop_after_delay(budget),
+        wait=wait_exponential(multiplier=0.05, max=0.25) + wait_random(0, 0.05),
+        reraise=True,
+    ):
+        with attempt:
+            return await op()
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 async def _configure(conn: psycopg.AsyncConnection[TupleRow]) -> None:

@@ -6,7 +6,7 @@ from db.backlog import BacklogStore
 from db.caps import CapStore
 from db.circuits import CircuitStore
 from db.connection import PoolOwner, make_pool
-from db.migrate import migrations
+from db.migrate import latest_version
 from db.query_loader import query
 from db.registry import DispatcherStore, PartitionStore
 from db.timers import TimerStore
@@ -44,7 +44,7 @@ class Database:
             return int(row[0]) if row else 0
 
         version = await self._schema.retrying(op, what="schema_version")
-        expected = len(migrations())
+        expected = latest_version()
         if version < expected:
             return f"the schema is at version {version}, this code needs {expected}: run migrate"
         if version > expected:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
+from functools import cache
 from importlib import resources
 
 import psycopg
@@ -43,6 +44,12 @@ def migrations() -> list[Migration]:
     if versions != list(range(1, len(found) + 1)):
         raise RuntimeError(f"migration versions must run 1..n without gaps, found {versions}")
     return found
+
+
+@cache
+def latest_version() -> int:
+    """The newest migration this code has (read from the package once)."""
+    return migrations()[-1].version
 
 
 def schema_sql() -> str:

@@ -59,16 +59,16 @@ def refused_reason(address: IPAddress, allowed: Networks = ()) -> str | None:
 def host_problem(url: str) -> str | None:
     """Why the host of an absolute http(s) URL is not a valid hostname or canonical IP
     literal, or None when it is."""
-    return _netloc_problem(_netloc(url))
+    return netloc_problem(netloc_of(url))
 
 
 def literal_address(url: str) -> IPAddress | None:
     """The IP address a URL names literally, or None for a DNS name (or a malformed host)."""
-    return _literal(_netloc(url))
+    return netloc_address(netloc_of(url))
 
 
-def _netloc(url: str) -> str:
-    # "scheme://netloc/..." without a full parse: this runs for every send.
+def netloc_of(url: str) -> str:
+    """The ``host[:port]`` part of an absolute URL, without a full parse (it runs per send)."""
     rest = url.split("://", 1)[-1]
     for stop in "/?#":
         rest = rest.split(stop, 1)[0]
@@ -76,7 +76,8 @@ def _netloc(url: str) -> str:
 
 
 @lru_cache(maxsize=4096)
-def _netloc_problem(netloc: str) -> str | None:
+def netloc_problem(netloc: str) -> str | None:
+    """host_problem for a netloc (cached: a target's host is checked once, not per send)."""
     try:
         parts = urlsplit(f"http://{netloc}/")
         host = parts.hostname
@@ -117,7 +118,8 @@ def _netloc_problem(netloc: str) -> str | None:
 
 
 @lru_cache(maxsize=4096)
-def _literal(netloc: str) -> IPAddress | None:
+def netloc_address(netloc: str) -> IPAddress | None:
+    """literal_address for a netloc (cached)."""
     try:
         host = urlsplit(f"http://{netloc}/").hostname
     except ValueError:

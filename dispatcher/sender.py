@@ -4,6 +4,7 @@ timer has one), and says what happened in terms the retry policy understands."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -14,7 +15,7 @@ import aiohttp
 from standardwebhooks.webhooks import Webhook
 
 from db.models import ClaimedTimer
-from db.targets import host_problem, literal_refused
+from db.targets import netloc_address, netloc_of, netloc_problem, refused_reason
 from dispatcher.guard import GuardedResolver, Networks, TargetRefused
 from dispatcher.retry import Failure, parse_retry_after
 
@@ -71,6 +72,7 @@ class Sender:
         self._concurrency = concurrency
         self._allow_private = allow_private
         self._session: aiohttp.ClientSession | None = None
+        self._refused = functools.lru_cache(maxsize=4096)(self._refused_uncached)
 
     async def start(self) -> None:
         """Creates the session; the resolver guards targets unless private ones are allowed."""
@@ -95,6 +97,10 @@ class Sender:
     async def send(self, timer: ClaimedTimer) -> Result:
         """POSTs the webhook once; never raises for the target's or the network's failures."""
         assert self._session is not None, "Sender.start() was not awaited"
+        started = time.monotonic()
+        refused = self._refused(netloc_of(timer.url))
+        if refused is not None:
+            return self._failed(timer, started, None, refused, refused=True, connected=False)
         body = body_of(timer)
         headers = dict(timer.headers) if timer.headers else {}
         headers["Idempotency-Key"] = str(timer.id)
@@ -105,9 +111,6 @@ class Sender:
         if timer.timeout_ms is not None:
             timeout = aiohttp.ClientTimeout(total=timer.timeout_ms / 1000)
         started = time.monotonic()
-        refused = self._refused(timer.url)
-        if refused is not None:
-            return self._failed(timer, started, None, refused, refused=True, connected=False)
         try:
             async with self._session.post(
                 timer.url, data=body, headers=headers, allow_redirects=False, timeout=timeout
@@ -137,17 +140,18 @@ class Sender:
         error = f"HTTP {status}" + (f": {excerpt}" if excerpt else "")
         return self._failed(timer, started, status, error, retry_after=retry_after)
 
-    def _refused(self, url: str) -> str | None:
-        """Why a URL may not be sent to at all, before any connection: a malformed or
-        non-canonical host (stored before creates checked it), or a refused literal address.
-        Names are checked by the resolver, on the address they resolve to."""
-        problem = host_problem(url)
+    def _refused_uncached(self, netloc: str) -> str | None:
+        """Why a URL with this netloc may not be sent to at all, before any connection: a
+        malformed or non-canonical host (stored before creates checked it), or a refused
+        literal address. Names are checked by the resolver, on the address they resolve to.
+        Cached per netloc as ``_refused`` (the settings it reads are fixed)."""
+        problem = netloc_problem(netloc)
         if problem is not None:
             return f"target refused: the URL's host {problem}"
-        if not self._allow_private:
-            reason = literal_refused(url, self._allowed)
-            if reason is not None:
-                return f"target refused: {reason} (TIMERHOOK_ALLOW_PRIVATE_TARGETS=1 allows)"
+        address = None if self._allow_private else netloc_address(netloc)
+        reason = refused_reason(address, self._allowed) if address is not None else None
+        if reason is not None:
+            return f"target refused: {reason} (TIMERHOOK_ALLOW_PRIVATE_TARGETS=1 allows)"
         return None
 
     def _signature(self, timer: ClaimedTimer, body: bytes) -> dict[str, str]:
