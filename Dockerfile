@@ -16,6 +16,7 @@ USER timerhook
 WORKDIR /home/timerhook
 ENV TIMERHOOK_HOST=0.0.0.0 \
     TIMERHOOK_PORT=8000 \
+    TIMERHOOK_LOG_FORMAT=json \
     PYTHONUNBUFFERED=1
 EXPOSE 8000
 # Healthy = ready to serve: /readyz (the database answers, the schema is current). /healthz is

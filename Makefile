@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test check lint unit integration bench clean
+.PHONY: run test check lint browser unit integration bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,22 @@ run: $(STAMP)
 	$(BIN)/timerhook serve
 
 ## Every check: lint, types, import contracts, then the whole test suite.
-test: lint
+test: lint browser
 	$(BIN)/python -m pytest -q
+
+## The dashboard test drives Debian's chromium (headless, through Playwright): installed here
+## when missing and this is root on Debian or Ubuntu; elsewhere, this says what to install.
+browser:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+	    || [ -n "$$TIMERHOOK_TEST_CHROMIUM" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the dashboard test (apt-get, about a minute)"; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	        || echo "could not install chromium with apt-get: the dashboard test needs it"; \
+	else \
+	    echo "chromium is missing: install Debian's chromium package (apt-get install chromium)"; \
+	    echo "or set TIMERHOOK_TEST_CHROMIUM to a Chromium binary; the dashboard test needs it."; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -13,7 +13,9 @@ from fastapi import FastAPI
 from api import problems
 from api.batcher import CreateBatcher
 from api.limits import BodyLimit
-from api.routes import health, history, timers
+from api.observe import Observer, ProcessMetrics
+from api.request_ids import RequestIds
+from api.routes import dashboard, health, history, metrics, timers
 from api.schemas import TimerCreate
 from db.database import Database
 from db.settings import Settings
@@ -39,6 +41,7 @@ def create_app(
         await db.open()
         app.state.db = db
         app.state.settings = settings
+        app.state.observer = Observer(db, dead_after_seconds=settings.dead_after_seconds)
         batcher = CreateBatcher(
             db, shards=settings.shards, max_batch=settings.create_batch_max,
             max_queue=settings.create_queue_max, timeout=settings.db_timeout_seconds,
@@ -68,11 +71,15 @@ def create_app(
         summary="Webhook timers: call this URL in 4 hours, once, on time.",
         lifespan=lifespan,
     )
+    app.state.metrics = ProcessMetrics()
     app.add_middleware(BodyLimit, limit=settings.body_limit)
+    app.add_middleware(RequestIds)  # outermost: every answer carries the id, a 413 too
     problems.install(app, body_limit=settings.body_limit)
     app.include_router(timers.router)
     app.include_router(history.router)
     app.include_router(health.router)
+    app.include_router(metrics.router)
+    app.include_router(dashboard.router)
     _document(app)
     return app
 

@@ -11,6 +11,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from api.batcher import CreateBatcher
+from api.observe import ProcessMetrics
 from db.database import Database
 from db.settings import Settings
 
@@ -30,6 +31,12 @@ async def _batcher(request: Request) -> CreateBatcher:
     return batcher
 
 
+async def _metrics(request: Request) -> ProcessMetrics:
+    metrics: ProcessMetrics = request.app.state.metrics
+    return metrics
+
+
 DatabaseDep = Annotated[Database, Depends(_database)]
 BatcherDep = Annotated[CreateBatcher, Depends(_batcher)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
+MetricsDep = Annotated[ProcessMetrics, Depends(_metrics)]

@@ -293,6 +293,11 @@ class TimerDetail(TimerPublic):
         description="Why a due timer is not being sent yet: a cap, a resource and the timer "
         "holding it, a per-host limit or an open circuit; null when nothing holds it back.",
     )
+    request_id: str | None = Field(
+        default=None,
+        description="The X-Request-ID of the create (given or generated), sent with every "
+        "webhook as Timerhook-Request-Id.",
+    )
 
 
 class TimerSummary(BaseModel):

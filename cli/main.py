@@ -14,7 +14,7 @@ from rich.console import Console
 
 from api.app import create_app
 from cli import admin, deadletters
-from db import embedded
+from db import embedded, logs
 from db.database import Database
 from db.migrate import migrate as run_migrations
 from db.settings import Settings, get_settings
@@ -26,12 +26,7 @@ log = logging.getLogger("timerhook")
 
 
 def _setup_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # APScheduler logs every tick at INFO: once a second per process is noise, not news.
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logs.configure(settings.log_level, settings.log_format)
 
 
 def _database_url(settings: Settings, *, supervise: bool = False) -> str:
@@ -96,7 +91,10 @@ def _serve(settings: Settings, url: str, *, with_dispatcher: bool) -> None:
     # never stop it. No-op handlers turn the re-raised signal into a normal exit.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda _signum, _frame: None)
-    uvicorn.run(web, host=settings.host, port=settings.port, log_config=None, access_log=False)
+    uvicorn.run(
+        web, host=settings.host, port=settings.port, log_config=None,
+        access_log=settings.access_log,
+    )  # fmt: skip
 
 
 @app.command()

@@ -18,6 +18,14 @@ class BacklogStore(PoolOwner):
             )
             return [BacklogStep(at=r[0], pending=int(r[1])) for r in await cur.fetchall()]
 
+    async def counts(self) -> tuple[int, int]:
+        """Pending timers (due or not) and dead letters."""
+        async with self.connection() as conn:
+            cur = await conn.execute(query("backlog_counts"))
+            row = await cur.fetchone()
+        assert row is not None
+        return int(row[0]), int(row[1])
+
     async def overdue(self) -> Overdue:
         """The overdue summary."""
         async with self.connection() as conn:

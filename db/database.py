@@ -9,6 +9,7 @@ from db.connection import PoolOwner, make_pool
 from db.migrate import latest_version
 from db.query_loader import query
 from db.registry import DispatcherStore, PartitionStore
+from db.stats import StatsStore
 from db.timers import TimerStore
 
 
@@ -28,6 +29,7 @@ class Database:
         self.caps = CapStore(self.pool)
         self.backlog = BacklogStore(self.pool)
         self.circuits = CircuitStore(self.pool)
+        self.stats = StatsStore(self.pool)
 
     async def open(self) -> None:
         """Opens the pool and waits for a first connection (fails fast if unreachable)."""

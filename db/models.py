@@ -26,6 +26,7 @@ class DeliveryOptions:
     delivery: Delivery | None = None
     priority: int | None = None
     resources: tuple[str, ...] | None = None
+    request_id: str | None = None  # the X-Request-ID of the create
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +63,7 @@ class Timer:
     priority: int
     resources: list[str] | None
     waiting_on: str | None
+    request_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +141,7 @@ class ClaimedTimer:
     db_now: datetime
     priority: int = 5
     resources: list[str] | None = None
+    request_id: str | None = None
 
     @property
     def attempts_left(self) -> int:

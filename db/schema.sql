@@ -63,6 +63,9 @@ create table timers (
     -- Why a due timer is not being sent yet (a resource, a host limit, an open circuit),
     -- written by the planner when it holds a row back; cleared when the row is claimed.
     waiting_on  text,
+    -- The X-Request-ID of the create (given or generated): sent with every webhook as
+    -- Timerhook-Request-Id and logged with every line about the timer.
+    request_id  text,
     primary key (id, bucket),
     constraint timers_state_check
         check (state in ('pending', 'inflight', 'delivered', 'failed', 'dead', 'cancelled')),
@@ -233,3 +236,46 @@ create table host_circuits (
     opened_by   text        not null,
     opened_at   timestamptz not null default now()
 );
+
+-- Adds two arrays element by element (histogram bucket counts); a null side counts as zeros.
+create function timerhook_array_add(a bigint[], b bigint[]) returns bigint[]
+language sql immutable parallel safe as $$
+    select case
+        when a is null then b
+        when b is null then a
+        else (select array_agg(coalesce(x, 0) + coalesce(y, 0) order by i)
+              from unnest(a, b) with ordinality as u(x, y, i))
+    end
+$$;
+
+-- Sends per second of their going out, by outcome, with lateness (due to sent) and attempt
+-- latency as histogram bucket counts (bounds in db/stats.py), summed over every dispatcher:
+-- each adds what it sent at its heartbeat. Feeds the dashboard's charts; kept one day.
+create table send_stats (
+    second     timestamptz not null primary key,
+    -- outcomes: delivered (2xx), retried (a failure that will be tried again), failed (one
+    -- that retrying cannot fix), dead (retries used up)
+    delivered  bigint      not null default 0,
+    retried    bigint      not null default 0,
+    failed     bigint      not null default 0,
+    dead       bigint      not null default 0,
+    lateness   bigint[]    not null,
+    latency    bigint[]    not null
+);
+
+-- The same since the database was made, never purged: the counters and histograms of
+-- /metrics (one row).
+create table send_totals (
+    id           boolean          primary key default true check (id),
+    delivered    bigint           not null default 0,
+    retried      bigint           not null default 0,
+    failed       bigint           not null default 0,
+    dead         bigint           not null default 0,
+    lateness     bigint[],
+    lateness_sum double precision not null default 0,
+    latency      bigint[],
+    latency_sum  double precision not null default 0,
+    -- claim passes that found a cap without tokens and waited for it
+    cap_waits    bigint           not null default 0
+);
+insert into send_totals (id) values (true);

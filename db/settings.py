@@ -11,6 +11,7 @@ import ipaddress
 import socket
 from functools import cached_property, lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -27,7 +28,17 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path(".timerhook"), description="Embedded PostgreSQL data.")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
-    log_level: str = "INFO"
+    log_level: str = Field(
+        default="INFO",
+        description="DEBUG logs a line per create and per attempt; INFO only "
+        "failures and state changes.",
+    )
+    log_format: Literal["json", "text"] = Field(
+        default="text", description="json: one JSON object per line (the Docker image's choice)."
+    )
+    access_log: bool = Field(
+        default=False, description="Logs every HTTP request (uvicorn's access log)."
+    )
 
     horizon_days: int = Field(default=365, ge=1, le=3650, description="Longest accepted delay.")
     retention_days: int = Field(default=7, ge=1, description="Days fired timers are kept.")

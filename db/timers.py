@@ -71,6 +71,7 @@ def _insert_params(
         "delivery": [o.delivery for o in opts],
         "priority": [o.priority for o in opts],
         "resources": [" ".join(o.resources) if o.resources else None for o in opts],
+        "request_id": [o.request_id for o in opts],
         "shards": shards,
         "now": now,
     }

@@ -20,8 +20,12 @@ from db.connection import DatabaseUnavailable
 from db.database import Database
 from db.settings import Settings
 from dispatcher.planner import Planner
+from dispatcher.stats import SendStats
 
 log = logging.getLogger(__name__)
+
+# Hours of per-second send statistics kept (the dashboard shows the last 15 minutes).
+STATS_KEEP_HOURS = 24
 
 
 class Maintenance:
@@ -36,6 +40,7 @@ class Maintenance:
         owner: str,
         tick: Callable[[], None],
         counters: Callable[[], tuple[int, int, int]],
+        stats: SendStats,
     ) -> None:
         self.db = db
         self.settings = settings
@@ -43,6 +48,7 @@ class Maintenance:
         self.owner = owner
         self._tick = tick
         self._counters = counters  # in flight, sent, failed
+        self._stats = stats
         self._scheduler: AsyncIOScheduler | None = None
 
     def start(self) -> None:
@@ -91,7 +97,8 @@ class Maintenance:
         await self.reap()
 
     async def heartbeat(self) -> None:
-        """Proves this dispatcher alive and publishes its counters."""
+        """Proves this dispatcher alive, publishes its counters and reports what it sent
+        (db/stats.py)."""
         in_flight, sent, failed = self._counters()
         await self._guarded(
             "heartbeat",
@@ -100,6 +107,7 @@ class Maintenance:
                 failed_total=failed,
             ),
         )  # fmt: skip
+        await self._guarded("send statistics report", self._stats.report)
 
     async def reap(self) -> None:
         """Takes back the leases (and resource holds) of dead dispatchers and expired leases."""
@@ -124,6 +132,7 @@ class Maintenance:
             await self.db.partitions.ensure(horizon_days=self.settings.horizon_days)
             await self.db.partitions.drop_expired(retention_days=self.settings.retention_days)
             await self.db.timers.purge_idempotency(hours=self.settings.idempotency_hours)
+            await self.db.stats.purge(keep_hours=STATS_KEEP_HOURS)
 
         await self._guarded("partition maintenance", maintain)
 

@@ -20,11 +20,13 @@ from datetime import datetime
 
 from db.connection import DatabaseUnavailable
 from db.database import Database
+from db.logs import timer_context
 from db.models import ClaimedTimer, SendOutcome
 from db.settings import Settings
 from db.states import TimerState
 from dispatcher.retry import decide
 from dispatcher.sender import Result
+from dispatcher.stats import SendStats
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +47,10 @@ class Recorder:
         retry_soon_seconds: float,
         wake_claims: Callable[[], None],
         recorded: Callable[[int], None],
+        stats: SendStats,
     ) -> None:
         self.db = db
+        self.stats = stats
         self.settings = settings
         self.owner = owner
         self.retry_soon_seconds = retry_soon_seconds
@@ -90,6 +94,7 @@ class Recorder:
         """Decides what a send's result makes of the row (delivered, a retry, failed, dead)
         and buffers it."""
         retry_at = None
+        delay = None
         if result.failure is None:
             state: TimerState = "delivered"
             self.sent_total += 1
@@ -100,13 +105,15 @@ class Recorder:
                 attempts_left=row.attempts_left, base=self.settings.retry_base_seconds,
                 cap=self.settings.retry_max_seconds,
             )  # fmt: skip
-            state = decision.state
-            if decision.delay is not None:
+            state, delay = decision.state, decision.delay
+            if delay is not None:
                 # Counted from now, when the failure became known (Retry-After is relative to
                 # the answer); turned into a database time when recorded, never earlier.
-                retry_at = time.monotonic() + decision.delay
-            elif state == "dead":
-                log.warning("timer %s is dead after %d attempts", row.id, row.attempts)
+                retry_at = time.monotonic() + delay
+        lateness = (fired_at - row.run_at).total_seconds()
+        self.stats.observe(state if delay is None else "retried", lateness, result, fired_at)
+        if state != "delivered" or log.isEnabledFor(logging.DEBUG):
+            self._log_attempt(row, result, state, delay, lateness)
         held = row.resources is not None
         outcome = SendOutcome(
             row.id, row.bucket, state, result.status, result.error, fired_at, result.latency_ms,
@@ -115,6 +122,32 @@ class Recorder:
         self._outcomes.append((outcome, retry_at))
         if held or len(self._outcomes) >= self.settings.batch_size:
             self._wake.set()
+
+    def _log_attempt(
+        self, row: ClaimedTimer, result: Result, state: TimerState, delay: float | None,
+        lateness: float,
+    ) -> None:  # fmt: skip
+        """One line per attempt at DEBUG; at INFO and above only failures (WARNING) and
+        deaths (ERROR), each with the timer's context (its request id, this dispatcher)."""
+        extra = timer_context(
+            row.id, request_id=row.request_id, dispatcher_id=self.owner, attempt=row.attempts,
+            url=row.url,
+        )  # fmt: skip
+        if state == "delivered":
+            log.debug(
+                "webhook delivered: HTTP %s in %.1f ms, %.1f ms after its due time",
+                result.status, result.latency_ms or 0.0, lateness * 1000, extra=extra,
+            )  # fmt: skip
+        elif delay is not None:
+            log.warning("webhook failed: %s; retry in %.0f s", result.error, delay, extra=extra)
+        elif state == "dead":
+            log.error(
+                "webhook failed: %s; the timer is dead after %d attempts (a dead letter)",
+                result.error, row.attempts, extra=extra,
+            )  # fmt: skip
+        else:
+            log.warning("webhook failed: %s; the timer failed (not retried)", result.error,
+                        extra=extra)  # fmt: skip
 
     def note(self, row: ClaimedTimer, reason: str) -> None:
         """Says why a row waits (its ``waiting_on``), written with the next flush."""

@@ -105,6 +105,8 @@ class Sender:
         headers = dict(timer.headers) if timer.headers else {}
         headers["Idempotency-Key"] = str(timer.id)
         headers["Timerhook-Attempt"] = str(timer.attempts)
+        if timer.request_id is not None:
+            headers["Timerhook-Request-Id"] = timer.request_id
         if self._signers:
             headers.update(self._signature(timer, body))
         timeout = self._timeout
@@ -172,9 +174,7 @@ class Sender:
         connected: bool = True, refused: bool = False, retry_after: float | None = None,
     ) -> Result:  # fmt: skip
         latency = (time.monotonic() - started) * 1000
-        log.warning(
-            "webhook %s to %s failed (attempt %d): %s", timer.id, timer.url, timer.attempts, error
-        )
+        # Logged by the recorder, which knows what the failure makes of the timer.
         failure = Failure(status, connected=connected, refused=refused, retry_after=retry_after)
         return Result(status, error[:ERROR_CHARS], latency, failure)
 

@@ -23,6 +23,7 @@ from dispatcher.maintenance import Maintenance
 from dispatcher.planner import CAP_POLL_SECONDS, Planner
 from dispatcher.recorder import Recorder
 from dispatcher.sender import Sender
+from dispatcher.stats import SendStats
 
 __all__ = ["Dispatcher", "run_until_signalled", "sleep_until"]
 
@@ -69,14 +70,15 @@ class Dispatcher:
             room=self._room, wait_for_room=self._wait_for_room, stopping=lambda: self._stopping,
         )  # fmt: skip
         self.lookahead_seconds = self.claimer.lookahead_seconds
+        self.stats = SendStats(db)
         self.recorder = Recorder(
             db, settings, owner=self.id, retry_soon_seconds=self.lookahead_seconds,
-            wake_claims=self._wake.set,
-            recorded=self._on_recorded,
+            wake_claims=self._wake.set, recorded=self._on_recorded, stats=self.stats,
         )  # fmt: skip
         self.maintenance = Maintenance(
             db, settings, self.planner, owner=self.id, tick=self._on_tick,
             counters=lambda: (self.in_flight, self.sent_total, self.failed_total),
+            stats=self.stats,
         )  # fmt: skip
         # Every claimed row not yet recorded: waiting for its time or its host, or being sent.
         self._claimed: dict[asyncio.Task[None], ClaimedTimer] = {}
@@ -146,6 +148,7 @@ class Dispatcher:
                 )
                 await asyncio.gather(*late, return_exceptions=True)
         await self.recorder.stop()
+        await self.stats.final_report()
         await self.sender.close()
         await self.db.dispatchers.deregister(dispatcher_id=self.id)
         log.info(
@@ -182,6 +185,7 @@ class Dispatcher:
             except Exception:
                 log.exception("claim pass failed unexpectedly; trying again at the next tick")
             if self.claimer.capped and not self._stopping:
+                self.stats.cap_waits += 1
                 await asyncio.sleep(CAP_POLL_SECONDS)
                 self._wake.set()
 

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from api.deps import BatcherDep, DatabaseDep, SettingsDep
+from api.deps import BatcherDep, DatabaseDep, MetricsDep, SettingsDep
 from api.problems import FieldError
 from api.schemas import (
     PRIORITY_DEFAULT,
@@ -24,6 +24,7 @@ from api.schemas import (
 )
 from db.database import Database
 from db.ids import parse_timer_id
+from db.logs import request_id_var, timer_context
 from db.models import DeliveryOptions, IdempotentCreate, Timer
 from db.settings import Settings
 from db.targets import literal_refused
@@ -104,6 +105,7 @@ async def create_timer(
     batcher: BatcherDep,
     db: DatabaseDep,
     settings: SettingsDep,
+    metrics: MetricsDep,
     response: Response,
     idempotency_key: Annotated[
         str | None,
@@ -125,9 +127,12 @@ async def create_timer(
             f"add up to {body.delay_seconds} s; the longest accepted delay is {horizon} s "
             f"({settings.horizon_days} days)",
         )
-    options = delivery_options(body, settings)
+    options = delivery_options(body, settings, request_id=request_id_var.get())
     if idempotency_key is None:
         timer = await batcher.create(body.delay_seconds * 1000, body.url, options)
+        metrics.created_once.inc()
+        if log.isEnabledFor(logging.DEBUG):
+            _log_created(timer.id, timer.time_left, options, body.url)
         response.headers["Location"] = f"/timer/{timer.id}"
         return TimerPublic(id=timer.id, time_left=timer.time_left)
     keyed = await _create_keyed(db, settings, idempotency_key, body, options)
@@ -141,12 +146,26 @@ async def create_timer(
         raise HTTPException(503, "the timer of this Idempotency-Key is not readable yet")
     if keyed.replayed:
         response.headers["Idempotent-Replayed"] = "true"
+    else:
+        metrics.created_once.inc()
+        if log.isEnabledFor(logging.DEBUG):
+            _log_created(found.id, found.time_left, options, body.url)
     response.headers["Location"] = f"/timer/{found.id}"
     return TimerPublic(id=found.id, time_left=found.time_left)
 
 
-def delivery_options(body: TimerCreate, settings: Settings) -> DeliveryOptions:
-    """The stored request shape and policy of a create, checked against the settings' limits."""
+def _log_created(timer_id: object, time_left: int, options: DeliveryOptions, url: str) -> None:
+    log.debug(
+        "timer created, due in %d s", time_left,
+        extra=timer_context(timer_id, request_id=options.request_id, url=url),
+    )  # fmt: skip
+
+
+def delivery_options(
+    body: TimerCreate, settings: Settings, *, request_id: str | None = None
+) -> DeliveryOptions:
+    """The stored request shape and policy of a create, checked against the settings' limits;
+    ``request_id``: the create's, stored with the timer."""
     if not settings.allow_private_targets:
         refused = literal_refused(body.url, settings.allowed_network_list)
         if refused is not None:
@@ -178,6 +197,7 @@ def delivery_options(body: TimerCreate, settings: Settings) -> DeliveryOptions:
         delivery=body.delivery,
         priority=body.priority,
         resources=tuple(body.resources) if body.resources else None,
+        request_id=request_id,
     )
 
 
@@ -245,6 +265,7 @@ def detail_of(timer: Timer, waiting_on: str | None = None) -> TimerDetail:
         headers=timer.headers,
         timeout_seconds=timer.timeout_ms / 1000 if timer.timeout_ms is not None else None,
         priority=timer.priority, resources=timer.resources, waiting_on=waiting_on,
+        request_id=timer.request_id,
     )  # fmt: skip
 
 

@@ -22,3 +22,11 @@ select count(*) filter (where t.state = 'pending') as overdue,
        (select count(*) from timers where state = 'inflight') as in_flight
 from timers t
 where t.state = 'pending' and t.slot <= now() and t.bucket <= now();
+
+-- name: backlog_counts
+-- Pending timers (due or not) and dead letters, from the state index (the gauges of /metrics,
+-- cached by the API, never read per scrape).
+select count(*) filter (where state = 'pending') as pending,
+       count(*) filter (where state = 'dead') as dead
+from timers
+where state in ('pending', 'dead');

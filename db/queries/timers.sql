@@ -10,30 +10,31 @@ with clock as (
     select ceil(extract(epoch from coalesce(%(now)s::timestamptz, now())) * 1000)::bigint as now_ms
 ), input as (
     select t.ord, t.url, clock.now_ms + t.delay_ms as due_ms, t.delay_ms, t.payload, t.headers,
-           t.timeout_ms, t.max_attempts, t.delivery, t.priority,
+           t.timeout_ms, t.max_attempts, t.delivery, t.priority, t.request_id,
            -- resources travel as one space-separated text per timer (unnest flattens arrays
            -- of arrays); names never hold a space
            string_to_array(t.resources, ' ') as resources
     from unnest(%(delay_ms)s::bigint[], %(url)s::text[], %(payload)s::jsonb[],
                 %(headers)s::jsonb[], %(timeout_ms)s::integer[], %(max_attempts)s::integer[],
-                %(delivery)s::text[], %(priority)s::smallint[], %(resources)s::text[])
+                %(delivery)s::text[], %(priority)s::smallint[], %(resources)s::text[],
+                %(request_id)s::text[])
          with ordinality as t(delay_ms, url, payload, headers, timeout_ms, max_attempts,
-                              delivery, priority, resources, ord),
+                              delivery, priority, resources, request_id, ord),
          clock
 ), rows as (
     -- referenced twice below, so materialised once: the ids inserted are the ids returned
     select ord, timerhook_id(due_ms) as id, url, delay_ms, payload, headers, timeout_ms,
-           max_attempts, delivery, priority, resources,
+           max_attempts, delivery, priority, resources, request_id,
            'epoch'::timestamptz + due_ms * interval '1 millisecond' as due_at,
            'epoch'::timestamptz + ceil(due_ms / 1000.0) * interval '1 second' as bucket,
            floor(random() * %(shards)s)::smallint as shard
     from input
 ), inserted as (
     insert into timers (id, bucket, due_at, run_at, slot, shard, url, payload, headers,
-                        timeout_ms, max_attempts, delivery, priority, resources)
+                        timeout_ms, max_attempts, delivery, priority, resources, request_id)
     select id, bucket, due_at, due_at, bucket, shard, url, payload, headers, timeout_ms,
            coalesce(max_attempts, 8), coalesce(delivery, 'at_least_once'), coalesce(priority, 5),
-           resources
+           resources, request_id
     from rows
     returning 1
 )
@@ -49,7 +50,7 @@ select id, state, due_at, run_at, url, attempts, created_at, fired_at, finished_
        greatest(ceil(extract(epoch from due_at - coalesce(%(now)s::timestamptz, now()))), 0)::bigint
            as time_left,
        max_attempts, round_start, delivery, payload, headers, timeout_ms, priority, resources,
-       waiting_on
+       waiting_on, request_id
 from timers
 where id = %(id)s and bucket = %(bucket)s;
 
@@ -128,7 +129,7 @@ returning t.id, t.bucket, t.url, t.run_at, t.attempts, t.max_attempts, t.round_s
           t.delivery, t.payload::text as payload, t.headers, t.timeout_ms,
           case when %(now)s::timestamptz is null then clock_timestamp()
                else clock.now end as db_now,
-          t.priority, t.resources;
+          t.priority, t.resources, t.request_id;
 
 -- name: timer_claim_ranked
 -- Under a binding cap: leases up to %(batch)s pending rows already due, highest priority
@@ -173,7 +174,7 @@ returning t.id, t.bucket, t.url, t.run_at, t.attempts, t.max_attempts, t.round_s
           t.delivery, t.payload::text as payload, t.headers, t.timeout_ms,
           case when %(now)s::timestamptz is null then clock_timestamp()
                else clock.now end as db_now,
-          t.priority, t.resources;
+          t.priority, t.resources, t.request_id;
 
 -- name: resource_pass_lock
 -- One resource pass at a time across the fleet: the choice of which conflicting timers go
@@ -218,7 +219,7 @@ with clock as (
               t.delivery, t.payload::text as payload, t.headers, t.timeout_ms,
               case when %(now)s::timestamptz is null then clock_timestamp()
                    else clock.now end as db_now,
-              t.priority, t.resources
+              t.priority, t.resources, t.request_id
 ), held as (
     -- the primary key on resource is the last word: two holders of one resource cannot exist
     insert into resource_holds (resource, timer_id, bucket, owner)
