@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, disable_created_metrics
 from prometheus_client.process_collector import ProcessCollector
 
 from db.database import Database
@@ -26,9 +26,11 @@ from db.stats import BOUNDS, OUTCOMES, SecondStats, Totals
 
 T = TypeVar("T")
 
-# How long a figure read from the database is served before it is read again (seconds); the
-# dashboard polls as often, so a change shows on the page within about two seconds.
-FRESH_SECONDS = 1.0
+# How long a figure read from the database is served before it is read again (seconds), and
+# the longest it is kept after a slow read; the dashboard polls every second, so a change shows
+# on the page within about two seconds.
+FRESH_SECONDS = 0.5
+MAX_HOLD_SECONDS = 1.5
 # The dashboard's history: the last 15 minutes, one point per 5 seconds.
 HISTORY_SECONDS = 900
 HISTORY_STEP = 5
@@ -41,6 +43,9 @@ class ProcessMetrics:
     process, as in the tests, never collide)."""
 
     def __init__(self) -> None:
+        # No `_created` timestamp series beside each counter (prometheus-client's default):
+        # Prometheus does not use them, and they double the lines of the page.
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
         self.registry = CollectorRegistry()
         self.created = Counter(
             "timerhook_timers_created", "Timers created through this API process.", ["kind"],
@@ -52,14 +57,18 @@ class ProcessMetrics:
 
 class Cached(Generic[T]):
     """An async read kept for ``ttl`` seconds, or longer when the read is slow: a read that
-    took d seconds is kept at least d / ``share`` seconds, so that polling never keeps the
-    database busy more than ``share`` of the time with it. Concurrent callers share one
+    took d seconds is kept d / ``share`` seconds (at most ``max_hold``), so that polling keeps
+    the database busy at most ``share`` of the time with it. Concurrent callers share one
     read."""
 
-    def __init__(self, read: Callable[[], Awaitable[T]], ttl: float, share: float = 0.1) -> None:
+    def __init__(
+        self, read: Callable[[], Awaitable[T]], ttl: float, *, share: float = 0.1,
+        max_hold: float = MAX_HOLD_SECONDS,
+    ) -> None:  # fmt: skip
         self._read = read
         self._ttl = ttl
         self._share = share
+        self._max_hold = max(ttl, max_hold)
         self._hold = ttl
         self._value: T | None = None
         self._at = -float("inf")
@@ -78,7 +87,8 @@ class Cached(Generic[T]):
                 started = time.monotonic()
                 self._value = await self._read()
                 self._at = time.monotonic()
-                self._hold = max(self._ttl, (self._at - started) / self._share)
+                slow = (self._at - started) / self._share
+                self._hold = max(self._ttl, min(slow, self._max_hold))
             assert self._value is not None
             return self._value
 

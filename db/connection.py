@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, LiteralString, ParamSpec, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -27,6 +27,9 @@ from tenacity import (
 from db.query_loader import query
 
 log = logging.getLogger(__name__)
+
+# Makes the next prepared statement of the transaction use (and keep) a generic plan.
+_GENERIC_PLAN: LiteralString = "set local plan_cache_mode = force_generic_plan"
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -299,14 +302,44 @@ class PoolOwner:
 
         return await self.retrying(op, what=name)
 
-    async def fetch_all(self, name: str, model: type[T], params: Mapping[str, Any]) -> list[T]:
-        """Like fetch_one, for every row."""
+    async def fetch_all(
+        self, name: str, model: type[T], params: Mapping[str, Any], *, generic: bool = False
+    ) -> list[T]:
+        """Like fetch_one, for every row; ``generic``: as in ``rows``."""
 
         async def op() -> list[T]:
             async with self.connection() as conn:
                 cur = conn.cursor(row_factory=class_row(model))
-                await cur.execute(query(name), params)
-                return await cur.fetchall()
+                if not generic:
+                    await cur.execute(query(name), params)
+                    return await cur.fetchall()
+                async with conn.transaction():
+                    await cur.execute(_GENERIC_PLAN)
+                    await cur.execute(query(name), params, prepare=True)
+                    return await cur.fetchall()
+
+        return await self.retrying(op, what=name)
+
+    async def rows(
+        self, name: str, params: Mapping[str, Any], *, generic: bool = False
+    ) -> list[tuple[Any, ...]]:
+        """Every row of a named read-only query, as tuples; retried like fetch_one.
+
+        ``generic``: run as a prepared statement with a generic plan, planned once per
+        connection instead of once per run, PostgreSQL pruning partitions when it starts
+        executing. For reads over every partition, whose planning grows with the horizon
+        (about 90 ms at 365 days) while they execute in a few milliseconds.
+        """
+
+        async def op() -> list[tuple[Any, ...]]:
+            async with self.connection() as conn:
+                if not generic:
+                    cur = await conn.execute(query(name), params)
+                    return await cur.fetchall()
+                async with conn.transaction():
+                    await conn.execute(_GENERIC_PLAN)
+                    cur = await conn.execute(query(name), params, prepare=True)
+                    return await cur.fetchall()
 
         return await self.retrying(op, what=name)
 

@@ -414,7 +414,8 @@ class TimerStore(PoolOwner):
             "after": after,
             "after_bucket": bucket_of(after) if after else None,
         }
-        return await self.fetch_all("timer_list", TimerSummary, params)
+        # A generic plan: planned once per connection, not over every partition per page.
+        return await self.fetch_all("timer_list", TimerSummary, params, generic=True)
 
     async def attempts(self, timer_id: uuid.UUID) -> list[Attempt]:
         """Every recorded attempt of a timer, oldest first."""

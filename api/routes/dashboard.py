@@ -142,7 +142,7 @@ def _dead_letter(t: TimerSummary) -> DeadLetter:
 
 @router.get("/dashboard/state", response_model=DashboardState)
 async def state(request: Request) -> DashboardState:
-    """What the dashboard shows, as one document (cached reads: 1 s, or longer for a read
+    """What the dashboard shows, as one document (cached reads: 0.5 s, or longer for a read
     that is slow, so that polling keeps the database busy at most a tenth of the time)."""
     o: Observer = request.app.state.observer
     counts, totals = await o.counts.get(), await o.totals.get()

@@ -117,7 +117,7 @@ async def requeue_timer(timer_id: str, db: DatabaseDep) -> RequeueDone:
         raise HTTPException(
             409, f"timer {timer_id} is {result.found}; only dead or failed timers are requeued"
         )
-    log.info("timer %s requeued", timer_id)
+    log.info("timer %s requeued", timer_id, extra={"timer_id": str(parsed)})
     return RequeueDone(requeued=1)
 
 

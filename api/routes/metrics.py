@@ -139,7 +139,7 @@ class _Snapshot:
 )
 async def metrics(request: Request) -> Response:
     """Prometheus metrics: webhooks by outcome, lateness and attempt latency histograms, the
-    backlog, dispatchers and caps (the whole deployment, cached for a second), and this process's
+    backlog, dispatchers and caps (the whole deployment, cached for half a second), and this process's
     creates. Every metric is listed in docs/operations.md."""
     observer: Observer = request.app.state.observer
     own: ProcessMetrics = request.app.state.metrics
@@ -184,7 +184,7 @@ def dispatcher_public(d: Dispatcher, now: datetime) -> DispatcherPublic:
 @router.get("/dispatchers", response_model=list[DispatcherPublic])
 async def dispatchers(request: Request) -> list[DispatcherPublic]:
     """The dispatcher registry, newest first: live ones, and stopped or silent ones for a
-    while after (a minute after a clean stop, an hour after a crash). Cached for a second."""
+    while after (a minute after a clean stop, an hour after a crash). Cached for half a second."""
     observer: Observer = request.app.state.observer
     now = datetime.now(UTC)
     return [dispatcher_public(d, now) for d in await observer.dispatchers.get()]

@@ -294,5 +294,5 @@ async def cancel_timer(timer_id: str, db: DatabaseDep) -> Response:
     if result.found in _CANCEL_CONFLICT:
         raise HTTPException(409, f"timer {timer_id} {_CANCEL_CONFLICT[result.found]}")
     if result.cancelled:
-        log.info("timer %s cancelled", timer_id)
+        log.info("timer %s cancelled", timer_id, extra={"timer_id": str(parsed)})
     return Response(status_code=204)

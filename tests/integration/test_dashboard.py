@@ -100,10 +100,16 @@ async def test_dashboard_in_a_real_browser(
         for _ in range(7):
             response = await client.post("/timer", json={"seconds": 40, "url": f"{sink.url}/ok"})
             assert response.status_code == 200
-        await page.wait_for_selector("#backlog-hour[data-total='7']", timeout=3000)
+        # (each figure is its own cached read: they catch up within the same 3 s)
+        for shows in (
+            "#backlog-hour[data-total='7']",
+            "#backlog-minute[data-total='7']",
+            "#pending:text-is('7')",
+            "#backlog-hour-total:text-is('7 pending')",
+        ):
+            left = 3.0 - (time.monotonic() - started)
+            await page.wait_for_selector(shows, timeout=max(1, left * 1000))
         assert time.monotonic() - started < 3.0
-        assert await page.text_content("#pending") == "7"
-        assert await page.text_content("#backlog-hour-total") == "7 pending"
 
         # The dead letter is requeued by a click, and then delivered.
         await dead_row.click()

@@ -3,9 +3,11 @@ dashboard's files and state; and what a dispatcher logs at INFO."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -17,6 +19,7 @@ from tests.conftest import MakeTimer
 from tests.support.sink import Sink
 
 URL = "http://127.0.0.1:9/hook"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 async def test_a_sane_request_id_is_kept_echoed_and_stored(client: httpx.AsyncClient) -> None:
@@ -146,3 +149,33 @@ async def test_at_info_only_failures_log_and_with_the_timers_context(
     assert (record.request_id, record.dispatcher_id, record.attempt, record.target_host) == (  # type: ignore[attr-defined]
         "req-bad", dispatcher.id, 1, "127.0.0.1",
     )  # fmt: skip
+
+
+async def test_every_metric_is_documented_and_the_grafana_board_uses_real_ones(
+    client: httpx.AsyncClient,
+) -> None:
+    page = (await client.get("/metrics")).text
+    families = {f.name: f.type for f in text_string_to_metric_families(page)}
+    exposed = {
+        name + suffix
+        for name, kind in families.items()
+        if name.startswith("timerhook_")
+        for suffix in {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}.get(
+            kind, [""]
+        )
+    }
+    operations = (DOCS / "operations.md").read_text()
+    documented = set(re.findall(r"^\| `(timerhook_\w+)`", operations, re.MULTILINE))
+    assert documented == {n for n in exposed if not n.endswith(("_bucket", "_sum", "_count"))} | {
+        n.removesuffix("_bucket") for n in exposed if n.endswith("_bucket")
+    }
+    board = json.loads((DOCS / "grafana-dashboard.json").read_text())
+    used = {
+        name
+        for panel in board["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"timerhook_\w+", target["expr"])
+    }
+    alerts = set(re.findall(r"expr: .*", operations))
+    used |= {name for line in alerts for name in re.findall(r"timerhook_\w+", line)}
+    assert used and used <= exposed, used - exposed

@@ -86,12 +86,16 @@ async def test_a_slow_read_is_kept_longer() -> None:
         await asyncio.sleep(0.1)
         return reads
 
-    cached = Cached(slow, ttl=0.05, share=0.25)  # 0.1 s read: kept at least 0.4 s
+    cached = Cached(slow, ttl=0.05, share=0.25, max_hold=1.0)  # 0.1 s read: kept 0.4 s
     assert await cached.get() == 1
     await asyncio.sleep(0.2)
     assert await cached.get() == 1
     await asyncio.sleep(0.3)
     assert await cached.get() == 2
+    capped = Cached(slow, ttl=0.05, share=0.01, max_hold=0.3)  # would be 10 s: kept 0.3 s
+    assert await capped.get() == 3
+    await asyncio.sleep(0.4)
+    assert await capped.get() == 4
 
 
 def _record(**extra: object) -> logging.LogRecord:
