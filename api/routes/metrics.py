@@ -139,8 +139,8 @@ class _Snapshot:
 )
 async def metrics(request: Request) -> Response:
     """Prometheus metrics: webhooks by outcome, lateness and attempt latency histograms, the
-    backlog, dispatchers and caps (the whole deployment, cached for half a second), and this process's
-    creates. Every metric is listed in docs/operations.md."""
+    backlog, dispatchers and caps (the whole deployment, cached for half a second), and this
+    process's creates. Every metric is listed in docs/operations.md."""
     observer: Observer = request.app.state.observer
     own: ProcessMetrics = request.app.state.metrics
     read = cluster_metrics(
