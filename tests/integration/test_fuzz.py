@@ -69,7 +69,11 @@ def _schemathesis(service: Service, seed: int, report: Path) -> None:
         "--generation-database", "none",
         "--report", "junit", "--report-junit-path", str(report),
     ]  # fmt: skip
-    run = subprocess.run(command, capture_output=True, text=True, timeout=240, check=False)
+    # Run from the report's directory: schemathesis keeps a cache (.schemathesis/) in its
+    # working directory, which is no business of the repository's.
+    run = subprocess.run(
+        command, capture_output=True, text=True, timeout=240, check=False, cwd=report.parent
+    )
     assert run.returncode == 0, (
         f"schemathesis found failures with --seed {seed}:\n{run.stdout[-12_000:]}\n{run.stderr}"
     )
