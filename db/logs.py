@@ -17,6 +17,7 @@ from contextvars import ContextVar
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
 LogFormat = Literal["json", "text"]
@@ -89,6 +90,8 @@ def formatter(fmt: LogFormat) -> logging.Formatter:
             rename_fields={"levelname": "level", "name": "logger"},
             timestamp="time",  # ISO 8601 in UTC, to the microsecond
             json_ensure_ascii=False,
+            # uvicorn adds its message again with terminal colours: not for a log pipeline
+            reserved_attrs=[*RESERVED_ATTRS, "color_message"],
         )
     return _TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
 

@@ -118,6 +118,9 @@ def test_json_lines_carry_time_level_logger_message_and_context() -> None:
     }  # fmt: skip
     assert line["target_host"] == "hooks.example.com"
     assert "secret" not in json.dumps(line) and "pw" not in json.dumps(line)
+    # uvicorn's coloured copy of its message stays out of the JSON
+    coloured = json.loads(formatter("json").format(_record(color_message="\x1b[36mx\x1b[0m")))
+    assert "color_message" not in coloured
 
 
 def test_text_lines_end_with_the_context_they_carry() -> None:
