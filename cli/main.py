@@ -14,6 +14,7 @@ from rich.console import Console
 
 from api.app import create_app
 from cli import admin, deadletters
+from cli.fleet import Fleet
 from db import embedded, logs
 from db.database import Database
 from db.migrate import migrate as run_migrations
@@ -112,9 +113,18 @@ def api() -> None:
 
 
 @app.command()
-def dispatcher() -> None:
-    """One dispatcher process; start as many as you like, on any machines."""
+def dispatcher(
+    processes: int | None = typer.Option(
+        None, "--processes", min=1, max=64,
+        help="Dispatcher processes to run from this command (default: "
+        "TIMERHOOK_DISPATCHER_PROCESSES, 1); each uses one core at most.",
+    ),
+) -> None:  # fmt: skip
+    """Dispatcher processes (one unless told); start as many as you like, on any machines."""
     settings, url = _prepare()
+    count = processes or settings.dispatcher_processes
+    if count > 1:
+        raise typer.Exit(Fleet(count, url, grace_seconds=settings.shutdown_grace_seconds).run())
 
     async def main() -> None:
         stop = asyncio.Event()

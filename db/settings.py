@@ -86,6 +86,12 @@ class Settings(BaseSettings):
         description="Largest request body; larger ones get 413 before they are read whole. "
         "Default: TIMERHOOK_MAX_PAYLOAD_BYTES plus 32 KiB (96 KiB).",
     )
+    dispatcher_processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Dispatcher processes `timerhook dispatcher` runs (one core each at most).",
+    )
     concurrency: int = Field(default=256, ge=1, le=10_000, description="Sends in flight.")
     host_concurrency: int = Field(
         default=128,

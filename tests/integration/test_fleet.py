@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -182,3 +184,66 @@ async def test_sigkill_mid_send_repeats_at_least_once_and_never_at_most_once(
     assert lost.fired_at is not None and lost.last_status is None  # GET shows it as last_result
     [attempt] = await db.timers.attempts(most[0].id)
     assert attempt.error is not None and attempt.error.startswith("outcome unknown")
+
+
+def _parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+async def _children_registered(
+    url: str, parent: Service, count: int, exclude: set[int], timeout: float = 60
+) -> set[int]:
+    """Waits until ``count`` live dispatchers run as children of ``parent`` (pids not in
+    ``exclude``); returns their pids."""
+    assert parent.proc is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = _query(url, "select pid from dispatchers where stopped_at is null")
+        pids = set()
+        for (pid,) in rows:
+            try:
+                if _parent_of(int(pid)) == parent.proc.pid:  # type: ignore[call-overload]
+                    pids.add(int(pid))  # type: ignore[call-overload]
+            except FileNotFoundError:
+                continue
+        if len(pids - exclude) >= count:
+            return pids - exclude
+        assert parent.proc.poll() is None, parent.log()
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{count} child dispatchers did not register:\n{parent.log()}")
+
+
+async def test_one_command_runs_n_dispatcher_processes_and_restarts_one_that_dies(
+    tmp_path: Path, database_url: str, db: Database, sink: Sink
+) -> None:
+    env = {**FLEET_ENV, "TIMERHOOK_DATABASE_URL": database_url,
+           "TIMERHOOK_DISPATCHER_PROCESSES": "2", "TIMERHOOK_LOG_LEVEL": "INFO"}  # fmt: skip
+    parent = Service("dispatcher", env, tmp_path / "fleet.log")
+    parent.start()
+    try:
+        children = await _children_registered(database_url, parent, 2, exclude=set())
+        ids = await _stream(db, sink, 3000, 2.0)
+        await sink.wait_until(lambda: sink.distinct_bodies() == len(ids), timeout=60)
+        by = _query(
+            database_url,
+            "select dispatcher, count(*) from timer_attempts group by dispatcher",
+        )
+        assert len(by) == 2, by  # both processes took part
+        # A child killed outright is started again by the parent.
+        victim = min(children)
+        os.kill(victim, signal.SIGKILL)
+        await _children_registered(database_url, parent, 1, exclude=children)
+        assert "exited with signal SIGKILL; starting it again" in parent.log()
+        assert await parent.terminate() == 0, parent.log()
+        left = _query(
+            database_url,
+            "select pid from dispatchers where stopped_at is null and pid <> %s",
+            victim,
+        )
+        assert left == [], "a child did not stop cleanly"
+        for pid in children - {victim}:
+            with pytest.raises(ProcessLookupError):  # stopped and reaped by the parent
+                os.kill(pid, 0)
+    finally:
+        parent.ensure_dead()
