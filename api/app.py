@@ -17,8 +17,9 @@ from api.observe import Observer, ProcessMetrics
 from api.request_ids import RequestIds
 from api.routes import dashboard, health, history, metrics, timers
 from api.schemas import TimerCreate
+from db import logs
 from db.database import Database
-from db.settings import Settings
+from db.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,16 @@ def create_app(
     app.include_router(dashboard.router)
     _document(app)
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one worker of ``timerhook api --workers N``: its settings and database URL
+    from the environment (the parent prepared the database and set the URL)."""
+    settings = get_settings()
+    logs.configure(settings.log_level, settings.log_format)
+    if not settings.database_url:
+        raise RuntimeError("TIMERHOOK_DATABASE_URL must be set for an API worker")
+    return create_app(settings, settings.database_url)
 
 
 def _document(app: FastAPI) -> None:

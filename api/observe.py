@@ -11,6 +11,7 @@ figure, however many scrapers and dashboards poll), so looking never costs a sca
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, disable_created_metrics
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from db.database import Database
@@ -39,8 +41,10 @@ GONE_AFTER_SECONDS = 3600.0
 
 
 class ProcessMetrics:
-    """The metrics this API process keeps itself, in its own registry (several apps in one
-    process, as in the tests, never collide)."""
+    """The metrics the API keeps itself, in its own registry (several apps in one process, as
+    in the tests, never collide). Under ``timerhook api --workers N`` (PROMETHEUS_MULTIPROC_DIR
+    set by the parent) the workers' counters are summed from prometheus-client's shared files,
+    so whichever worker answers a scrape shows every worker's creates."""
 
     def __init__(self) -> None:
         # No `_created` timestamp series beside each counter (prometheus-client's default):
@@ -48,11 +52,16 @@ class ProcessMetrics:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
         self.registry = CollectorRegistry()
         self.created = Counter(
-            "timerhook_timers_created", "Timers created through this API process.", ["kind"],
+            "timerhook_timers_created", "Timers created through this API.", ["kind"],
             registry=self.registry,
         )  # fmt: skip
         self.created_once = self.created.labels(kind="once")
-        ProcessCollector(registry=self.registry)
+        self.shared = "PROMETHEUS_MULTIPROC_DIR" in os.environ
+        if self.shared:
+            self.registry = CollectorRegistry()
+            MultiProcessCollector(self.registry)  # type: ignore[no-untyped-call]
+        else:
+            ProcessCollector(registry=self.registry)
 
 
 class Cached(Generic[T]):

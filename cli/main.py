@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shutil
 import signal
+import tempfile
 from collections.abc import Coroutine
 from typing import Any
 
@@ -106,10 +109,34 @@ def serve() -> None:
 
 
 @app.command()
-def api() -> None:
+def api(
+    workers: int | None = typer.Option(
+        None, "--workers", min=1, max=64,
+        help="API worker processes sharing the port (default: TIMERHOOK_API_WORKERS, 1); "
+        "each uses one core at most.",
+    ),
+) -> None:  # fmt: skip
     """The HTTP API alone."""
     settings, url = _prepare()
-    _serve(settings, url, with_dispatcher=False)
+    count = workers or settings.api_workers
+    if count == 1:
+        _serve(settings, url, with_dispatcher=False)
+        return
+    # uvicorn's supervisor runs the workers, each building the app from the environment
+    # (api.app.app_from_environment) on the URL prepared here; their counters meet in a
+    # directory of prometheus-client's multiprocess mode, removed at exit.
+    os.environ["TIMERHOOK_DATABASE_URL"] = url
+    shared = tempfile.mkdtemp(prefix="timerhook-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = shared
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda _signum, _frame: None)  # as in _serve
+    try:
+        uvicorn.run(
+            "api.app:app_from_environment", factory=True, workers=count, host=settings.host,
+            port=settings.port, log_config=None, access_log=settings.access_log,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
 
 
 @app.command()

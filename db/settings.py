@@ -86,6 +86,12 @@ class Settings(BaseSettings):
         description="Largest request body; larger ones get 413 before they are read whole. "
         "Default: TIMERHOOK_MAX_PAYLOAD_BYTES plus 32 KiB (96 KiB).",
     )
+    api_workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Worker processes `timerhook api` runs on its port (`--workers N`).",
+    )
     dispatcher_processes: int = Field(
         default=1,
         ge=1,

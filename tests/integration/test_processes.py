@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -159,3 +160,56 @@ async def test_processes_started_together_share_one_embedded_server(
         assert postmasters_of(data_dir / "pgdata") == []  # the last one out stopped it
     finally:
         stop_embedded(data_dir / "pgdata")
+
+
+def _cpu_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def _workers_of(pid: int) -> list[int]:
+    """The uvicorn worker processes under ``pid`` (multiprocessing spawns, not its resource
+    tracker)."""
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        children = [int(c) for c in f.read().split()]
+    workers = []
+    for child in children:
+        with open(f"/proc/{child}/cmdline", "rb") as f:
+            if b"spawn_main" in f.read():
+                workers.append(child)
+    return workers
+
+
+async def test_api_workers_share_the_port_and_stop_together(
+    make_service: MakeService, database_url: str
+) -> None:
+    service = make_service("api", TIMERHOOK_DATABASE_URL=database_url, TIMERHOOK_API_WORKERS="2")
+    service.start()
+    await service.wait_ready()
+    assert service.proc is not None
+    workers = _workers_of(service.proc.pid)
+    assert len(workers) == 2, service.log()
+    before = {w: _cpu_ticks(w) for w in workers}
+    body = {"minutes": 5, "url": "https://example.com/hook"}
+    # A new connection per request: 320 accepts on the shared socket, for either worker.
+    fresh = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=service.base_url, limits=fresh) as client:
+
+        async def creates(n: int) -> None:
+            for _ in range(n):
+                assert (await client.post("/timer", json=body)).status_code == 200
+
+        await asyncio.gather(*(creates(40) for _ in range(8)))
+    assert _states(database_url) == {"pending": 320}
+    # Both workers took requests.
+    assert all(_cpu_ticks(w) > before[w] for w in workers), before
+    # Whichever worker answers the scrape counts every worker's creates.
+    async with httpx.AsyncClient(base_url=service.base_url, limits=fresh) as client:
+        for _ in range(6):
+            page = (await client.get("/metrics")).text
+            assert 'timerhook_timers_created_total{kind="once"} 320.0' in page, page
+    assert await service.terminate() == 0
+    for worker in workers:
+        with pytest.raises(ProcessLookupError):
+            os.kill(worker, 0)
