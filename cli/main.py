@@ -66,6 +66,15 @@ def migrate() -> None:
     console.print(f"migrated: {', '.join(applied) if applied else 'already up to date'}")
 
 
+def _exit_normally_on_signals() -> None:
+    """uvicorn handles SIGTERM/SIGINT while serving (graceful shutdown, dispatcher stop), then
+    re-raises the signal with the handlers it found installed. With Python's defaults that
+    kills the process before atexit runs, and the last process on an embedded server would
+    never stop it. No-op handlers turn the re-raised signal into a normal exit."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda _signum, _frame: None)
+
+
 def _serve(settings: Settings, url: str, *, with_dispatcher: bool) -> None:
     companions = []
     if with_dispatcher:
@@ -89,12 +98,7 @@ def _serve(settings: Settings, url: str, *, with_dispatcher: bool) -> None:
 
         companions.append((start, stop))
     web = create_app(settings, url, companions=companions)
-    # uvicorn handles SIGTERM/SIGINT while serving (graceful shutdown, dispatcher stop), then
-    # re-raises the signal with the handlers it found installed. With Python's defaults that
-    # kills the process before atexit runs, and the last process on an embedded server would
-    # never stop it. No-op handlers turn the re-raised signal into a normal exit.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda _signum, _frame: None)
+    _exit_normally_on_signals()
     uvicorn.run(
         web, host=settings.host, port=settings.port, log_config=None,
         access_log=settings.access_log,
@@ -128,8 +132,7 @@ def api(
     os.environ["TIMERHOOK_DATABASE_URL"] = url
     shared = tempfile.mkdtemp(prefix="timerhook-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = shared
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda _signum, _frame: None)  # as in _serve
+    _exit_normally_on_signals()
     try:
         uvicorn.run(
             "api.app:app_from_environment", factory=True, workers=count, host=settings.host,
