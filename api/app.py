@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from api import problems
+from api.auth import Access
 from api.batcher import CreateBatcher
 from api.limits import BodyLimit
 from api.observe import Observer, ProcessMetrics
@@ -42,6 +43,8 @@ def create_app(
         await db.open()
         app.state.db = db
         app.state.settings = settings
+        app.state.access = Access(db, mode=settings.auth, host=settings.host)
+        await app.state.access.announce()
         app.state.observer = Observer(db, dead_after_seconds=settings.dead_after_seconds)
         batcher = CreateBatcher(
             db, shards=settings.shards, max_batch=settings.create_batch_max,

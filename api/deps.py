@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, HTTPException, Request
 
+from api.auth import Access, Principal
 from api.batcher import CreateBatcher
 from api.observe import ProcessMetrics
 from db.database import Database
@@ -36,7 +37,30 @@ async def _metrics(request: Request) -> ProcessMetrics:
     return metrics
 
 
+async def _access(request: Request) -> Access:
+    access: Access = request.app.state.access
+    return access
+
+
+async def _principal(request: Request) -> Principal:
+    access: Access = request.app.state.access
+    return await access.principal(request)
+
+
+async def _admin(request: Request) -> Principal:
+    access: Access = request.app.state.access
+    principal = await access.principal(request)
+    if not principal.admin:
+        raise HTTPException(403, "this route needs an admin key; a tenant key may not use it")
+    return principal
+
+
 DatabaseDep = Annotated[Database, Depends(_database)]
 BatcherDep = Annotated[CreateBatcher, Depends(_batcher)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 MetricsDep = Annotated[ProcessMetrics, Depends(_metrics)]
+AccessDep = Annotated[Access, Depends(_access)]
+# The caller (401 when a key is required and missing or invalid).
+PrincipalDep = Annotated[Principal, Depends(_principal)]
+# The caller, who must hold an admin key when keys are in use (403 otherwise).
+AdminDep = Annotated[Principal, Depends(_admin)]

@@ -15,6 +15,7 @@ from starlette.routing import Match, Route
 
 from api.batcher import Overloaded
 from db.connection import DatabaseUnavailable
+from db.timers import QuotaExceeded
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +203,19 @@ def install(app: FastAPI, *, body_limit: int) -> None:
         return problem(
             503, f"too many creates at once; retry shortly ({exc})", headers={"Retry-After": "1"}
         )
+
+    @app.exception_handler(QuotaExceeded)
+    async def on_quota(request: Request, exc: QuotaExceeded) -> JSONResponse:
+        refusal = exc.refusal
+        log.info("refused %s %s: %s quota: %s", request.method, request.url.path,
+                 refusal.quota, refusal.reason)  # fmt: skip
+        errors = [{"field": refusal.quota, "reason": refusal.reason}]
+        if refusal.quota == "max_payload_bytes":
+            return problem(413, f"{refusal.quota} quota: {refusal.reason}", errors=errors)
+        return problem(
+            429, f"{refusal.quota} quota: {refusal.reason}; retry after {refusal.retry_after} s",
+            errors=errors, headers={"Retry-After": str(refusal.retry_after)},
+        )  # fmt: skip
 
     @app.exception_handler(Exception)
     async def on_bug(request: Request, exc: Exception) -> JSONResponse:

@@ -298,6 +298,11 @@ class TimerDetail(TimerPublic):
         description="The X-Request-ID of the create (given or generated), sent with every "
         "webhook as Timerhook-Request-Id.",
     )
+    tenant: str = Field(
+        default="default",
+        description="The tenant it belongs to: the tenant of the API key that created it "
+        "('default' when made without a key).",
+    )
 
 
 class TimerSummary(BaseModel):
@@ -313,6 +318,7 @@ class TimerSummary(BaseModel):
     last_result: LastResult | None
     priority: int
     resources: list[str] | None = None
+    tenant: str = "default"
 
 
 class TimerList(BaseModel):

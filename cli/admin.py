@@ -7,7 +7,7 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -15,7 +15,8 @@ from rich.table import Table
 from rich.text import Text
 
 from db import embedded
-from db.caps import GLOBAL
+from db.access import valid_tenant
+from db.caps import GLOBAL, HOST, TENANT
 from db.database import Database
 from db.models import BacklogStep, Cap, Circuit, Overdue, PlanRow
 from db.settings import get_settings
@@ -125,7 +126,8 @@ def dispatchers() -> None:
 
 @caps_app.callback()
 def caps_show(ctx: typer.Context) -> None:
-    """Show the caps (``timerhook caps set global N`` changes one at run time)."""
+    """Show the caps (``timerhook caps set global N``, ``tenant NAME N`` or ``host HOST N``
+    changes one at run time)."""
     if ctx.invoked_subcommand is not None:
         return
     rows = run_db(lambda db: db.caps.list())
@@ -145,15 +147,53 @@ def caps_show(ctx: typer.Context) -> None:
 
 @caps_app.command("set")
 def caps_set(
-    scope: str = typer.Argument(..., help="Which cap: global."),
-    per_minute: int = typer.Argument(..., min=0, help="Webhooks per minute; 0 for no cap."),
+    args: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="SCOPE [NAME] PER_MINUTE",
+            help="global N, tenant NAME N or host HOST N; N webhooks per minute, 0 for no cap.",
+        ),
+    ],
 ) -> None:
-    """Set a cap now, for every running dispatcher, without a restart."""
-    if scope != GLOBAL:
-        raise typer.BadParameter("only the global cap exists so far", param_hint="SCOPE")
+    """Set a cap now, for every running dispatcher, without a restart: the global cap, a
+    tenant's (``caps set tenant acme 600``) or a target host's (``caps set host
+    api.example.com 60``; the host as URLs name it, without the port)."""
+    scope, per_minute = cap_scope(args)
     run_db(lambda db: db.caps.set(scope=scope, per_minute=per_minute))
     shown = f"{per_minute:,}/min ({per_minute / 60:,.1f}/s)" if per_minute else "no cap"
     console.print(f"{scope} cap: {shown}")
+
+
+def cap_scope(args: list[str]) -> tuple[str, int]:
+    """``global N`` | ``tenant NAME N`` | ``host HOST N`` -> (scope, per minute)."""
+    hint = "SCOPE [NAME] PER_MINUTE"
+    if not args or args[0] not in (GLOBAL, "tenant", "host"):
+        raise typer.BadParameter("the scope is global, tenant or host", param_hint=hint)
+    if len(args) != (2 if args[0] == GLOBAL else 3):
+        raise typer.BadParameter("give global N, tenant NAME N or host HOST N", param_hint=hint)
+    try:
+        per_minute = int(args[-1])
+    except ValueError:
+        per_minute = -1
+    if per_minute < 0:
+        raise typer.BadParameter(
+            "the cap is a whole number per minute, 0 for none", param_hint=hint
+        )
+    if args[0] == GLOBAL:
+        return GLOBAL, per_minute
+    name = args[1]
+    if args[0] == "tenant":
+        if not valid_tenant(name):
+            raise typer.BadParameter("not a tenant name", param_hint=hint)
+        return TENANT + name, per_minute
+    host = host_of(f"http://{name}/") if not name.startswith("[") else name.strip("[]").lower()
+    if ":" in name and not name.startswith("[") and name.count(":") == 1:
+        raise typer.BadParameter("give the host without its port", param_hint=hint)
+    if name.count(":") > 1 and not name.startswith("["):
+        host = name.lower()  # an IPv6 literal without brackets
+    if not host:
+        raise typer.BadParameter("not a host name or IP literal", param_hint=hint)
+    return HOST + host, per_minute
 
 
 def plan(

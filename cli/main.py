@@ -16,7 +16,7 @@ import uvicorn
 from rich.console import Console
 
 from api.app import create_app
-from cli import admin, deadletters
+from cli import access, admin, deadletters
 from cli.fleet import Fleet
 from db import embedded, logs
 from db.database import Database
@@ -184,6 +184,8 @@ app.command()(admin.backlog)
 app.command()(admin.dispatchers)
 app.command()(admin.plan)
 app.add_typer(admin.caps_app, name="caps")
+app.add_typer(access.keys_app, name="keys")
+app.add_typer(access.tenants_app, name="tenants")
 app.command()(deadletters.dead)
 app.command()(deadletters.requeue)
 

@@ -29,7 +29,7 @@ from db.query_loader import query
 log = logging.getLogger(__name__)
 
 # Makes the next prepared statement of the transaction use (and keep) a generic plan.
-_GENERIC_PLAN: LiteralString = "set local plan_cache_mode = force_generic_plan"
+GENERIC_PLAN: LiteralString = "set local plan_cache_mode = force_generic_plan"
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -314,7 +314,7 @@ class PoolOwner:
                     await cur.execute(query(name), params)
                     return await cur.fetchall()
                 async with conn.transaction():
-                    await cur.execute(_GENERIC_PLAN)
+                    await cur.execute(GENERIC_PLAN)
                     await cur.execute(query(name), params, prepare=True)
                     return await cur.fetchall()
 
@@ -337,7 +337,7 @@ class PoolOwner:
                     cur = await conn.execute(query(name), params)
                     return await cur.fetchall()
                 async with conn.transaction():
-                    await conn.execute(_GENERIC_PLAN)
+                    await conn.execute(GENERIC_PLAN)
                     cur = await conn.execute(query(name), params, prepare=True)
                     return await cur.fetchall()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from db.access import KeyStore, TenantStore
 from db.backlog import BacklogStore
 from db.caps import CapStore
 from db.circuits import CircuitStore
@@ -30,6 +31,8 @@ class Database:
         self.backlog = BacklogStore(self.pool)
         self.circuits = CircuitStore(self.pool)
         self.stats = StatsStore(self.pool)
+        self.keys = KeyStore(self.pool)
+        self.tenants = TenantStore(self.pool)
 
     async def open(self) -> None:
         """Opens the pool and waits for a first connection (fails fast if unreachable)."""

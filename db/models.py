@@ -27,6 +27,7 @@ class DeliveryOptions:
     priority: int | None = None
     resources: tuple[str, ...] | None = None
     request_id: str | None = None  # the X-Request-ID of the create
+    tenant: str = "default"  # the tenant of the API key that created it
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +65,7 @@ class Timer:
     resources: list[str] | None
     waiting_on: str | None
     request_id: str | None = None
+    tenant: str = "default"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +85,7 @@ class TimerSummary:
     last_error: str | None
     priority: int
     resources: list[str] | None
+    tenant: str = "default"
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +145,7 @@ class ClaimedTimer:
     priority: int = 5
     resources: list[str] | None = None
     request_id: str | None = None
+    tenant: str = "default"
 
     @property
     def attempts_left(self) -> int:
@@ -260,6 +264,8 @@ class HeldCandidate:
     priority: int
     run_at: datetime
     resources: list[str]
+    tenant: str = "default"
+    host: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,3 +304,83 @@ class Circuit:
     opened_at: datetime
     open: bool
     seconds_left: float
+
+
+@dataclass(frozen=True, slots=True)
+class CappedScopes:
+    """The tenants and hosts that have a cap of their own: their rows go out through the
+    capped pass, with tokens from every cap that applies, never through the key claims."""
+
+    tenants: tuple[str, ...] = ()
+    hosts: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.tenants or self.hosts)
+
+    def params(self) -> dict[str, object]:
+        """As the claim queries take them."""
+        return {"capped_tenants": list(self.tenants), "capped_hosts": list(self.hosts)}
+
+
+NO_CAPPED = CappedScopes()
+
+
+@dataclass(frozen=True, slots=True)
+class CappedStream:
+    """One stream of the capped pass: a capped tenant, a capped host, or both (None where the
+    stream has none), and the cap scopes its tokens come from."""
+
+    tenant: str | None
+    host: str | None
+
+    @property
+    def scopes(self) -> list[str]:
+        """Every cap that applies to the stream's rows (the global one too)."""
+        found = ["global"]
+        if self.tenant is not None:
+            found.append(f"tenant:{self.tenant}")
+        if self.host is not None:
+            found.append(f"host:{self.host}")
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """An API key as listed (never the key itself, which is shown once at creation)."""
+
+    id: str
+    tenant: str
+    admin: bool
+    label: str | None
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyOwner:
+    """Whom a valid key speaks for."""
+
+    id: str
+    tenant: str
+    admin: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    """A tenant's quotas and signing secret (None: no limit, or the global setting)."""
+
+    name: str
+    max_pending: int | None = None
+    creates_per_minute: int | None = None
+    max_payload_bytes: int | None = None
+    signing_secret: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaRefusal:
+    """A create refused by a tenant's quota: which quota, why, and when to retry."""
+
+    quota: str
+    reason: str
+    retry_after: int

@@ -66,6 +66,10 @@ create table timers (
     -- The X-Request-ID of the create (given or generated): sent with every webhook as
     -- Timerhook-Request-Id and logged with every line about the timer.
     request_id  text,
+    -- The tenant the timer belongs to ('default' for timers made without an API key).
+    tenant      text        not null default 'default',
+    -- The target URL's host, lower case, without brackets or port (as caps key it).
+    host        text        not null default '',
     primary key (id, bucket),
     constraint timers_state_check
         check (state in ('pending', 'inflight', 'delivered', 'failed', 'dead', 'cancelled')),
@@ -91,6 +95,12 @@ create index timers_pending_rank_idx on timers (priority, run_at)
 -- The resource pass reads the pending rows that name resources, by slot.
 create index timers_pending_held_idx on timers (slot, priority, run_at)
     where state = 'pending' and resources is not null;
+-- Due rows of one capped tenant (and host): the capped pass reads them by priority, then
+-- run_at; max-pending quotas count a tenant's pending rows here. The predicate names host
+-- (always true) so that only the queries that say so use it; the key claims keep
+-- timers_pending_idx.
+create index timers_pending_scope_idx on timers (tenant, host, priority, run_at)
+    where state = 'pending' and host >= '';
 -- The lease reaper reads only in-flight rows.
 create index timers_inflight_idx on timers (lease_until) where state = 'inflight';
 -- Listing by state in id order (due order): GET /timer?status=dead, say, never walks the
@@ -191,7 +201,7 @@ create table dispatchers (
     failed_total bigint      not null default 0
 );
 
--- One row per cap. scope is 'global' (later 'tenant:<name>' and 'host:<name>'). The bucket
+-- One row per cap. scope is 'global', 'tenant:<name>' or 'host:<name>'. The bucket
 -- holds one second of tokens plus one (so fractions of a token carry over) and refills
 -- continuously at per_minute / 60 per second, so a cap of 6,000/min is a steady 100/s,
 -- never 6,000 in the first second of a minute.
@@ -279,3 +289,33 @@ create table send_totals (
     cap_waits    bigint           not null default 0
 );
 insert into send_totals (id) values (true);
+
+-- A tenant's settings; a tenant without a row has no quota and uses the global secret.
+create table tenants (
+    name               text primary key,
+    -- the most pending timers at once (null: no limit)
+    max_pending        integer check (max_pending >= 0),
+    -- creates per minute, a token bucket holding a minute's worth (null: no limit)
+    creates_per_minute integer check (creates_per_minute >= 0),
+    create_tokens      double precision not null default 0,
+    create_tokens_at   timestamptz not null default now(),
+    -- the largest payload as compact JSON (null: the global TIMERHOOK_MAX_PAYLOAD_BYTES)
+    max_payload_bytes  integer check (max_payload_bytes >= 0),
+    -- Standard Webhooks secret(s) of this tenant's webhooks (null: the global one)
+    signing_secret     text,
+    updated_at         timestamptz not null default now()
+);
+
+-- API keys: only a SHA-256 of each key is stored; the key itself is shown once, at creation.
+create table api_keys (
+    id           text primary key,
+    key_hash     text not null unique,
+    tenant       text not null,
+    -- admin keys see every tenant and may use the admin routes
+    admin        boolean not null default false,
+    label        text,
+    created_at   timestamptz not null default now(),
+    -- updated at most every few seconds per key (when the API's cache of it expires)
+    last_used_at timestamptz,
+    revoked_at   timestamptz
+);

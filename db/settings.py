@@ -27,6 +27,11 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Field(default=Path(".timerhook"), description="Embedded PostgreSQL data.")
     host: str = "127.0.0.1"
+    auth: Literal["auto", "keys", "none"] = Field(
+        default="auto",
+        description="When API keys are required: auto (beyond loopback, or once any key "
+        "exists), keys (always) or none (never).",
+    )
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: str = Field(
         default="INFO",

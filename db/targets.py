@@ -31,6 +31,16 @@ _LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
 _NUMERIC_LABEL = re.compile(r"[0-9]+|0x[0-9a-f]*")
 
 
+@lru_cache(maxsize=4096)
+def host_of(url: str) -> str:
+    """The host a URL names, lower case, without brackets or port: how caps and circuits key
+    it, and the ``host`` stored with each timer."""
+    try:
+        return (urlsplit(url).hostname or "").lower()
+    except ValueError:
+        return ""
+
+
 def refused_reason(address: IPAddress, allowed: Networks = ()) -> str | None:
     """Why an address may not be a webhook target, or None if it may.
 

@@ -13,11 +13,15 @@ from typing import TypeVar
 from psycopg import errors as pg_errors
 from psycopg.rows import class_row
 
-from db.connection import TRANSIENT, DatabaseUnavailable, PoolOwner
+from db.access import take_create_quota
+from db.connection import GENERIC_PLAN, TRANSIENT, DatabaseUnavailable, PoolOwner
 from db.ids import bucket_of, lock_key
 from db.models import (
+    NO_CAPPED,
     Attempt,
     CancelResult,
+    CappedScopes,
+    CappedStream,
     Claim,
     ClaimedTimer,
     CreatedTimer,
@@ -27,6 +31,7 @@ from db.models import (
     HeldChoice,
     IdempotentCreate,
     PlanRow,
+    QuotaRefusal,
     ReapedLease,
     RequeueFilter,
     RequeueResult,
@@ -36,8 +41,18 @@ from db.models import (
 )
 from db.query_loader import query
 from db.states import TIMER_STATES, TimerState
+from db.targets import host_of
 
 log = logging.getLogger(__name__)
+
+
+class QuotaExceeded(Exception):
+    """A tenant's quota refused a create; nothing was written."""
+
+    def __init__(self, refusal: QuotaRefusal) -> None:
+        super().__init__(refusal.reason)
+        self.refusal = refusal
+
 
 T = TypeVar("T")
 
@@ -72,6 +87,8 @@ def _insert_params(
         "priority": [o.priority for o in opts],
         "resources": [" ".join(o.resources) if o.resources else None for o in opts],
         "request_id": [o.request_id for o in opts],
+        "tenant": [o.tenant for o in opts],
+        "host": [host_of(u) for u in urls],
         "shards": shards,
         "now": now,
     }
@@ -108,36 +125,49 @@ class TimerStore(PoolOwner):
     async def insert_idempotent(
         self,
         *,
-        key: str,
+        key: str | None,
         fingerprint: str,
         delay_ms: int,
         url: str,
         shards: int,
         options: DeliveryOptions | None = None,
+        quota: bool = False,
     ) -> IdempotentCreate:
         """Creates one timer for a keyed request, or finds the one an earlier request with the
         same key created. Lookup, insert and record share one transaction under a lock on the
-        key. Not retried on a lost connection, like insert."""
+        key. Not retried on a lost connection, like insert.
+
+        ``quota``: the timer's tenant has quotas; they are checked (and a creates token
+        spent) in the same transaction, after the key's lookup (a replay spends nothing), and
+        a refusal raises QuotaExceeded with nothing written. ``key`` None: a plain create.
+        """
         params = _insert_params(
             [delay_ms], [url], [options] if options else None, shards=shards, now=None
         )
+        tenant = options.tenant if options else "default"
 
         async def once() -> IdempotentCreate:
             async with self.connection() as conn, conn.transaction():
-                await conn.execute(query("idempotency_lock"), {"key": key})
-                cur = await conn.execute(query("idempotency_get"), {"key": key})
-                earlier = await cur.fetchone()
-                if earlier is not None:
-                    return IdempotentCreate(
-                        timer_id=earlier[1], replayed=True, conflict=earlier[0] != fingerprint
-                    )
+                if key is not None:
+                    await conn.execute(query("idempotency_lock"), {"key": key})
+                    cur = await conn.execute(query("idempotency_get"), {"key": key})
+                    earlier = await cur.fetchone()
+                    if earlier is not None:
+                        return IdempotentCreate(
+                            timer_id=earlier[1], replayed=True, conflict=earlier[0] != fingerprint
+                        )
+                if quota:
+                    refusal = await take_create_quota(conn, tenant)
+                    if refusal is not None:
+                        raise QuotaExceeded(refusal)
                 cur = await conn.execute(query("timer_insert"), params)
                 row = await cur.fetchone()
                 assert row is not None
-                await conn.execute(
-                    query("idempotency_record"),
-                    {"key": key, "fingerprint": fingerprint, "timer_id": row[1]},
-                )
+                if key is not None:
+                    await conn.execute(
+                        query("idempotency_record"),
+                        {"key": key, "fingerprint": fingerprint, "timer_id": row[1]},
+                    )
             return IdempotentCreate(timer_id=row[1], replayed=False, conflict=False)
 
         return await self._inserting(once, ahead_ms=delay_ms, now=None)
@@ -169,25 +199,35 @@ class TimerStore(PoolOwner):
         """Forgets idempotency keys older than ``hours``; returns how many."""
         return await self.run("idempotency_purge", {"hours": hours, "now": now})
 
-    async def get(self, timer_id: uuid.UUID, *, now: datetime | None = None) -> Timer | None:
-        """The timer with this id, looked up in the one partition its id names."""
-        params = {"id": timer_id, "bucket": bucket_of(timer_id), "now": now}
+    async def get(
+        self, timer_id: uuid.UUID, *, tenant: str | None = None, now: datetime | None = None
+    ) -> Timer | None:
+        """The timer with this id, looked up in the one partition its id names; with
+        ``tenant``, only if it belongs to that tenant."""
+        params = {"id": timer_id, "bucket": bucket_of(timer_id), "tenant": tenant, "now": now}
         return await self.fetch_one("timer_get", Timer, params)
 
     async def cancel(
-        self, timer_id: uuid.UUID, *, now: datetime | None = None
+        self, timer_id: uuid.UUID, *, tenant: str | None = None, now: datetime | None = None
     ) -> CancelResult | None:
-        """Cancels the timer if it is pending; None if there is no such timer."""
+        """Cancels the timer if it is pending; None if there is no such timer (of ``tenant``,
+        when given)."""
         # One statement: a repeat after a lost connection finds the timer cancelled already,
         # which is the same answer.
-        params = {"id": timer_id, "bucket": bucket_of(timer_id), "now": now}
+        params = {"id": timer_id, "bucket": bucket_of(timer_id), "tenant": tenant, "now": now}
         return await self.fetch_one("timer_cancel", CancelResult, params)
 
     async def due_keys(
-        self, *, limit: int, lookahead_seconds: float = 0.0, now: datetime | None = None
+        self,
+        *,
+        limit: int,
+        lookahead_seconds: float = 0.0,
+        capped: CappedScopes = NO_CAPPED,
+        now: datetime | None = None,
     ) -> list[DueKey]:
-        """The oldest (slot, shard) keys with rows due by now + lookahead."""
-        params = {"limit": limit, "lookahead": lookahead_seconds, "now": now}
+        """The oldest (slot, shard) keys with rows due by now + lookahead (rows of the
+        ``capped`` tenants and hosts aside)."""
+        params = {"limit": limit, "lookahead": lookahead_seconds, "now": now, **capped.params()}
         return await self.fetch_all("bucket_keys_due", DueKey, params)
 
     async def claim(
@@ -197,9 +237,11 @@ class TimerStore(PoolOwner):
         owner: str,
         batch: int,
         lease_seconds: float,
+        capped: CappedScopes = NO_CAPPED,
         now: datetime | None = None,
     ) -> Claim:
-        """Leases up to ``batch`` pending rows of one key; none if another dispatcher holds it."""
+        """Leases up to ``batch`` pending rows of one key (rows of the ``capped`` tenants and
+        hosts aside); none if another dispatcher holds it."""
         params = {
             "slot": key.slot,
             "shard": key.shard,
@@ -208,6 +250,7 @@ class TimerStore(PoolOwner):
             "batch": batch,
             "lease_seconds": lease_seconds,
             "now": now,
+            **capped.params(),
         }
 
         return await self._claiming("bucket_claim", params)
@@ -219,6 +262,7 @@ class TimerStore(PoolOwner):
         batch: int,
         lease_seconds: float,
         after: Sequence[datetime | None] = (),
+        capped: CappedScopes = NO_CAPPED,
         now: datetime | None = None,
     ) -> Claim:
         """Leases up to ``batch`` rows already due, highest priority first, then the earliest,
@@ -227,19 +271,47 @@ class TimerStore(PoolOwner):
         resume = [*after, *[None] * (10 - len(after))][:10]
         params = {
             "owner": owner, "batch": batch, "lease_seconds": lease_seconds, "now": now,
-            "after": resume,
+            "after": resume, **capped.params(),
         }  # fmt: skip
         return await self._claiming("timer_claim_ranked", params)
 
-    async def _claiming(self, name: str, params: dict[str, object]) -> Claim:
+    async def claim_capped(
+        self,
+        stream: CappedStream,
+        *,
+        capped: CappedScopes,
+        owner: str,
+        batch: int,
+        lease_seconds: float,
+        lookahead_seconds: float = 0.0,
+        now: datetime | None = None,
+    ) -> Claim:
+        """Leases up to ``batch`` rows of one capped stream due by now + lookahead, highest
+        priority first (its tokens were taken already). Planned generically (once per
+        connection): it runs several times a second while a cap binds, and a fresh plan
+        would weigh every partition of the horizon each time."""
+        params = {
+            "tenant": stream.tenant, "host": stream.host, "owner": owner, "batch": batch,
+            "lease_seconds": lease_seconds, "lookahead": lookahead_seconds, "now": now,
+            **capped.params(),
+        }  # fmt: skip
+        return await self._claiming("timer_claim_capped", params, generic=True)
+
+    async def _claiming(
+        self, name: str, params: dict[str, object], *, generic: bool = False
+    ) -> Claim:
         """Runs a claim in its own transaction; the local instant is read before the commit,
         whose flush to disk can take tens of milliseconds. A claim that failed mid-way rolled
-        back whole, so running it again is safe."""
+        back whole, so running it again is safe. ``generic``: as PoolOwner.rows has it."""
 
         async def op() -> Claim:
             async with self.connection() as conn, conn.transaction():
                 cur = conn.cursor(row_factory=class_row(ClaimedTimer))
-                await cur.execute(query(name), params)
+                if generic:
+                    await cur.execute(GENERIC_PLAN)
+                    await cur.execute(query(name), params, prepare=True)
+                else:
+                    await cur.execute(query(name), params)
                 rows = await cur.fetchall()
                 answered_at = time.monotonic()
             return Claim(rows, answered_at)
@@ -406,9 +478,12 @@ class TimerStore(PoolOwner):
         states: Sequence[TimerState] = TIMER_STATES,
         limit: int,
         after: uuid.UUID | None = None,
+        tenant: str | None = None,
     ) -> list[TimerSummary]:
-        """Up to ``limit`` timers in the given states, in id (due) order after ``after``."""
+        """Up to ``limit`` timers in the given states (of ``tenant``, when given), in id (due)
+        order after ``after``."""
         params = {
+            "tenant": tenant,
             "states": list(states),
             "limit": limit,
             "after": after,
@@ -423,12 +498,12 @@ class TimerStore(PoolOwner):
         return await self.fetch_all("attempt_list", Attempt, params)
 
     async def requeue(
-        self, timer_id: uuid.UUID, *, now: datetime | None = None
+        self, timer_id: uuid.UUID, *, tenant: str | None = None, now: datetime | None = None
     ) -> RequeueResult | None:
         """Requeues one dead or failed timer (due now, a fresh round of attempts); None if
-        there is no such timer."""
+        there is no such timer (of ``tenant``, when given)."""
         # A repeat finds the timer pending: it reports "not requeued", never requeues twice.
-        params = {"id": timer_id, "bucket": bucket_of(timer_id), "now": now}
+        params = {"id": timer_id, "bucket": bucket_of(timer_id), "tenant": tenant, "now": now}
         return await self.fetch_one("timer_requeue", RequeueResult, params)
 
     async def requeue_matching(

@@ -8,6 +8,11 @@ One pass (``drain``) makes three kinds of claim, each a short transaction:
    each under ``pg_try_advisory_xact_lock`` so dispatchers share a herd instead of fighting.
 3. **Ranked claims** (a cap binds): only rows already due, highest priority first across every
    key, as many as the cap granted tokens for.
+4. **The capped pass**: rows of a tenant or host with a cap of its own never go through 2 or 3
+   (those claims leave them aside); each capped stream (a tenant, a host, or both) takes
+   tokens from every cap that applies at once and leases that many of its rows, highest
+   priority first, ahead of time while its caps have room and only rows already due while
+   they bind. So a capped tenant or host waits on its own tokens while everyone else flows.
 
 Rows leased are handed to the service (``hand_over``) with the cap's rate, for pacing.
 """
@@ -19,8 +24,9 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
+from db.caps import GLOBAL
 from db.database import Database
-from db.models import Claim, DueKey, HeldCandidate, HeldChoice
+from db.models import CappedScopes, CappedStream, Claim, DueKey, HeldCandidate, HeldChoice
 from db.settings import Settings
 from dispatcher.planner import Planner, choose_held
 
@@ -40,7 +46,7 @@ class Claimer:
         planner: Planner,
         *,
         owner: str,
-        hand_over: Callable[[Claim, int], None],
+        hand_over: Callable[[Claim, int, CappedStream | None], None],
         room: Callable[[], int],
         wait_for_room: Callable[[], Awaitable[None]],
         stopping: Callable[[], bool],
@@ -72,6 +78,8 @@ class Claimer:
             claimed += await self._ranked(now)
         else:
             claimed += await self._by_keys(now)
+        if self.planner.capped:
+            claimed += await self._capped_pass(now)
         return claimed
 
     # -- resources ----------------------------------------------------------------------
@@ -89,14 +97,23 @@ class Claimer:
             choice = choose_held(candidates, holds, room)
             if not choice.chosen:
                 return choice
-            grant = await self.planner.grant(len(choice.chosen), now)
-            per_minute = grant.per_minute
-            if grant.granted < len(choice.chosen):
-                self.capped = True
-                over = choice.chosen[grant.granted :]
-                waiting = choice.waiting + [(c, "global cap: no token left now") for c in over]
-                return HeldChoice(choice.chosen[: grant.granted], waiting)
-            return choice
+            # tokens per stream: the global cap's, and each capped tenant's or host's
+            streams: dict[CappedStream | None, list[HeldCandidate]] = {}
+            for c in choice.chosen:
+                streams.setdefault(self.planner.stream_of(c.tenant, c.host), []).append(c)
+            chosen: list[HeldCandidate] = []
+            waiting = list(choice.waiting)
+            for stream, rows in streams.items():
+                grant = await self.planner.grant(len(rows), now, stream)
+                per_minute = max(per_minute, grant.per_minute)
+                chosen += rows[: grant.granted]
+                if grant.granted < len(rows):
+                    self.capped = True
+                    why = "no token left now: " + ", ".join(
+                        f"{scope} cap" for scope in (stream.scopes if stream else [GLOBAL])
+                    )
+                    waiting += [(c, why) for c in rows[grant.granted :]]
+            return HeldChoice(chosen, waiting)
 
         claim = await self.db.timers.claim_held(
             choose,
@@ -107,7 +124,7 @@ class Claimer:
         )
         if claim is None or not claim.rows:
             return 0
-        self._hand_over(claim, per_minute)
+        self._hand_over(claim, per_minute, None)
         return len(claim.rows)
 
     # -- no cap binding: by key, ahead of time -------------------------------------------
@@ -116,8 +133,9 @@ class Claimer:
         claimed = 0
         while not self._stopping():
             keys = await self.db.timers.due_keys(
-                limit=KEYS_PER_PASS, lookahead_seconds=self.lookahead_seconds, now=now
-            )
+                limit=KEYS_PER_PASS, lookahead_seconds=self.lookahead_seconds,
+                capped=self.planner.capped, now=now,
+            )  # fmt: skip
             progress = 0
             for key in keys:
                 if self._stopping():
@@ -141,7 +159,7 @@ class Claimer:
             granted, leased = await self._leasing(
                 lambda n: self.db.timers.claim(
                     key, owner=self.owner, batch=n, lease_seconds=self.settings.lease_seconds,
-                    now=now,
+                    capped=self.planner.capped, now=now,
                 ),
                 now,
             )  # fmt: skip
@@ -172,7 +190,7 @@ class Claimer:
     async def _claim_ranked(self, batch: int) -> Claim:
         claim = await self.db.timers.claim_ranked(
             owner=self.owner, batch=batch, lease_seconds=self.settings.lease_seconds,
-            after=self._resume, now=self._now,
+            after=self._resume, capped=self.planner.capped, now=self._now,
         )  # fmt: skip
         for row in claim.rows:
             last = self._resume[row.priority - 1]
@@ -184,22 +202,58 @@ class Claimer:
         """Ranked claims search each priority from its start again (every tick)."""
         self._resume = [None] * 10
 
+    # -- capped tenants and hosts: each stream on its own tokens --------------------------
+
+    async def _capped_pass(self, now: datetime | None) -> int:
+        claimed = 0
+        capped = self.planner.capped
+        for stream in self.planner.streams():
+            if self._stopping():
+                break
+            # ahead of time while the stream's caps have room; only what is due while they
+            # bind, so that the few tokens go to the most important rows due
+            lookahead = 0.0 if self.planner.binding(stream) else self.lookahead_seconds
+            lease = self._capped_lease(stream, capped, lookahead, now)
+            while not self._stopping():
+                granted, leased = await self._leasing(lease, now, stream)
+                claimed += leased
+                if self.planner.binding(stream):
+                    self.capped = True  # more may be due than tokens: poll again soon
+                if granted == 0 or leased < granted or self.planner.binding(stream):
+                    break
+        return claimed
+
+    def _capped_lease(
+        self, stream: CappedStream, capped: CappedScopes, lookahead: float, now: datetime | None
+    ) -> Callable[[int], Awaitable[Claim]]:
+        async def lease(n: int) -> Claim:
+            return await self.db.timers.claim_capped(
+                stream, capped=capped, owner=self.owner, batch=n,
+                lease_seconds=self.settings.lease_seconds, lookahead_seconds=lookahead, now=now,
+            )  # fmt: skip
+
+        return lease
+
     async def _leasing(
-        self, lease: Callable[[int], Awaitable[Claim]], now: datetime | None
+        self,
+        lease: Callable[[int], Awaitable[Claim]],
+        now: datetime | None,
+        stream: CappedStream | None = None,
     ) -> tuple[int, int]:
-        """One claim under the cap: tokens for as many rows as there is room for, a lease of
-        up to that many, unused tokens given back, the rows handed over. Returns (tokens
-        granted, rows leased); no tokens (the cap said stop, or stopping) is (0, 0)."""
+        """One claim under the caps (the global one; a capped stream's too): tokens for as
+        many rows as there is room for, a lease of up to that many, unused tokens given back,
+        the rows handed over. Returns (tokens granted, rows leased); no tokens (a cap said
+        stop, or stopping) is (0, 0)."""
         await self._wait_for_room()
         if self._stopping():
             return 0, 0
-        grant = await self.planner.grant(min(self.settings.batch_size, self._room()), now)
+        grant = await self.planner.grant(min(self.settings.batch_size, self._room()), now, stream)
         if grant.granted == 0:
             self.capped = True
             return 0, 0
         claim = await lease(grant.granted)
         if len(claim.rows) < grant.granted:
-            await self.planner.give_back(grant.granted - len(claim.rows))
+            await self.planner.give_back(grant.granted - len(claim.rows), stream)
         if claim.rows:
-            self._hand_over(claim, grant.per_minute)
+            self._hand_over(claim, grant.per_minute, stream)
         return grant.granted, len(claim.rows)

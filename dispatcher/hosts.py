@@ -16,17 +16,10 @@ import heapq
 import itertools
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
-from urllib.parse import urlsplit
 
+from db.targets import host_of
 
-@lru_cache(maxsize=4096)
-def host_of(url: str) -> str:
-    """The host a URL names, lower case, without the port (as caps and circuits key it)."""
-    try:
-        return (urlsplit(url).hostname or "").lower()
-    except ValueError:
-        return ""
+__all__ = ["Breaker", "HostGate", "Trip", "host_of"]
 
 
 @dataclass(order=True)

@@ -41,6 +41,7 @@ class Maintenance:
         tick: Callable[[], None],
         counters: Callable[[], tuple[int, int, int]],
         stats: SendStats,
+        refresh: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.db = db
         self.settings = settings
@@ -49,6 +50,7 @@ class Maintenance:
         self._tick = tick
         self._counters = counters  # in flight, sent, failed
         self._stats = stats
+        self._refresh = refresh or planner.refresh_circuits
         self._scheduler: AsyncIOScheduler | None = None
 
     def start(self) -> None:
@@ -122,8 +124,9 @@ class Maintenance:
         await self._guarded("lease reap", reap)
 
     async def circuits(self) -> None:
-        """Learns the host circuits other dispatchers opened."""
-        await self._guarded("circuit refresh", self.planner.refresh_circuits)
+        """Learns the host circuits other dispatchers opened, the caps of tenants and hosts,
+        and the tenants' signing secrets."""
+        await self._guarded("circuit and cap refresh", self._refresh)
 
     async def partitions(self) -> None:
         """Partitions ahead for the horizon, expired ones dropped, old idempotency keys purged."""

@@ -34,7 +34,17 @@ from typing import Any
 from db.caps import GLOBAL
 from db.connection import DatabaseUnavailable
 from db.database import Database
-from db.models import Claim, ClaimedTimer, Grant, HeldCandidate, HeldChoice, PlanRow
+from db.models import (
+    NO_CAPPED,
+    CappedScopes,
+    CappedStream,
+    Claim,
+    ClaimedTimer,
+    Grant,
+    HeldCandidate,
+    HeldChoice,
+    PlanRow,
+)
 from db.settings import Settings
 from dispatcher.clock import ClockMap
 from dispatcher.hosts import Breaker, HostGate, host_of
@@ -148,6 +158,16 @@ class OpenCircuit:
     reason: str
 
 
+@dataclass(slots=True)
+class Pace:
+    """One capped stream as this dispatcher paces it."""
+
+    binding: bool = False  # a take granted less than asked
+    next: float = 0.0  # monotonic instant of the stream's next paced send
+    per_minute: int = 0  # the caps' rate at the last take (0: none)
+    last_take: float = 0.0  # monotonic instant of the last take
+
+
 WaitingNote = Callable[[ClaimedTimer, str], None]
 
 
@@ -158,10 +178,10 @@ class Planner:
         self.db = db
         self.settings = settings
         self.owner = owner
-        self.cap_binding = False  # a take granted less than asked: claim only what is due
-        self._pace_next = 0.0  # monotonic instant of the next paced send under a cap
-        self._per_minute = 0  # the cap's rate at the last take (0: none)
-        self._last_take = 0.0  # monotonic instant of the last take
+        self._global = Pace()  # the stream of every row without a cap of its own
+        self._paces: dict[CappedStream, Pace] = {}
+        # The tenants and hosts with caps of their own (refreshed every tick).
+        self.capped: CappedScopes = NO_CAPPED
         self._sem = asyncio.Semaphore(settings.concurrency)
         self.gate = HostGate(min(settings.host_concurrency, settings.concurrency))
         self.breaker = Breaker(
@@ -172,12 +192,57 @@ class Planner:
         self._circuits: dict[str, OpenCircuit] = {}
         self._background: set[asyncio.Task[None]] = set()
 
+    @property
+    def cap_binding(self) -> bool:
+        """The global cap binds: a take granted less than asked; claim only what is due."""
+        return self._global.binding
+
+    @cap_binding.setter
+    def cap_binding(self, value: bool) -> None:
+        self._global.binding = value
+
     # -- caps ---------------------------------------------------------------------------
 
-    async def grant(self, wanted: int, now: datetime | None) -> Grant:
-        """Takes up to ``wanted`` tokens of the global cap; notes whether the cap binds.
+    def streams(self) -> list[CappedStream]:
+        """The capped streams: each capped tenant, each capped host, and each pair of both
+        (whose rows take tokens from both caps)."""
+        tenants, hosts = self.capped.tenants, self.capped.hosts
+        found = [CappedStream(t, None) for t in tenants]
+        found += [CappedStream(None, h) for h in hosts]
+        found += [CappedStream(t, h) for t in tenants for h in hosts]
+        return found
 
-        While it binds, a dispatcher keeps only a short queue of paced sends in hand (about
+    def stream_of(self, tenant: str, host: str) -> CappedStream | None:
+        """The capped stream a row of this tenant and host belongs to (None: uncapped)."""
+        if not self.capped:
+            return None
+        t = tenant if tenant in self.capped.tenants else None
+        h = host if host in self.capped.hosts else None
+        return None if t is None and h is None else CappedStream(t, h)
+
+    def binding(self, stream: CappedStream) -> bool:
+        """Whether the stream's caps held back rows at its last take."""
+        pace = self._paces.get(stream)
+        return pace is not None and pace.binding
+
+    async def refresh_scopes(self) -> None:
+        """Learns which tenants and hosts have caps of their own (each tick)."""
+        capped = await self.db.caps.capped()
+        if capped != self.capped:
+            log.info(
+                "capped tenants: %s; capped hosts: %s",
+                ", ".join(capped.tenants) or "none", ", ".join(capped.hosts) or "none",
+            )  # fmt: skip
+            self.capped = capped
+            self._paces = {s: p for s, p in self._paces.items() if s in set(self.streams())}
+
+    async def grant(
+        self, wanted: int, now: datetime | None, stream: CappedStream | None = None
+    ) -> Grant:
+        """Takes up to ``wanted`` tokens of the global cap (and, for a capped stream, of its
+        tenant's and host's caps at once); notes whether the caps bind.
+
+        While they bind, a dispatcher keeps only a short queue of paced sends in hand (about
         CAP_IN_HAND_SECONDS): when the cap starts to bind it takes that much, then what the
         bucket refilled since its last take, so the stream keeps the cap's full rate and does
         not run dry when a claim is slow (a commit waiting for a busy disk). Tokens beyond
@@ -185,39 +250,65 @@ class Planner:
         spends them on the highest-priority work due by then. A long queue of its own would
         make a timer that falls due later wait behind it, whatever its priority.
         """
+        pace = self._pace(stream)
         started = time.monotonic()
-        was_binding = self.cap_binding
-        if was_binding and self._pace_next - started > CAP_IN_HAND_SECONDS:
-            return Grant(0, self._per_minute)  # enough in hand: ask again at the next poll
-        grant = await self.db.caps.take(scope=GLOBAL, wanted=wanted, now=now)
-        since, self._last_take = started - self._last_take, started
-        self.cap_binding = grant.granted < wanted
-        self._per_minute = grant.per_minute
-        if self.cap_binding and grant.per_minute:
+        was_binding = pace.binding
+        if was_binding and pace.next - started > CAP_IN_HAND_SECONDS:
+            return Grant(0, pace.per_minute)  # enough in hand: ask again at the next poll
+        scopes = stream.scopes if stream is not None else [GLOBAL]
+        grant = await self.db.caps.take(scopes=scopes, wanted=wanted, now=now)
+        since, pace.last_take = started - pace.last_take, started
+        pace.binding = grant.granted < wanted
+        pace.per_minute = grant.per_minute
+        if pace.binding and grant.per_minute:
             seconds = min(since, CAP_IN_HAND_SECONDS) if was_binding else CAP_IN_HAND_SECONDS
             keep = max(1, math.ceil(grant.per_minute / 60 * seconds))
             if grant.granted > keep:
-                await self.give_back(grant.granted - keep)
+                await self.give_back(grant.granted - keep, stream)
                 return Grant(keep, grant.per_minute)
         return grant
 
-    async def give_back(self, n: int) -> None:
+    async def give_back(self, n: int, stream: CappedStream | None = None) -> None:
         """Returns tokens taken for rows that were not there."""
-        await self.db.caps.give_back(scope=GLOBAL, n=n)
+        scopes = stream.scopes if stream is not None else [GLOBAL]
+        await self.db.caps.give_back(scopes=scopes, n=n)
 
-    def deadlines(self, claim: Claim, per_minute: int) -> list[tuple[ClaimedTimer, float]]:
+    def _pace(self, stream: CappedStream | None) -> Pace:
+        if stream is None:
+            return self._global
+        pace = self._paces.get(stream)
+        if pace is None:
+            pace = self._paces[stream] = Pace()
+        return pace
+
+    def deadlines(
+        self, claim: Claim, per_minute: int, stream: CappedStream | None = None
+    ) -> list[tuple[ClaimedTimer, float]]:
         """Each claimed row with the monotonic instant to send it: its run_at, or under a cap
-        the next paced instant (sends ``60 / per_minute`` apart, a smooth stream), in the
-        order contention serves them."""
+        the next paced instant of its stream (sends ``60 / per_minute`` apart, a smooth
+        stream), in the order contention serves them."""
         clock = ClockMap.of(claim)
         spacing = 60.0 / per_minute if per_minute else 0.0
-        rows = ranked(claim.rows) if spacing else claim.rows
+        rows = claim.rows
+        if spacing and stream is not None:
+            # a capped stream claims ahead while its caps have room: rows due by now go
+            # first, by priority; the ones ahead in their time order
+            due = claim.answered_at
+            rows = sorted(
+                rows,
+                key=lambda r: (
+                    (0, -r.priority, r.run_at) if clock.local(r.run_at) <= due else (1, 0, r.run_at)
+                ),
+            )
+        elif spacing:
+            rows = ranked(rows)
+        pace = self._pace(stream)
         planned = []
         for row in rows:
             deadline = clock.local(row.run_at)
             if spacing:
-                deadline = max(deadline, self._pace_next, claim.answered_at)
-                self._pace_next = deadline + spacing
+                deadline = max(deadline, pace.next, claim.answered_at)
+                pace.next = deadline + spacing
             planned.append((row, deadline))
         return planned
 

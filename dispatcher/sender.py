@@ -69,6 +69,9 @@ class Sender:
         self._allowed = allowed_networks
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self._signers = [Webhook(secret) for secret in signing_secrets or []]
+        # Tenants with secrets of their own: their webhooks are signed with those only.
+        self._tenant_signers: dict[str, list[Webhook]] = {}
+        self._tenant_secrets: dict[str, str] = {}
         self._concurrency = concurrency
         self._allow_private = allow_private
         self._session: aiohttp.ClientSession | None = None
@@ -107,8 +110,13 @@ class Sender:
         headers["Timerhook-Attempt"] = str(timer.attempts)
         if timer.request_id is not None:
             headers["Timerhook-Request-Id"] = timer.request_id
-        if self._signers:
-            headers.update(self._signature(timer, body))
+        signers = (
+            self._tenant_signers.get(timer.tenant, self._signers)
+            if self._tenant_signers
+            else self._signers
+        )
+        if signers:
+            headers.update(self._signature(timer, body, signers))
         timeout = self._timeout
         if timer.timeout_ms is not None:
             timeout = aiohttp.ClientTimeout(total=timer.timeout_ms / 1000)
@@ -156,7 +164,19 @@ class Sender:
             return f"target refused: {reason} (TIMERHOOK_ALLOW_PRIVATE_TARGETS=1 allows)"
         return None
 
-    def _signature(self, timer: ClaimedTimer, body: bytes) -> dict[str, str]:
+    def set_tenant_secrets(self, found: dict[str, str]) -> None:
+        """The tenants' own signing secrets (``whsec_...``, two space-separated during a
+        rotation); a tenant not named uses the global secret."""
+        if found == self._tenant_secrets:
+            return
+        self._tenant_secrets = dict(found)
+        self._tenant_signers = {
+            tenant: [Webhook(s) for s in secrets.split()] for tenant, secrets in found.items()
+        }
+
+    def _signature(
+        self, timer: ClaimedTimer, body: bytes, signers: list[Webhook]
+    ) -> dict[str, str]:
         """Standard Webhooks headers: the id is the timer's (the same on every attempt), the
         signature v1 HMAC-SHA256 over id.timestamp.body, one per active secret."""
         msg_id = str(timer.id)
@@ -165,7 +185,7 @@ class Sender:
         return {
             "webhook-id": msg_id,
             "webhook-timestamp": str(int(now.timestamp())),
-            "webhook-signature": " ".join(s.sign(msg_id, now, text) for s in self._signers),
+            "webhook-signature": " ".join(s.sign(msg_id, now, text) for s in signers),
         }
 
     @staticmethod

@@ -14,7 +14,7 @@ from datetime import datetime
 from db.caps import GLOBAL
 from db.connection import DatabaseUnavailable
 from db.database import Database
-from db.models import Claim, ClaimedTimer
+from db.models import CappedStream, Claim, ClaimedTimer
 from db.settings import Settings
 from dispatcher.claimer import Claimer
 from dispatcher.clock import ClockMap, sleep_until
@@ -78,7 +78,7 @@ class Dispatcher:
         self.maintenance = Maintenance(
             db, settings, self.planner, owner=self.id, tick=self._on_tick,
             counters=lambda: (self.in_flight, self.sent_total, self.failed_total),
-            stats=self.stats,
+            stats=self.stats, refresh=self._refresh,
         )  # fmt: skip
         # Every claimed row not yet recorded: waiting for its time or its host, or being sent.
         self._claimed: dict[asyncio.Task[None], ClaimedTimer] = {}
@@ -108,7 +108,7 @@ class Dispatcher:
         await self.db.partitions.ensure(horizon_days=self.settings.horizon_days)
         if self.settings.max_per_minute:
             await self.db.caps.seed(scope=GLOBAL, per_minute=self.settings.max_per_minute)
-        await self.planner.refresh_circuits()
+        await self._refresh()
         await self.sender.start()
         self._drain_task = asyncio.create_task(self._drain_loop(), name=f"drain-{self.id}")
         self.recorder.start()
@@ -156,6 +156,13 @@ class Dispatcher:
             self.id, self.sent_total, self.failed_total, released,
         )  # fmt: skip
 
+    async def _refresh(self) -> None:
+        """What other processes may change at run time: host circuits, the caps of tenants
+        and hosts, the tenants' signing secrets (every tick)."""
+        await self.planner.refresh_circuits()
+        await self.planner.refresh_scopes()
+        self.sender.set_tenant_secrets(await self.db.tenants.secrets())
+
     def _database_back(self) -> None:
         """After an outage: claim, record and heartbeat now, not at the next interval."""
         if self._stopping:
@@ -201,10 +208,11 @@ class Dispatcher:
     async def _wait_for_room(self) -> None:
         await self._wait_progress(lambda: self._room() > 0 or self._stopping)
 
-    def _schedule(self, claim: Claim, per_minute: int) -> None:
-        """Starts a task per claimed row that sends it at its planned instant."""
+    def _schedule(self, claim: Claim, per_minute: int, stream: CappedStream | None) -> None:
+        """Starts a task per claimed row that sends it at its planned instant (paced with the
+        rest of its capped stream, if any)."""
         clock = ClockMap.of(claim)
-        for row, deadline in self.planner.deadlines(claim, per_minute):
+        for row, deadline in self.planner.deadlines(claim, per_minute, stream):
             task = asyncio.create_task(self._send(row, deadline, clock))
             self._claimed[task] = row
 

@@ -12,6 +12,7 @@ from importlib import resources
 from fastapi import APIRouter, HTTPException, Request, Response
 from pydantic import BaseModel, Field
 
+from api.deps import AdminDep
 from api.observe import Observer, Point
 from api.routes.metrics import DispatcherPublic, dispatcher_public
 from db.models import BacklogStep, TimerSummary
@@ -141,7 +142,7 @@ def _dead_letter(t: TimerSummary) -> DeadLetter:
 
 
 @router.get("/dashboard/state", response_model=DashboardState)
-async def state(request: Request) -> DashboardState:
+async def state(request: Request, _admin: AdminDep) -> DashboardState:
     """What the dashboard shows, as one document (cached reads: 0.5 s, or longer for a read
     that is slow, so that polling keeps the database busy at most a tenth of the time)."""
     o: Observer = request.app.state.observer

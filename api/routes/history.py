@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
 
-from api.deps import DatabaseDep
+from api.deps import AdminDep, DatabaseDep, PrincipalDep
 from api.problems import FieldError
 from api.schemas import (
     AttemptList,
@@ -48,13 +48,14 @@ def _summary(row: StoredSummary) -> TimerSummary:
     return TimerSummary(
         id=row.id, status=row.state, due_at=row.due_at, url=row.url, attempts=row.attempts,
         max_attempts=row.max_attempts, finished_at=row.finished_at, last_result=last,
-        priority=row.priority, resources=row.resources,
+        priority=row.priority, resources=row.resources, tenant=row.tenant,
     )  # fmt: skip
 
 
 @router.get("", response_model=TimerList)
 async def list_timers(
     db: DatabaseDep,
+    principal: PrincipalDep,
     status: Annotated[
         list[str] | None,
         Query(description="States to list, comma separated or repeated; default all. "
@@ -63,6 +64,11 @@ async def list_timers(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = 100,
     cursor: Annotated[
         str | None, Query(description="next_cursor of the previous page.")
+    ] = None,
+    tenant: Annotated[
+        str | None,
+        Query(description="Only this tenant's timers (admin keys; a tenant key always lists "
+              "only its own)."),
     ] = None,
 ) -> TimerList:  # fmt: skip
     """Timers in due order (id order), filtered by state, a page at a time (keyset pagination:
@@ -73,16 +79,20 @@ async def list_timers(
         after = parse_timer_id(cursor)
         if after is None:
             raise FieldError("cursor", "is not a next_cursor this API returned")
-    rows = await db.timers.listing(states=states, limit=limit, after=after)
+    if tenant is not None and not principal.admin and tenant != principal.tenant:
+        raise HTTPException(403, "a tenant key lists only its own tenant's timers")
+    rows = await db.timers.listing(
+        states=states, limit=limit, after=after, tenant=principal.scope or tenant
+    )
     next_cursor = str(rows[-1].id) if len(rows) == limit else None
     return TimerList(items=[_summary(r) for r in rows], next_cursor=next_cursor)
 
 
 @router.get("/{timer_id}/attempts", response_model=AttemptList, responses=_NOT_FOUND)
-async def list_attempts(timer_id: str, db: DatabaseDep) -> AttemptList:
+async def list_attempts(timer_id: str, db: DatabaseDep, principal: PrincipalDep) -> AttemptList:
     """Every attempt to send the timer, oldest first."""
     parsed = parse_timer_id(timer_id)
-    timer = await db.timers.get(parsed) if parsed else None
+    timer = await db.timers.get(parsed, tenant=principal.scope) if parsed else None
     if parsed is None or timer is None:
         raise HTTPException(404, f"no timer with id {timer_id!r}")
     attempts = await db.timers.attempts(parsed)
@@ -107,10 +117,10 @@ async def list_attempts(timer_id: str, db: DatabaseDep) -> AttemptList:
     response_model=RequeueDone,
     responses={**_NOT_FOUND, 409: {"description": "The timer is not dead or failed."}},
 )
-async def requeue_timer(timer_id: str, db: DatabaseDep) -> RequeueDone:
+async def requeue_timer(timer_id: str, db: DatabaseDep, principal: PrincipalDep) -> RequeueDone:
     """Puts one dead or failed timer back: due now, with a fresh round of max_attempts."""
     parsed = parse_timer_id(timer_id)
-    result = await db.timers.requeue(parsed) if parsed else None
+    result = await db.timers.requeue(parsed, tenant=principal.scope) if parsed else None
     if result is None:
         raise HTTPException(404, f"no timer with id {timer_id!r}")
     if not result.requeued:
@@ -122,8 +132,9 @@ async def requeue_timer(timer_id: str, db: DatabaseDep) -> RequeueDone:
 
 
 @router.post("/requeue", response_model=RequeueDone)
-async def requeue_timers(body: RequeueRequest, db: DatabaseDep) -> RequeueDone:
-    """Puts back every dead letter that matches the filter ({} takes them all)."""
+async def requeue_timers(body: RequeueRequest, db: DatabaseDep, _admin: AdminDep) -> RequeueDone:
+    """Puts back every dead letter that matches the filter ({} takes them all); admin keys
+    only."""
     which = RequeueFilter(
         states=tuple(body.status),
         url_prefix=body.url_prefix,

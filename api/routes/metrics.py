@@ -22,6 +22,7 @@ from prometheus_client.core import (
 )
 from pydantic import BaseModel, Field
 
+from api.deps import AdminDep
 from api.observe import Counts, Observer, ProcessMetrics
 from db.models import Cap, Dispatcher
 from db.stats import BOUNDS, OUTCOMES, Totals
@@ -137,7 +138,7 @@ class _Snapshot:
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text."}},
 )
-async def metrics(request: Request) -> Response:
+async def metrics(request: Request, _admin: AdminDep) -> Response:
     """Prometheus metrics: webhooks by outcome, lateness and attempt latency histograms, the
     backlog, dispatchers and caps (the whole deployment, cached for half a second), and this
     process's creates. Every metric is listed in docs/operations.md."""
@@ -182,7 +183,7 @@ def dispatcher_public(d: Dispatcher, now: datetime) -> DispatcherPublic:
 
 
 @router.get("/dispatchers", response_model=list[DispatcherPublic])
-async def dispatchers(request: Request) -> list[DispatcherPublic]:
+async def dispatchers(request: Request, _admin: AdminDep) -> list[DispatcherPublic]:
     """The dispatcher registry, newest first: live ones, and stopped or silent ones for a
     while after (a minute after a clean stop, an hour after a crash). Cached for half a second."""
     observer: Observer = request.app.state.observer

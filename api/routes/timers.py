@@ -13,7 +13,8 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from api.deps import BatcherDep, DatabaseDep, MetricsDep, SettingsDep
+from api.auth import Principal
+from api.deps import AccessDep, BatcherDep, DatabaseDep, MetricsDep, PrincipalDep, SettingsDep
 from api.problems import FieldError
 from api.schemas import (
     PRIORITY_DEFAULT,
@@ -22,12 +23,14 @@ from api.schemas import (
     TimerDetail,
     TimerPublic,
 )
+from db.access import DEFAULT_TENANT
 from db.database import Database
 from db.ids import parse_timer_id
 from db.logs import request_id_var, timer_context
-from db.models import DeliveryOptions, IdempotentCreate, Timer
+from db.models import DeliveryOptions, IdempotentCreate, QuotaRefusal, Tenant, Timer
 from db.settings import Settings
 from db.targets import literal_refused
+from db.timers import QuotaExceeded
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +109,8 @@ async def create_timer(
     db: DatabaseDep,
     settings: SettingsDep,
     metrics: MetricsDep,
+    principal: PrincipalDep,
+    access: AccessDep,
     response: Response,
     idempotency_key: Annotated[
         str | None,
@@ -127,15 +132,24 @@ async def create_timer(
             f"add up to {body.delay_seconds} s; the longest accepted delay is {horizon} s "
             f"({settings.horizon_days} days)",
         )
-    options = delivery_options(body, settings, request_id=request_id_var.get())
-    if idempotency_key is None:
+    options = delivery_options(
+        body, settings, request_id=request_id_var.get(), tenant=principal.tenant
+    )
+    quota = await access.tenant(principal.tenant)
+    quota_checked = False
+    if quota is not None:
+        _check_payload_quota(quota, options)
+        quota_checked = quota.max_pending is not None or quota.creates_per_minute is not None
+    if idempotency_key is None and not quota_checked:
         timer = await batcher.create(body.delay_seconds * 1000, body.url, options)
         metrics.created_once.inc()
         if log.isEnabledFor(logging.DEBUG):
             _log_created(timer.id, timer.time_left, options, body.url)
         response.headers["Location"] = f"/timer/{timer.id}"
         return TimerPublic(id=timer.id, time_left=timer.time_left)
-    keyed = await _create_keyed(db, settings, idempotency_key, body, options)
+    keyed = await _create_keyed(
+        db, settings, _tenant_key(principal, idempotency_key), body, options, quota=quota_checked
+    )
     if keyed.conflict:
         raise FieldError(
             "Idempotency-Key",
@@ -161,11 +175,39 @@ def _log_created(timer_id: object, time_left: int, options: DeliveryOptions, url
     )  # fmt: skip
 
 
+def _tenant_key(principal: Principal, key: str | None) -> str | None:
+    """An Idempotency-Key as stored: each tenant's keys are its own (a newline cannot be in a
+    header, so no tenant's key can collide with another's)."""
+    if key is None or principal.tenant == DEFAULT_TENANT:
+        return key
+    return f"{principal.tenant}\n{key}"
+
+
+def _check_payload_quota(tenant: Tenant, options: DeliveryOptions) -> None:
+    """413 when the payload is over the tenant's max-payload-bytes quota."""
+    if tenant.max_payload_bytes is None or options.payload is None:
+        return
+    size = len(options.payload.encode())
+    if size > tenant.max_payload_bytes:
+        raise QuotaExceeded(
+            QuotaRefusal(
+                "max_payload_bytes",
+                f"the payload is {size} bytes as compact JSON; tenant {tenant.name}'s "
+                f"max-payload-bytes quota allows {tenant.max_payload_bytes}",
+                0,
+            )
+        )
+
+
 def delivery_options(
-    body: TimerCreate, settings: Settings, *, request_id: str | None = None
+    body: TimerCreate,
+    settings: Settings,
+    *,
+    request_id: str | None = None,
+    tenant: str = DEFAULT_TENANT,
 ) -> DeliveryOptions:
     """The stored request shape and policy of a create, checked against the settings' limits;
-    ``request_id``: the create's, stored with the timer."""
+    ``request_id``: the create's, stored with the timer; ``tenant``: whose it is."""
     if not settings.allow_private_targets:
         refused = literal_refused(body.url, settings.allowed_network_list)
         if refused is not None:
@@ -198,6 +240,7 @@ def delivery_options(
         priority=body.priority,
         resources=tuple(body.resources) if body.resources else None,
         request_id=request_id,
+        tenant=tenant,
     )
 
 
@@ -218,10 +261,19 @@ def fingerprint(body: TimerCreate) -> str:
 
 
 async def _create_keyed(
-    db: Database, settings: Settings, key: str, body: TimerCreate, options: DeliveryOptions
+    db: Database,
+    settings: Settings,
+    key: str | None,
+    body: TimerCreate,
+    options: DeliveryOptions,
+    *,
+    quota: bool,
 ) -> IdempotentCreate:
-    """The keyed create; the fingerprint is a hash of the validated body with its defaults."""
+    """The keyed create (or, ``key`` None, a plain one of a tenant with quotas); the
+    fingerprint is a hash of the validated body with its defaults. ``quota``: the tenant's
+    quotas are checked in the create's transaction."""
     return await db.timers.insert_idempotent(
+        quota=quota,
         key=key,
         fingerprint=fingerprint(body),
         delay_ms=body.delay_seconds * 1000,
@@ -232,10 +284,10 @@ async def _create_keyed(
 
 
 @router.get("/{timer_id}", response_model=TimerDetail, responses=_NOT_FOUND)
-async def get_timer(timer_id: str, db: DatabaseDep) -> TimerDetail:
+async def get_timer(timer_id: str, db: DatabaseDep, principal: PrincipalDep) -> TimerDetail:
     """Seconds left until the timer is due (rounded up; 0 once it has expired), and its state."""
     parsed = parse_timer_id(timer_id)
-    timer = await db.timers.get(parsed) if parsed else None
+    timer = await db.timers.get(parsed, tenant=principal.scope) if parsed else None
     if timer is None:
         raise HTTPException(404, f"no timer with id {timer_id!r}")
     return detail_of(timer, await _waiting_on(db, timer))
@@ -265,7 +317,7 @@ def detail_of(timer: Timer, waiting_on: str | None = None) -> TimerDetail:
         headers=timer.headers,
         timeout_seconds=timer.timeout_ms / 1000 if timer.timeout_ms is not None else None,
         priority=timer.priority, resources=timer.resources, waiting_on=waiting_on,
-        request_id=timer.request_id,
+        request_id=timer.request_id, tenant=timer.tenant,
     )  # fmt: skip
 
 
@@ -285,10 +337,10 @@ _CANCEL_CONFLICT = {
         409: {"description": "The timer is being sent, or was delivered or failed already."},
     },
 )
-async def cancel_timer(timer_id: str, db: DatabaseDep) -> Response:
+async def cancel_timer(timer_id: str, db: DatabaseDep, principal: PrincipalDep) -> Response:
     """Cancels a pending timer: it will never fire. Idempotent: cancelling again answers 204."""
     parsed = parse_timer_id(timer_id)
-    result = await db.timers.cancel(parsed) if parsed else None
+    result = await db.timers.cancel(parsed, tenant=principal.scope) if parsed else None
     if result is None:
         raise HTTPException(404, f"no timer with id {timer_id!r}")
     if result.found in _CANCEL_CONFLICT:

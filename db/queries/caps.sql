@@ -17,9 +17,12 @@ set per_minute = excluded.per_minute,
     updated_at = now();
 
 -- name: cap_take
--- Takes up to %(wanted)s whole tokens from a cap's bucket after refilling it for the time
--- since its last use; returns how many were granted (all of them when there is no cap) and
--- the cap per minute (0 for none), by which the dispatcher paces what it sends.
+-- Takes up to %(wanted)s whole tokens from every cap of %(scopes)s at once (the global cap and
+-- a tenant's and a host's, say), after refilling each for the time since its last use: as
+-- many as the emptiest bucket allows, from each. Returns how many were granted (all of them
+-- when none of the scopes has a cap) and the smallest cap per minute (0 for none), by which
+-- the dispatcher paces what it sends. Rows are locked in scope order, so two takes over
+-- overlapping scopes cannot deadlock.
 with clock as (
     select coalesce(%(now)s::timestamptz, now()) as now
 ), bucket as (
@@ -30,25 +33,33 @@ with clock as (
                  c.tokens + greatest(extract(epoch from clock.now - c.updated_at), 0)
                             * c.per_minute / 60.0) as available
     from caps c, clock
-    where c.scope = %(scope)s and c.per_minute > 0
+    where c.scope = any(%(scopes)s::text[]) and c.per_minute > 0
+    order by c.scope
     for update of c
 ), granted as (
-    -- the epsilon keeps 0.4 + 0.4 + 0.2 of a token from flooring to 0 in floating point
-    select scope, least(%(wanted)s, floor(available + 1e-9))::integer as n, available
-    from bucket
+    -- the epsilon keeps 0.4 + 0.4 + 0.2 of a token from flooring to 0 in floating point;
+    -- with no capped scope, min() is null and least() grants everything asked for
+    select least(%(wanted)s, floor(min(available) + 1e-9))::integer as n from bucket
 ), taken as (
-    update caps c set tokens = greatest(g.available - g.n, 0), updated_at = clock.now
-    from granted g, clock
-    where c.scope = g.scope
-    returning g.n
+    update caps c set tokens = greatest(b.available - g.n, 0), updated_at = clock.now
+    from bucket b, granted g, clock
+    where c.scope = b.scope
+    returning 1
 )
-select coalesce((select n from taken), %(wanted)s) as granted,
-       coalesce((select per_minute from bucket), 0) as per_minute;
+select coalesce((select n from granted), %(wanted)s) as granted,
+       coalesce((select min(per_minute) from bucket), 0) as per_minute,
+       (select count(*) from taken) as buckets;
 
 -- name: cap_give_back
 -- Returns tokens that were taken but not used (fewer rows were due than tokens granted).
 update caps set tokens = least(per_minute / 60.0 + 1.0, tokens + %(n)s)
-where scope = %(scope)s and per_minute > 0;
+where scope = any(%(scopes)s::text[]) and per_minute > 0;
+
+-- name: cap_scopes
+-- The tenants and hosts with a cap of their own (per_minute > 0), for the capped pass.
+select scope from caps
+where per_minute > 0 and (left(scope, 7) = 'tenant:' or left(scope, 5) = 'host:')
+order by scope;
 
 -- name: cap_list
 -- Every cap with its current fill, refilled to now for display.

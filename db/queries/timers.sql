@@ -10,31 +10,32 @@ with clock as (
     select ceil(extract(epoch from coalesce(%(now)s::timestamptz, now())) * 1000)::bigint as now_ms
 ), input as (
     select t.ord, t.url, clock.now_ms + t.delay_ms as due_ms, t.delay_ms, t.payload, t.headers,
-           t.timeout_ms, t.max_attempts, t.delivery, t.priority, t.request_id,
+           t.timeout_ms, t.max_attempts, t.delivery, t.priority, t.request_id, t.tenant, t.host,
            -- resources travel as one space-separated text per timer (unnest flattens arrays
            -- of arrays); names never hold a space
            string_to_array(t.resources, ' ') as resources
     from unnest(%(delay_ms)s::bigint[], %(url)s::text[], %(payload)s::jsonb[],
                 %(headers)s::jsonb[], %(timeout_ms)s::integer[], %(max_attempts)s::integer[],
                 %(delivery)s::text[], %(priority)s::smallint[], %(resources)s::text[],
-                %(request_id)s::text[])
+                %(request_id)s::text[], %(tenant)s::text[], %(host)s::text[])
          with ordinality as t(delay_ms, url, payload, headers, timeout_ms, max_attempts,
-                              delivery, priority, resources, request_id, ord),
+                              delivery, priority, resources, request_id, tenant, host, ord),
          clock
 ), rows as (
     -- referenced twice below, so materialised once: the ids inserted are the ids returned
     select ord, timerhook_id(due_ms) as id, url, delay_ms, payload, headers, timeout_ms,
-           max_attempts, delivery, priority, resources, request_id,
+           max_attempts, delivery, priority, resources, request_id, tenant, host,
            'epoch'::timestamptz + due_ms * interval '1 millisecond' as due_at,
            'epoch'::timestamptz + ceil(due_ms / 1000.0) * interval '1 second' as bucket,
            floor(random() * %(shards)s)::smallint as shard
     from input
 ), inserted as (
     insert into timers (id, bucket, due_at, run_at, slot, shard, url, payload, headers,
-                        timeout_ms, max_attempts, delivery, priority, resources, request_id)
+                        timeout_ms, max_attempts, delivery, priority, resources, request_id,
+                        tenant, host)
     select id, bucket, due_at, due_at, bucket, shard, url, payload, headers, timeout_ms,
            coalesce(max_attempts, 8), coalesce(delivery, 'at_least_once'), coalesce(priority, 5),
-           resources, request_id
+           resources, request_id, coalesce(tenant, 'default'), coalesce(host, '')
     from rows
     returning 1
 )
@@ -44,15 +45,17 @@ from rows
 order by ord;
 
 -- name: timer_get
--- One timer by id; the bucket (derived from the id) prunes the scan to one partition.
+-- One timer by id; the bucket (derived from the id) prunes the scan to one partition. A
+-- tenant's key reads only its own timers (%(tenant)s; null: any tenant's, for admin keys).
 select id, state, due_at, run_at, url, attempts, created_at, fired_at, finished_at,
        last_status, last_error,
        greatest(ceil(extract(epoch from due_at - coalesce(%(now)s::timestamptz, now()))), 0)::bigint
            as time_left,
        max_attempts, round_start, delivery, payload, headers, timeout_ms, priority, resources,
-       waiting_on, request_id
+       waiting_on, request_id, tenant
 from timers
-where id = %(id)s and bucket = %(bucket)s;
+where id = %(id)s and bucket = %(bucket)s
+  and (%(tenant)s::text is null or tenant = %(tenant)s::text);
 
 -- name: timer_cancel
 -- Cancels a pending timer. The row lock decides a race with a claim: a claim skips rows that a
@@ -61,6 +64,7 @@ where id = %(id)s and bucket = %(bucket)s;
 with target as (
     select t.id, t.bucket, t.state from timers t
     where t.id = %(id)s and t.bucket = %(bucket)s
+      and (%(tenant)s::text is null or t.tenant = %(tenant)s::text)
     for update
 ), cancelled as (
     update timers t
@@ -74,12 +78,14 @@ select target.state as found, exists (select 1 from cancelled) as cancelled from
 -- name: bucket_keys_due
 -- The oldest (slot, shard) keys with pending rows due by now + lookahead. A loose index scan:
 -- each step jumps to the next key in the partial index instead of walking every row of a
--- herd. Rows that name resources are left to the resource pass (timer_claim_held). bucket <=
+-- herd. Rows that name resources are left to the resource pass (timer_claim_held), rows of a
+-- capped tenant or host to the capped pass (timer_claim_capped). bucket <=
 -- slot always, so the bucket bound prunes the partitions that cannot be due
 -- (the bound is a stable expression, not a CTE, so pruning happens at executor start-up).
 with recursive keys as (
     (select t.slot, t.shard from timers t
      where t.state = 'pending' and t.resources is null
+       and not (t.tenant = any(%(capped_tenants)s::text[]) or t.host = any(%(capped_hosts)s::text[]))
        and t.slot <= coalesce(%(now)s::timestamptz, now()) + %(lookahead)s * interval '1 second'
        and t.bucket <= coalesce(%(now)s::timestamptz, now()) + %(lookahead)s * interval '1 second'
      order by t.slot, t.shard limit 1)
@@ -88,6 +94,8 @@ with recursive keys as (
     from keys k,
          lateral (select t.slot, t.shard from timers t
                   where t.state = 'pending' and t.resources is null
+                    and not (t.tenant = any(%(capped_tenants)s::text[])
+                             or t.host = any(%(capped_hosts)s::text[]))
                     and (t.slot, t.shard) > (k.slot, k.shard)
                     and t.slot <= coalesce(%(now)s::timestamptz, now())
                                   + %(lookahead)s * interval '1 second'
@@ -113,6 +121,8 @@ with clock as (
     from timers t
     where t.slot = %(slot)s and t.shard = %(shard)s and t.state = 'pending'
       and t.resources is null and t.bucket <= %(slot)s and (select got from lock)
+      -- rows of a capped tenant or host go out through their own pass (timer_claim_capped)
+      and not (t.tenant = any(%(capped_tenants)s::text[]) or t.host = any(%(capped_hosts)s::text[]))
     order by t.run_at
     limit %(batch)s
     for update skip locked
@@ -129,7 +139,7 @@ returning t.id, t.bucket, t.url, t.run_at, t.attempts, t.max_attempts, t.round_s
           t.delivery, t.payload::text as payload, t.headers, t.timeout_ms,
           case when %(now)s::timestamptz is null then clock_timestamp()
                else clock.now end as db_now,
-          t.priority, t.resources, t.request_id;
+          t.priority, t.resources, t.request_id, t.tenant;
 
 -- name: timer_claim_ranked
 -- Under a binding cap: leases up to %(batch)s pending rows already due, highest priority
@@ -148,6 +158,8 @@ with clock as (
          lateral (select t.id, t.bucket, t.priority, t.run_at from timers t
                   where t.state = 'pending' and t.resources is null and t.priority >= 1
                     and t.priority = p.priority
+                    and not (t.tenant = any(%(capped_tenants)s::text[])
+                             or t.host = any(%(capped_hosts)s::text[]))
                     -- resumed where the last claim of this priority stopped: a herd's rows
                     -- claimed already leave dead index entries at the front of the range
                     and t.run_at >= coalesce((%(after)s::timestamptz[])[p.priority],
@@ -174,7 +186,45 @@ returning t.id, t.bucket, t.url, t.run_at, t.attempts, t.max_attempts, t.round_s
           t.delivery, t.payload::text as payload, t.headers, t.timeout_ms,
           case when %(now)s::timestamptz is null then clock_timestamp()
                else clock.now end as db_now,
-          t.priority, t.resources, t.request_id;
+          t.priority, t.resources, t.request_id, t.tenant;
+
+-- name: timer_claim_capped
+-- The capped pass: leases up to %(batch)s pending rows of one capped stream due by now +
+-- %(lookahead)s seconds, highest priority first, then the earliest run_at. A stream is a capped tenant (its rows to
+-- hosts without a cap), a capped host (its rows of tenants without a cap), or both (%(tenant)s
+-- and %(host)s, null where the stream has none); its tokens were taken from every cap that
+-- applies. Rows naming resources are left to the resource pass.
+with clock as (
+    select coalesce(%(now)s::timestamptz, now()) as now
+), picked as (
+    select t.id, t.bucket from timers t
+    where t.state = 'pending' and t.resources is null and t.host >= ''
+      and (case when %(tenant)s::text is null
+                then not t.tenant = any(%(capped_tenants)s::text[])
+                else t.tenant = %(tenant)s::text end)
+      and (case when %(host)s::text is null
+                then not t.host = any(%(capped_hosts)s::text[])
+                else t.host = %(host)s::text end)
+      -- due by now + lookahead (0 while the stream's caps bind: only what is due competes)
+      and t.run_at <= coalesce(%(now)s::timestamptz, now()) + %(lookahead)s * interval '1 second'
+      -- a row due then has its bucket at the next whole second at the latest
+      and t.bucket <= coalesce(%(now)s::timestamptz, now())
+                      + (%(lookahead)s + 1) * interval '1 second'
+    order by t.priority desc, t.run_at
+    limit %(batch)s
+    for update of t skip locked
+)
+update timers t
+set state = 'inflight', lease_owner = %(owner)s,
+    lease_until = clock.now + %(lease_seconds)s * interval '1 second',
+    attempts = t.attempts + 1, waiting_on = null
+from picked, clock
+where t.id = picked.id and t.bucket = picked.bucket
+returning t.id, t.bucket, t.url, t.run_at, t.attempts, t.max_attempts, t.round_start,
+          t.delivery, t.payload::text as payload, t.headers, t.timeout_ms,
+          case when %(now)s::timestamptz is null then clock_timestamp()
+               else clock.now end as db_now,
+          t.priority, t.resources, t.request_id, t.tenant;
 
 -- name: resource_pass_lock
 -- One resource pass at a time across the fleet: the choice of which conflicting timers go
@@ -184,7 +234,7 @@ select pg_try_advisory_xact_lock(hashtext('timerhook.resource_pass')::bigint) as
 -- name: held_candidates
 -- Pending rows that name resources and fall due by now + lookahead (the current second as a
 -- whole: timers due in the same second form one choice), highest priority first, then run_at.
-select t.id, t.bucket, t.priority, t.run_at, t.resources
+select t.id, t.bucket, t.priority, t.run_at, t.resources, t.tenant, t.host
 from timers t
 where t.state = 'pending' and t.resources is not null
   and t.slot <= coalesce(%(now)s::timestamptz, now()) + %(lookahead)s * interval '1 second'
@@ -219,7 +269,7 @@ with clock as (
               t.delivery, t.payload::text as payload, t.headers, t.timeout_ms,
               case when %(now)s::timestamptz is null then clock_timestamp()
                    else clock.now end as db_now,
-              t.priority, t.resources, t.request_id
+              t.priority, t.resources, t.request_id, t.tenant
 ), held as (
     -- the primary key on resource is the last word: two holders of one resource cannot exist
     insert into resource_holds (resource, timer_id, bucket, owner)
@@ -364,10 +414,11 @@ select state, count(*) as n from timers group by state order by state;
 -- given states. One index probe per state (timers_state_list_idx), merged: a filter on dead
 -- letters reads only dead letters. The bucket bound prunes partitions before the cursor.
 select t.id, t.state, t.due_at, t.run_at, t.url, t.attempts, t.max_attempts, t.fired_at,
-       t.finished_at, t.last_status, t.last_error, t.priority, t.resources
+       t.finished_at, t.last_status, t.last_error, t.priority, t.resources, t.tenant
 from unnest(%(states)s::text[]) as s(state),
      lateral (select * from timers t
               where t.state = s.state
+                and (%(tenant)s::text is null or t.tenant = %(tenant)s::text)
                 and (%(after)s::uuid is null
                      or (t.id > %(after)s::uuid and t.bucket >= %(after_bucket)s::timestamptz))
               order by t.id
@@ -390,6 +441,7 @@ with clock as (
 ), target as (
     select t.id, t.bucket, t.state from timers t
     where t.id = %(id)s and t.bucket = %(bucket)s
+      and (%(tenant)s::text is null or t.tenant = %(tenant)s::text)
     for update
 ), requeued as (
     update timers t

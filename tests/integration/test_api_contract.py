@@ -40,6 +40,7 @@ async def test_get_answers_the_same_shape_counting_down(client: httpx.AsyncClien
         "next_attempt_at", "max_attempts", "delivery", "payload", "headers", "timeout_seconds",
         "priority", "resources", "waiting_on",  # the planner's fields (issue 8)
         "request_id",  # the create's X-Request-ID (issue 11)
+        "tenant",  # whose it is (issue 10)
     }  # fmt: skip
     assert (body["status"], body["attempts"], body["last_result"]) == ("pending", 0, None)
     assert (body["max_attempts"], body["delivery"], body["payload"]) == (8, "at_least_once", None)

@@ -70,11 +70,27 @@ async def test_caps_set_and_show(db: Database, database_url: str) -> None:
     assert [(c.scope, c.per_minute) for c in await db.caps.list()] == [(GLOBAL, 6000)]
     shown = await _timerhook(database_url, "caps")
     assert "6,000" in shown.stdout and "100.0/s" in shown.stdout
-    refused = await _timerhook(database_url, "caps", "set", "tenant", "5")
-    assert refused.returncode == 2 and "only the global cap" in refused.stderr
+    refused = await _timerhook(database_url, "caps", "set", "tenant", "5")  # no name
+    assert refused.returncode == 2 and "tenant NAME N" in refused.stderr
     negative = await _timerhook(database_url, "caps", "set", "global", "-5")
     assert negative.returncode == 2
+    with_port = await _timerhook(database_url, "caps", "set", "host", "api.example.com:8080", "6")
+    assert with_port.returncode == 2 and "without its port" in with_port.stderr
     assert [(c.scope, c.per_minute) for c in await db.caps.list()] == [(GLOBAL, 6000)]
+    # Tenants' and hosts' caps beside the global one; hosts as URLs name them, lower case.
+    for args in (
+        ("tenant", "acme", "600"),
+        ("host", "API.Example.com", "60"),
+        ("host", "[::1]", "6"),
+    ):
+        done = await _timerhook(database_url, "caps", "set", *args)
+        assert done.returncode == 0, done.stderr
+    assert [(c.scope, c.per_minute) for c in await db.caps.list()] == [
+        (GLOBAL, 6000),
+        ("host:::1", 6),
+        ("host:api.example.com", 60),
+        ("tenant:acme", 600),
+    ]
 
 
 async def test_dead_lists_dead_letters_and_requeue_puts_them_back(

@@ -8,6 +8,7 @@ from typing import Any
 
 from db.database import Database
 from db.ids import bucket_of, partition_of
+from db.models import NO_CAPPED
 from db.query_loader import query
 
 
@@ -57,6 +58,10 @@ async def _rows(db: Database) -> dict[str, float]:
         return {str(name): float(n) for name, n in await cur.fetchall()}
 
 
+# No tenant or host has a cap of its own: the claims' parameters for that.
+UNCAPPED = NO_CAPPED.params()
+
+
 def _scans(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [n for n in nodes if "Relation Name" in n and "Scan" in n["Node Type"]]
 
@@ -65,7 +70,7 @@ async def test_the_due_query_reads_the_partial_pending_index(db: Database) -> No
     await _history(db)
     rows = await _rows(db)
     nodes = await _explain(
-        db, query("bucket_keys_due"), {"limit": 64, "lookahead": 1.5, "now": None}
+        db, query("bucket_keys_due"), {"limit": 64, "lookahead": 1.5, "now": None, **UNCAPPED}
     )
     scans = _scans(nodes)
     # Future partitions cannot hold anything due: pruned at executor start-up.
@@ -92,6 +97,7 @@ async def test_the_claim_reads_the_partial_pending_index(db: Database) -> None:
         "batch": 100,
         "lease_seconds": 30,
         "now": None,
+        **UNCAPPED,
     }
     nodes = await _explain(db, query("bucket_claim"), params)
     rows = await _rows(db)
@@ -109,7 +115,7 @@ async def test_get_by_id_touches_exactly_one_partition(db: Database) -> None:
     [created] = await db.timers.insert([86_400_000 * 3], ["https://x.org"], shards=16)
     bucket = bucket_of(created.id)
     nodes = await _explain(
-        db, query("timer_get"), {"id": created.id, "bucket": bucket, "now": None}
+        db, query("timer_get"), {"id": created.id, "bucket": bucket, "now": None, "tenant": None}
     )
     touched = [n["Relation Name"] for n in nodes if "Relation Name" in n]
     assert touched == [partition_of(bucket)]
