@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -55,7 +56,10 @@ class CapStore(PoolOwner):
                 {"scopes": _scopes(scope, scopes), "wanted": wanted, "now": now},
             )
             row = await cur.fetchone()
-        return Grant(int(row[0]), int(row[1])) if row else Grant(wanted, 0)
+        answered_at = time.monotonic()
+        if row is None:
+            return Grant(wanted, 0)
+        return Grant(int(row[0]), int(row[1]), float(row[2]), answered_at)
 
     async def give_back(
         self, *, scope: str | None = None, scopes: Sequence[str] = (), n: int

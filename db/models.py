@@ -218,6 +218,10 @@ class Grant:
 
     granted: int
     per_minute: int
+    # The binding bucket's fill before the take (tokens), and the local monotonic instant
+    # its answer came: when each granted token was minted, for pacing the capped streams.
+    available: float = 0.0
+    answered_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

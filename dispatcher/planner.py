@@ -27,7 +27,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -59,6 +59,11 @@ CAP_POLL_SECONDS = 0.1
 # without a gap in the stream, little enough that a timer of higher priority that falls due
 # meanwhile waits no longer than this behind the ones already in hand.
 CAP_IN_HAND_SECONDS = 0.5
+# A capped stream's send of a token goes this long after the token was minted in the shared
+# bucket (refilled at the cap's rate): every dispatcher of the fleet sends its tokens at their
+# minting instants plus this, so together they make one even stream, whoever took which token.
+# Longer than a take usually lags a mint (a poll, CAP_POLL_SECONDS, and a claim).
+CAP_SEND_DELAY_SECONDS = 0.25
 
 
 def choose_held(
@@ -144,6 +149,18 @@ def plan_pass(
     return decisions
 
 
+def minted(grant: Grant) -> list[float]:
+    """The send instant of each token of a take, oldest first: the local instant its bucket
+    minted it (the fill rose past each whole token at the cap's rate; the take got the oldest
+    ones) plus CAP_SEND_DELAY_SECONDS. Tokens that waited in a full bucket come out in the past
+    (send them now); a fleet sending every token at its instant sends one even stream."""
+    rate = grant.per_minute / 60.0
+    return [
+        grant.answered_at - (grant.available - j) / rate + CAP_SEND_DELAY_SECONDS
+        for j in range(1, grant.granted + 1)
+    ]
+
+
 def ranked(rows: Sequence[ClaimedTimer]) -> list[ClaimedTimer]:
     """Rows in the order contention serves them: higher priority, then earlier run_at."""
     return sorted(rows, key=lambda r: (-r.priority, r.run_at))
@@ -166,6 +183,8 @@ class Pace:
     next: float = 0.0  # monotonic instant of the stream's next paced send
     per_minute: int = 0  # the caps' rate at the last take (0: none)
     last_take: float = 0.0  # monotonic instant of the last take
+    # (capped streams) the send instants of the tokens of the last take, oldest first
+    slots: list[float] = field(default_factory=list)
 
 
 WaitingNote = Callable[[ClaimedTimer, str], None]
@@ -264,8 +283,10 @@ class Planner:
             seconds = min(since, CAP_IN_HAND_SECONDS) if was_binding else CAP_IN_HAND_SECONDS
             keep = max(1, math.ceil(grant.per_minute / 60 * seconds))
             if grant.granted > keep:
-                await self.give_back(grant.granted - keep, stream)
-                return Grant(keep, grant.per_minute)
+                await self.give_back(grant.granted - keep, stream)  # the newest tokens
+                grant = Grant(keep, grant.per_minute, grant.available, grant.answered_at)
+        if stream is not None:
+            pace.slots = minted(grant) if grant.per_minute else []
         return grant
 
     async def give_back(self, n: int, stream: CappedStream | None = None) -> None:
@@ -304,12 +325,19 @@ class Planner:
             rows = ranked(rows)
         pace = self._pace(stream)
         planned = []
-        for row in rows:
+        slots = pace.slots if stream is not None else []
+        for i, row in enumerate(rows):
             deadline = clock.local(row.run_at)
-            if spacing:
+            if i < len(slots):
+                # a capped stream: its token's minting instant plus the fleet's delay
+                deadline = max(deadline, slots[i])
+                pace.next = max(pace.next, deadline)
+            elif spacing:
                 deadline = max(deadline, pace.next, claim.answered_at)
                 pace.next = deadline + spacing
             planned.append((row, deadline))
+        if stream is not None:
+            pace.slots = []
         return planned
 
     # -- hosts --------------------------------------------------------------------------

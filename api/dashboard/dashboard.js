@@ -7,11 +7,20 @@ const POLL_MS = 1000;
 const SVG = "http://www.w3.org/2000/svg";
 const $ = (id) => document.getElementById(id);
 
-// One place for every call to the API (where an API key would be added).
+// The admin API key, once the API asks for one (kept for this browser tab only).
+const KEY_STORE = "timerhook.key";
+const savedKey = () => sessionStorage.getItem(KEY_STORE);
+
+// One place for every call to the API: it adds the key when there is one.
 async function api(path, options = {}) {
+  const key = savedKey();
   const response = await fetch(path, {
     ...options,
-    headers: { Accept: "application/json", ...(options.headers || {}) },
+    headers: {
+      Accept: "application/json",
+      ...(key ? { Authorization: `Bearer ${key}` } : {}),
+      ...(options.headers || {}),
+    },
   });
   const text = await response.text();
   let body = null;
@@ -318,11 +327,33 @@ async function refresh() {
   } catch (error) {
     status.textContent = `cannot read the state: ${error.message}`;
     status.classList.add("error");
+    if (error.status === 401 || error.status === 403) {
+      askForKey(error.message);
+      return; // polling resumes once a key is given
+    }
   }
   timer = setTimeout(refresh, POLL_MS);
 }
 
+// Keys are in use: ask for an admin key (see `timerhook keys create --admin`).
+function askForKey(why) {
+  $("key-why").textContent = why;
+  $("key-form").hidden = false;
+  $("key-input").focus();
+}
+
+function useKey(event) {
+  event.preventDefault();
+  const key = $("key-input").value.trim();
+  if (!key) return;
+  sessionStorage.setItem(KEY_STORE, key);
+  $("key-input").value = "";
+  $("key-form").hidden = true;
+  refresh();
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   $("lookup").addEventListener("submit", lookup);
+  $("key-form").addEventListener("submit", useKey);
   refresh();
 });

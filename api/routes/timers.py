@@ -24,12 +24,13 @@ from api.schemas import (
     TimerPublic,
 )
 from db.access import DEFAULT_TENANT
+from db.caps import GLOBAL, HOST, TENANT
 from db.database import Database
 from db.ids import parse_timer_id
 from db.logs import request_id_var, timer_context
 from db.models import DeliveryOptions, IdempotentCreate, QuotaRefusal, Tenant, Timer
 from db.settings import Settings
-from db.targets import literal_refused
+from db.targets import host_of, literal_refused
 from db.timers import QuotaExceeded
 
 log = logging.getLogger(__name__)
@@ -294,12 +295,14 @@ async def get_timer(timer_id: str, db: DatabaseDep, principal: PrincipalDep) -> 
 
 
 async def _waiting_on(db: Database, timer: Timer) -> str | None:
-    """Why a due timer is not out yet: what the planner noted, or else a binding cap."""
+    """Why a due timer is not out yet: what the planner noted, or else a binding cap that
+    applies to it (the global one, its tenant's or its host's)."""
     due = timer.time_left == 0 and timer.run_at <= datetime.now(UTC)  # a display, not a decision
     if timer.waiting_on is not None or timer.state != "pending" or not due:
         return timer.waiting_on
+    applies = {GLOBAL, TENANT + timer.tenant, HOST + host_of(timer.url)}
     for cap in await db.caps.list():
-        if cap.per_minute and cap.tokens < 1:
+        if cap.scope in applies and cap.per_minute and cap.tokens < 1:
             return f"{cap.scope} cap: {cap.per_minute}/min, no token left now"
     return None
 

@@ -20,8 +20,8 @@ set per_minute = excluded.per_minute,
 -- Takes up to %(wanted)s whole tokens from every cap of %(scopes)s at once (the global cap and
 -- a tenant's and a host's, say), after refilling each for the time since its last use: as
 -- many as the emptiest bucket allows, from each. Returns how many were granted (all of them
--- when none of the scopes has a cap) and the smallest cap per minute (0 for none), by which
--- the dispatcher paces what it sends. Rows are locked in scope order, so two takes over
+-- when none of the scopes has a cap), and the emptiest bucket's cap per minute (0 for none)
+-- and fill before the take, by which the dispatcher paces what it sends. Rows are locked in scope order, so two takes over
 -- overlapping scopes cannot deadlock.
 with clock as (
     select coalesce(%(now)s::timestamptz, now()) as now
@@ -46,8 +46,10 @@ with clock as (
     where c.scope = b.scope
     returning 1
 )
+-- per_minute and available are the binding bucket's (the emptiest)
 select coalesce((select n from granted), %(wanted)s) as granted,
-       coalesce((select min(per_minute) from bucket), 0) as per_minute,
+       coalesce((select per_minute from bucket order by available limit 1), 0) as per_minute,
+       coalesce((select available from bucket order by available limit 1), 0) as available,
        (select count(*) from taken) as buckets;
 
 -- name: cap_give_back

@@ -15,6 +15,7 @@ import httpx
 import pytest
 from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
 
+from db.database import Database
 from tests.support.processes import Service
 from tests.support.sink import Received, Sink
 
@@ -147,3 +148,30 @@ async def _fits_a_phone(page: Page) -> None:
         "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
     )
     assert overflow <= 0, f"the page is {overflow} px wider than a phone's screen"
+
+
+async def test_the_dashboard_asks_for_a_key_once_keys_exist(
+    make_service: MakeService, database_url: str, browser: Browser
+) -> None:
+    async with Database(database_url, max_size=1) as db:
+        _, tenant_key = await db.keys.create(tenant="a", admin=False, label=None)
+        _, admin_key = await db.keys.create(tenant="ops", admin=True, label=None)
+    service = make_service("api", TIMERHOOK_DATABASE_URL=database_url)
+    service.start()
+    await service.wait_ready()
+    page = await browser.new_page(viewport={"width": 1280, "height": 900})
+    await page.goto(f"{service.base_url}/dashboard")
+    # No key: the page asks for one instead of polling on.
+    await page.wait_for_selector("#key-form:not([hidden])", timeout=10_000)
+    assert "API key is required" in (await page.text_content("#key-why") or "")
+    # A tenant's key is not enough: the dashboard shows every tenant.
+    await page.fill("#key-input", tenant_key)
+    await page.click("#key-form button")
+    await page.wait_for_selector("#key-why:has-text('admin key')", timeout=10_000)
+    await page.wait_for_selector("#key-form:not([hidden])")
+    # An admin key: live.
+    await page.fill("#key-input", admin_key)
+    await page.click("#key-form button")
+    await page.wait_for_selector("#status:has-text('live')", timeout=10_000)
+    assert await page.is_hidden("#key-form")
+    assert await service.terminate() == 0
