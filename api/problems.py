@@ -113,6 +113,11 @@ _ANY_OPERATION = {
     "Retry-After seconds.",
 }
 _NO_INPUT = {"/healthz"}
+# Never behind an API key.
+_OPEN = {"/healthz", "/readyz"}
+# Admin keys only, once keys are in use.
+_ADMIN = {("post", "/timer/requeue"), ("get", "/metrics"), ("get", "/dispatchers"),
+          ("get", "/dashboard/state")}  # fmt: skip
 
 
 def openapi_components() -> dict[str, Any]:
@@ -130,10 +135,26 @@ def document_errors(operation: dict[str, Any], *, method: str, path: str) -> Non
     if path not in _NO_INPUT:
         for status, description in _ANY_OPERATION.items():
             responses.setdefault(str(status), {"description": description})
+    if path not in _OPEN:
+        responses.setdefault(
+            "401",
+            {"description": "An API key is required and was not sent, or is unknown or revoked "
+             "(see TIMERHOOK_AUTH)."},
+        )  # fmt: skip
+    if (method, path) in _ADMIN:
+        responses.setdefault("403", {"description": "A tenant key on an admin route."})
+    if (method, path) == ("post", "/timer"):
+        responses.setdefault(
+            "429",
+            {"description": "A tenant quota (max_pending, creates_per_minute) refused the "
+             "create; retry after the Retry-After seconds. Nothing was written."},
+        )  # fmt: skip
+    if (method, path) == ("get", "/timer"):
+        responses.setdefault("403", {"description": "A tenant key listing another tenant."})
     for status, response in responses.items():
         if status.startswith(("4", "5")):
             response["content"] = {PROBLEM_JSON: {"schema": _PROBLEM_REF}}
-            if status == "503":
+            if status in ("503", "429"):
                 response["headers"] = {
                     "Retry-After": {
                         "description": "Seconds to wait before retrying.",

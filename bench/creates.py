@@ -21,12 +21,14 @@ from bench import harness
 BODY = {"minutes": 30, "url": "https://example.com/hook"}
 
 
-async def load(base: str, clients: int, seconds: float) -> float:
+async def load(
+    base: str, clients: int, seconds: float, headers: dict[str, str] | None = None
+) -> float:
     """Creates per second from ``clients`` concurrent clients over ``seconds``."""
     done = 0
     stop_at = time.perf_counter() + seconds
     connector = aiohttp.TCPConnector(limit=clients)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
 
         async def client() -> None:
             nonlocal done

@@ -215,6 +215,7 @@ def plan(
     decisions = plan_pass(
         rows, holds=holds, circuits={c.host: c.reason for c in circuits if c.open},
         tokens=cap.tokens if cap else None, room=settings.concurrency + 2 * settings.batch_size,
+        scope_tokens={c.scope: c.tokens for c in caps if c.per_minute and c.scope != GLOBAL},
     )  # fmt: skip
     table = Table(title=f"next pass at {now:%H:%M:%S} UTC (due by +{lookahead:g} s)")
     for column in ("timer", "prio", "due", "host", "resources", "now?", "why"):

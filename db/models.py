@@ -294,6 +294,7 @@ class PlanRow:
     resources: list[str] | None
     waiting_on: str | None
     lease_owner: str | None
+    tenant: str = "default"
 
 
 @dataclass(frozen=True, slots=True)

@@ -114,10 +114,13 @@ def plan_pass(
     circuits: dict[str, str],
     tokens: float | None,
     room: int,
+    scope_tokens: dict[str, float] | None = None,
 ) -> list[Decision]:
     """The next pass over what the database holds (``timerhook plan``), by the rules the
     dispatchers follow: open circuits first, then resources (``choose_held``), then the
-    global cap's tokens (None: no cap), in priority order, then due time."""
+    tokens of the caps of the row's tenant and host (``scope_tokens``, by scope, for those
+    that have one) and of the global cap (None: no cap), in priority order, then due time."""
+    left_in = dict(scope_tokens or {})
     pending = [r for r in rows if r.state == "pending"]
     held_rows = [r for r in pending if r.resources and host_of(r.url) not in circuits]
     candidates = [
@@ -139,11 +142,18 @@ def plan_pass(
             )
         elif row.id in resource_wait:
             decisions.append(Decision(row, False, resource_wait[row.id]))
+        elif empty := [
+            s for s in (f"tenant:{row.tenant}", f"host:{host}") if left_in.get(s, 1.0) < 1
+        ]:
+            decisions.append(Decision(row, False, f"{empty[0]} cap: no token left now"))
         elif left is not None and left < 1:
             decisions.append(Decision(row, False, "global cap: no token left now"))
         else:
             if left is not None:
                 left -= 1
+            for scope in (f"tenant:{row.tenant}", f"host:{host}"):
+                if scope in left_in:
+                    left_in[scope] -= 1
             # (a waiting_on it still carries is stale: its reason is gone)
             decisions.append(Decision(row, True, "nothing holds it back"))
     return decisions

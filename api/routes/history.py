@@ -18,6 +18,7 @@ from api.schemas import (
     TimerList,
     TimerSummary,
 )
+from db.access import valid_tenant
 from db.ids import parse_timer_id
 from db.models import RequeueFilter
 from db.models import TimerSummary as StoredSummary
@@ -79,6 +80,8 @@ async def list_timers(
         after = parse_timer_id(cursor)
         if after is None:
             raise FieldError("cursor", "is not a next_cursor this API returned")
+    if tenant is not None and not valid_tenant(tenant):
+        raise FieldError("tenant", "is not a tenant name (1 to 64 of letters, digits, . _ -)")
     if tenant is not None and not principal.admin and tenant != principal.tenant:
         raise HTTPException(403, "a tenant key lists only its own tenant's timers")
     rows = await db.timers.listing(

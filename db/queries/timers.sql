@@ -492,7 +492,7 @@ select coalesce(%(now)s::timestamptz, now()) as now;
 -- first, then run_at, with the rows that wait in a dispatcher (leased, not yet sent, with a
 -- reason). For `timerhook plan`.
 select t.id, t.bucket, t.state, t.url, t.priority, t.run_at, t.resources, t.waiting_on,
-       t.lease_owner
+       t.lease_owner, t.tenant
 from timers t
 where ((t.state = 'pending'
         and t.slot <= coalesce(%(now)s::timestamptz, now()) + %(lookahead)s * interval '1 second')

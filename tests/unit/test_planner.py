@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from db.models import HeldCandidate, PlanRow
+from db.models import CappedScopes, CappedStream, Grant, HeldCandidate, PlanRow
 from dispatcher.hosts import Breaker, HostGate, host_of
-from dispatcher.planner import choose_held, plan_pass
+from dispatcher.planner import CAP_SEND_DELAY_SECONDS, Planner, choose_held, minted, plan_pass
 
 T0 = datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC)
 
@@ -103,6 +104,21 @@ def test_the_plan_spends_tokens_by_priority_and_names_every_reason() -> None:
     assert all(d.send_now for d in no_cap)
 
 
+def test_the_plan_holds_a_capped_tenant_or_host_to_its_own_tokens() -> None:
+    a1, a2 = _row("a1", 9, tenant="a"), _row("a2", 8, tenant="a")
+    slow = _row("slow", 7, url="http://slow.example/h")
+    free = _row("free", 1, tenant="b")
+    decisions = plan_pass(
+        [a1, a2, slow, free], holds={}, circuits={}, tokens=None, room=100,
+        scope_tokens={"tenant:a": 1.5, "host:slow.example": 0.2},
+    )  # fmt: skip
+    by = {d.row.id: d for d in decisions}
+    assert by[a1.id].send_now  # the tenant's one whole token
+    assert by[a2.id].why == "tenant:a cap: no token left now"
+    assert by[slow.id].why == "host:slow.example cap: no token left now"
+    assert by[free.id].send_now  # neither its tenant nor its host is capped
+
+
 def test_host_of_is_the_lower_case_name_without_the_port() -> None:
     assert host_of("http://API.Example.com:8443/x?y=1") == "api.example.com"
     assert host_of("http://[::1]:80/") == "::1"
@@ -170,3 +186,29 @@ def test_a_success_between_failures_resets_the_count() -> None:
     breaker.success("h")
     assert breaker.failure("h", "x") is None
     assert breaker.failure("other", "x") is None
+
+
+def test_tokens_are_sent_at_their_minting_instant_plus_the_fleet_delay() -> None:
+    # 50/s; the bucket held 3.5 tokens when the take answered at t=100: the three whole ones
+    # became whole 0.05, 0.03 and 0.01 s before, one every 1/50 s.
+    grant = Grant(3, 3000, available=3.5, answered_at=100.0)
+    got = [round(t - CAP_SEND_DELAY_SECONDS, 6) for t in minted(grant)]
+    assert got == [99.95, 99.97, 99.99]
+    # Two dispatchers taking alternately from one bucket get interleaved instants: one stream.
+    first = minted(Grant(2, 600, available=2.2, answered_at=10.0))  # 10/s
+    second = minted(Grant(1, 600, available=1.2, answered_at=10.1))  # 0.2 left + 0.1 s
+    spaced = sorted(first + second)
+    assert [round(b - a, 6) for a, b in itertools.pairwise(spaced)] == [0.1, 0.1]
+
+
+def test_capped_streams_are_each_tenant_each_host_and_each_pair() -> None:
+    planner = Planner.__new__(Planner)
+    planner.capped = CappedScopes(("a",), ("h1", "h2"))
+    assert planner.streams() == [
+        CappedStream("a", None), CappedStream(None, "h1"), CappedStream(None, "h2"),
+        CappedStream("a", "h1"), CappedStream("a", "h2"),
+    ]  # fmt: skip
+    assert planner.stream_of("a", "other") == CappedStream("a", None)
+    assert planner.stream_of("b", "h2") == CappedStream(None, "h2")
+    assert planner.stream_of("b", "other") is None
+    assert CappedStream("a", "h1").scopes == ["global", "tenant:a", "host:h1"]
