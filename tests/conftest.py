@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -40,12 +39,19 @@ def template_name(pg_admin_url: str) -> Iterator[str]:
     postgres.drop_database(pg_admin_url, name)
 
 
+@pytest.fixture(scope="session")
+def template_copies(pg_admin_url: str, template_name: str) -> Iterator[postgres.Copies]:
+    """Copies of the template, made ahead while tests run."""
+    copies = postgres.Copies(pg_admin_url, template_name)
+    yield copies
+    copies.close()
+
+
 @pytest.fixture
-def database_url(pg_admin_url: str, template_name: str) -> Iterator[str]:
+def database_url(pg_admin_url: str, template_copies: postgres.Copies) -> Iterator[str]:
     """A fresh copy of the template database for this test, dropped afterwards."""
-    name = f"timerhook_test_{secrets.token_hex(6)}"
-    url = postgres.create_database(pg_admin_url, name, template=template_name)
-    yield url
+    name = template_copies.take()
+    yield postgres.with_database(pg_admin_url, name)
     postgres.drop_database(pg_admin_url, name)
 
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import queue
 import secrets
 import socket
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -113,3 +115,61 @@ def build_template(admin_url: str, horizon_days: int) -> str:
 
     asyncio.run(build())
     return name
+
+
+class Copies:
+    """Copies of the template made ahead, in a background thread, while tests run.
+
+    A copy costs about a second on this machine (the template's partitions are many small
+    files), almost all of it waiting, not CPU: three copies made at once take little longer
+    than one (measured: 0.68 s per copy alone, 0.13 s each three at a time). Tests spend most
+    of their time waiting on sockets and timers too. So ``makers`` threads keep ``ahead``
+    copies ready while tests run, and a test rarely waits for its copy.
+    """
+
+    def __init__(self, admin_url: str, template: str, *, ahead: int = 4, makers: int = 3) -> None:
+        self._admin_url = admin_url
+        self._template = template
+        self._ready: queue.Queue[str] = queue.Queue(maxsize=ahead)
+        self._stop = threading.Event()
+        self._failed: BaseException | None = None
+        self._threads = [
+            threading.Thread(target=self._fill, name=f"template-copies-{i}", daemon=True)
+            for i in range(makers)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _fill(self) -> None:
+        try:
+            while not self._stop.is_set():
+                name = f"timerhook_test_{secrets.token_hex(6)}"
+                create_database(self._admin_url, name, template=self._template)
+                while not self._stop.is_set():
+                    try:
+                        self._ready.put(name, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                else:
+                    drop_database(self._admin_url, name)
+        except BaseException as exc:  # reported to the test that waits for a copy
+            self._failed = exc
+
+    def take(self) -> str:
+        """The name of a fresh copy (waits for one if none is ready)."""
+        while True:
+            if self._failed is not None:
+                raise RuntimeError("making a copy of the template failed") from self._failed
+            try:
+                return self._ready.get(timeout=0.2)
+            except queue.Empty:
+                continue
+
+    def close(self) -> None:
+        """Stops making copies and drops the ones never taken."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+        while not self._ready.empty():
+            drop_database(self._admin_url, self._ready.get_nowait())
