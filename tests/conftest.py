@@ -110,6 +110,15 @@ MakeTimer = Callable[..., Awaitable[CreatedTimer]]
 
 
 @pytest.fixture
+async def other_sink() -> AsyncIterator[Sink]:
+    """A second sink on another loopback address: another target host."""
+    s = Sink(host="127.0.0.2")
+    await s.start()
+    yield s
+    await s.stop()
+
+
+@pytest.fixture
 def make_timer(db: Database, sink: Sink, settings: Settings) -> MakeTimer:
     """Inserts a timer straight into the database (default: due in 1 s, aimed at the sink)."""
 

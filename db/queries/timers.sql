@@ -190,10 +190,10 @@ returning t.id, t.bucket, t.url, t.run_at, t.attempts, t.max_attempts, t.round_s
 
 -- name: timer_claim_capped
 -- The capped pass: leases up to %(batch)s pending rows of one capped stream due by now +
--- %(lookahead)s seconds, highest priority first, then the earliest run_at. A stream is a capped tenant (its rows to
--- hosts without a cap), a capped host (its rows of tenants without a cap), or both (%(tenant)s
--- and %(host)s, null where the stream has none); its tokens were taken from every cap that
--- applies. Rows naming resources are left to the resource pass.
+-- %(lookahead)s seconds, highest priority first, then the earliest run_at. A stream is a
+-- capped tenant (its rows to hosts without a cap), a capped host (its rows of tenants without
+-- a cap), or both (%(tenant)s and %(host)s, null where the stream has none); its tokens were
+-- taken from every cap that applies. Rows naming resources are left to the resource pass.
 with clock as (
     select coalesce(%(now)s::timestamptz, now()) as now
 ), picked as (

@@ -7,11 +7,10 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import httpx
-import pytest
 
 from db.database import Database
 from db.models import CreatedTimer, DeliveryOptions, Timer
@@ -31,15 +30,6 @@ async def _insert(
 ) -> list[CreatedTimer]:
     opts = [DeliveryOptions(**options)] * len(delays_ms)  # type: ignore[arg-type]
     return await db.timers.insert(delays_ms, [url] * len(delays_ms), shards=16, options=opts)
-
-
-@pytest.fixture
-async def slow_sink() -> AsyncIterator[Sink]:
-    """A second sink on another loopback address: another target host."""
-    s = Sink(host="127.0.0.2")
-    await s.start()
-    yield s
-    await s.stop()
 
 
 async def test_priority_goes_first_under_a_binding_cap(
@@ -174,17 +164,17 @@ async def test_waiting_on_names_a_binding_cap(
 async def test_a_slow_host_does_not_hold_up_the_others(
     db: Database,
     sink: Sink,
-    slow_sink: Sink,
+    other_sink: Sink,
     client: httpx.AsyncClient,
     make_settings: Callable[..., Settings],
     start_dispatcher: StartDispatcher,
 ) -> None:
-    slow_sink.status_for = lambda r: Reply(delay=9.0)
+    other_sink.status_for = lambda r: Reply(delay=9.0)
     # The defaults users run: 256 sends in flight, 128 per host, a 10 s timeout.
     settings = make_settings(http_timeout_seconds=10.0, shutdown_grace_seconds=0)
     assert (settings.concurrency, settings.host_concurrency) == (256, 128)
     # One statement: all 900 due at the same instant.
-    urls = [f"{slow_sink.url}/s"] * 600 + [f"{sink.url}/f"] * 300
+    urls = [f"{other_sink.url}/s"] * 600 + [f"{sink.url}/f"] * 300
     created = await db.timers.insert([2500] * 900, urls, shards=16)
     slow, fast = created[:600], created[600:]
     assert slow[0].due_at == fast[-1].due_at
@@ -194,7 +184,7 @@ async def test_a_slow_host_does_not_hold_up_the_others(
     late = sorted(r.at - due for r in sink.received)
     assert late[0] >= 0 and late[-1] < 1.0, (late[0], late[-1])
     # The slow host has exactly its per-host share in flight, no more.
-    assert slow_sink.max_in_flight == 128
+    assert other_sink.max_in_flight == 128
     # A row that has waited a second for the slow host says why (noted at the next tick).
     waiting: list[CreatedTimer] = []
     deadline = time.monotonic() + 5

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-
-import pytest
 
 from db.database import Database
 from db.models import DeliveryOptions
@@ -29,15 +27,6 @@ def within(counts: list[int], rate: float) -> bool:
     """Every second within 5% of the rate, or within one send where 5% is less than one."""
     slack = max(1.0, 0.05 * rate)
     return all(abs(c - rate) <= slack for c in counts)
-
-
-@pytest.fixture
-async def other_sink() -> AsyncIterator[Sink]:
-    """A second sink on another loopback address: another target host."""
-    s = Sink(host="127.0.0.2")
-    await s.start()
-    yield s
-    await s.stop()
 
 
 async def test_two_capped_tenants_drain_at_their_own_rates_with_two_dispatchers(
