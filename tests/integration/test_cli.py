@@ -166,3 +166,34 @@ async def test_plan_shows_what_goes_now_and_why_the_rest_waits(
     assert "1 would go now, 4 wait; global cap 1/min" in result.stdout
     assert "open circuits: c.example" in result.stdout
     assert str(holder.id)[:8] in lines[0]
+
+
+async def test_tenants_set_and_show_and_keys_revoke(db: Database, database_url: str) -> None:
+    done = await _timerhook(
+        database_url, "tenants", "set", "billing", "--max-pending", "100",
+        "--creates-per-minute", "600", "--max-payload-bytes", "4096",
+        "--signing-secret", "whsec_" + "c2VjcmV0LW9mLWJpbGxpbmctMzItYnl0ZXMtbG9uZyE=",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    [tenant] = await db.tenants.list()
+    assert (tenant.name, tenant.max_pending, tenant.creates_per_minute) == ("billing", 100, 600)
+    assert tenant.max_payload_bytes == 4096 and tenant.signing_secret is not None
+    shown = await _timerhook(database_url, "tenants")
+    row = next(line for line in shown.stdout.splitlines() if "billing" in line)
+    assert "100" in row and "600" in row and "4,096" in row and "own secret" in row
+    # 0 removes a quota, what is not given stays; a malformed secret is refused.
+    assert (
+        await _timerhook(database_url, "tenants", "set", "billing", "--max-pending", "0")
+    ).returncode == 0
+    [tenant] = await db.tenants.list()
+    assert tenant.max_pending is None and tenant.creates_per_minute == 600
+    bad = await _timerhook(database_url, "tenants", "set", "billing", "--signing-secret", "nope")
+    assert bad.returncode == 2 and "whsec_" in bad.stderr
+    made = await _timerhook(database_url, "keys", "create", "--tenant", "billing", "--label", "svc")
+    key_id = made.stdout.split(":")[0]
+    revoked = await _timerhook(database_url, "keys", "revoke", key_id)
+    assert revoked.returncode == 0 and f"{key_id} revoked" in revoked.stdout
+    again = await _timerhook(database_url, "keys", "revoke", key_id)
+    assert again.returncode == 1
+    [key] = await db.keys.list()
+    assert key.revoked_at is not None and key.label == "svc"
