@@ -48,6 +48,7 @@ def create_app(
         app.state.observer = Observer(db, dead_after_seconds=settings.dead_after_seconds)
         batcher = CreateBatcher(
             db, shards=settings.shards, max_batch=settings.create_batch_max,
+            wake_within_ms=settings.wake_within_ms,
             max_queue=settings.create_queue_max, timeout=settings.db_timeout_seconds,
         )  # fmt: skip
         await batcher.start()

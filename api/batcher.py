@@ -57,6 +57,7 @@ class CreateBatcher:
         writers: int = 2,
         max_queue: int = 5000,
         timeout: float = 1.0,
+        wake_within_ms: int | None = None,
     ) -> None:
         self._db = db
         self._shards = shards
@@ -64,6 +65,7 @@ class CreateBatcher:
         self._writers = writers
         self._max_queue = max_queue
         self._timeout = timeout
+        self._wake_ms = wake_within_ms  # timers due sooner wake the dispatchers at commit
         self._queue: list[_Pending] = []
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -159,4 +161,5 @@ class CreateBatcher:
             [p.url for p in batch],
             shards=self._shards,
             options=[p.options for p in batch],
+            wake_within_ms=self._wake_ms,
         )

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from db.access import KeyStore, TenantStore
 from db.backlog import BacklogStore
 from db.caps import CapStore
 from db.circuits import CircuitStore
 from db.connection import PoolOwner, make_pool
+from db.listen import DueListener
 from db.migrate import latest_version
 from db.query_loader import query
 from db.registry import DispatcherStore, PartitionStore
@@ -33,6 +36,10 @@ class Database:
         self.stats = StatsStore(self.pool)
         self.keys = KeyStore(self.pool)
         self.tenants = TenantStore(self.pool)
+
+    def due_listener(self, wake: Callable[[], None]) -> DueListener:
+        """A listener that calls ``wake`` when a timer due soon is created (db/listen.py)."""
+        return DueListener(self.conninfo, wake)
 
     async def open(self) -> None:
         """Opens the pool and waits for a first connection (fails fast if unreachable)."""

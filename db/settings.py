@@ -191,6 +191,12 @@ class Settings(BaseSettings):
         return self.max_payload_bytes + 32 * 1024
 
     @property
+    def wake_within_ms(self) -> int:
+        """A create whose timer falls due sooner than this wakes the dispatchers at once: the
+        dispatchers' claim window (a tick plus 1.5 s, dispatcher/claimer.py)."""
+        return round((self.tick_seconds + 1.5) * 1000)
+
+    @property
     def signing_secrets(self) -> list[str]:
         """The active signing secrets, newest first (empty: requests are not signed)."""
         return self.signing_secret.split() if self.signing_secret else []

@@ -74,6 +74,7 @@ def _insert_params(
     *,
     shards: int,
     now: datetime | None,
+    wake_ms: int | None = None,
 ) -> dict[str, object]:
     opts = options or [_PLAIN] * len(delays_ms)
     return {
@@ -91,6 +92,7 @@ def _insert_params(
         "host": [host_of(u) for u in urls],
         "shards": shards,
         "now": now,
+        "wake_ms": wake_ms,
     }
 
 
@@ -105,14 +107,19 @@ class TimerStore(PoolOwner):
         shards: int,
         now: datetime | None = None,
         options: Sequence[DeliveryOptions] | None = None,
+        wake_within_ms: int | None = None,
     ) -> list[CreatedTimer]:
         """Inserts timers in one statement and one commit; returns them in input order.
 
         ``options`` gives each timer's request shape and policy (default: the plain request).
+        ``wake_within_ms``: a timer due within that many milliseconds wakes the dispatchers
+        at the commit (LISTEN/NOTIFY, db/listen.py); None wakes none.
         Not retried on a lost connection: the commit may have happened, and a blind retry
         would create a second timer. The caller reports the failure instead.
         """
-        params = _insert_params(delays_ms, urls, options, shards=shards, now=now)
+        params = _insert_params(
+            delays_ms, urls, options, shards=shards, now=now, wake_ms=wake_within_ms
+        )
 
         async def once() -> list[CreatedTimer]:
             async with self.connection() as conn:
@@ -132,6 +139,7 @@ class TimerStore(PoolOwner):
         shards: int,
         options: DeliveryOptions | None = None,
         quota: bool = False,
+        wake_within_ms: int | None = None,
     ) -> IdempotentCreate:
         """Creates one timer for a keyed request, or finds the one an earlier request with the
         same key created. Lookup, insert and record share one transaction under a lock on the
@@ -142,8 +150,9 @@ class TimerStore(PoolOwner):
         a refusal raises QuotaExceeded with nothing written. ``key`` None: a plain create.
         """
         params = _insert_params(
-            [delay_ms], [url], [options] if options else None, shards=shards, now=None
-        )
+            [delay_ms], [url], [options] if options else None, shards=shards, now=None,
+            wake_ms=wake_within_ms,
+        )  # fmt: skip
         tenant = options.tenant if options else "default"
 
         async def once() -> IdempotentCreate:

@@ -87,6 +87,8 @@ class Dispatcher:
         self._progress_waiters = 0
         self._drain_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        # A timer created due within the claim window wakes the claimer at once.
+        self.listener = db.due_listener(self._wake.set)
 
     @property
     def sent_total(self) -> int:
@@ -113,6 +115,7 @@ class Dispatcher:
         self._drain_task = asyncio.create_task(self._drain_loop(), name=f"drain-{self.id}")
         self.recorder.start()
         self.maintenance.start()
+        self.listener.start()
         self.db.outage.on_recovery(self._database_back)
         self._wake.set()  # whatever fell due while nothing ran goes out now
         log.info("dispatcher %s started", self.id)
@@ -124,6 +127,7 @@ class Dispatcher:
         self._stopping = True
         log.info("dispatcher %s stopping", self.id)
         self.maintenance.stop()
+        await self.listener.stop()
         self._wake.set()
         async with self._progress:
             self._progress.notify_all()

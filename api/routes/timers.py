@@ -275,6 +275,7 @@ async def _create_keyed(
     quotas are checked in the create's transaction."""
     return await db.timers.insert_idempotent(
         quota=quota,
+        wake_within_ms=settings.wake_within_ms,
         key=key,
         fingerprint=fingerprint(body),
         delay_ms=body.delay_seconds * 1000,

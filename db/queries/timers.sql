@@ -38,9 +38,16 @@ with clock as (
            resources, request_id, coalesce(tenant, 'default'), coalesce(host, '')
     from rows
     returning 1
+), wake as (
+    -- a timer due within the dispatchers' claim window (%(wake_ms)s; null: none) wakes them
+    -- now instead of at their next tick (db/listen.py); delivered at commit, once a
+    -- transaction however many rows it names
+    select pg_notify('timerhook_due', '') from rows
+    where rows.delay_ms < %(wake_ms)s::bigint
+    limit 1
 )
 select ord, id, due_at, ceil(delay_ms / 1000.0)::bigint as time_left,
-       (select count(*) from inserted) as inserted
+       (select count(*) from inserted) as inserted, (select count(*) from wake) as woke
 from rows
 order by ord;
 
