@@ -20,8 +20,7 @@ from db.caps import GLOBAL, HOST, TENANT
 from db.database import Database
 from db.models import BacklogStep, Cap, Circuit, Overdue, PlanRow
 from db.settings import get_settings
-from dispatcher.hosts import host_of
-from dispatcher.planner import plan_pass
+from db.targets import host_of
 
 T = TypeVar("T")
 
@@ -200,6 +199,8 @@ def plan(
     limit: int = typer.Option(50, min=1, max=1000, help="How many rows to show at most."),
 ) -> None:
     """The next pass: what would be sent now, what is held back and why (priority first)."""
+    from dispatcher.planner import plan_pass  # the dispatcher's rules (it imports aiohttp)
+
     settings = get_settings()
     lookahead = settings.tick_seconds + 1.5
 

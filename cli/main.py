@@ -9,20 +9,22 @@ import shutil
 import signal
 import tempfile
 from collections.abc import Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-import uvicorn
 from rich.console import Console
 
-from api.app import create_app
 from cli import access, admin, deadletters
-from cli.fleet import Fleet
 from db import embedded, logs
 from db.database import Database
 from db.migrate import migrate as run_migrations
 from db.settings import Settings, get_settings
-from dispatcher.service import Dispatcher, run_until_signalled
+
+if TYPE_CHECKING:
+    from dispatcher.service import Dispatcher
+
+# The API, the dispatcher and uvicorn are imported by the commands that run them, so that the
+# admin commands (caps, keys, backlog...) start in a fraction of the time.
 
 app = typer.Typer(help="timerhook: self-hosted webhook timers.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -76,6 +78,11 @@ def _exit_normally_on_signals() -> None:
 
 
 def _serve(settings: Settings, url: str, *, with_dispatcher: bool) -> None:
+    import uvicorn
+
+    from api.app import create_app
+    from dispatcher.service import Dispatcher
+
     companions = []
     if with_dispatcher:
         holder: dict[str, tuple[Database, Dispatcher]] = {}
@@ -126,6 +133,8 @@ def api(
     if count == 1:
         _serve(settings, url, with_dispatcher=False)
         return
+    import uvicorn
+
     # uvicorn's supervisor runs the workers, each building the app from the environment
     # (api.app.app_from_environment) on the URL prepared here; their counters meet in a
     # directory of prometheus-client's multiprocess mode, removed at exit.
@@ -151,6 +160,9 @@ def dispatcher(
     ),
 ) -> None:  # fmt: skip
     """Dispatcher processes (one unless told); start as many as you like, on any machines."""
+    from cli.fleet import Fleet
+    from dispatcher.service import Dispatcher, run_until_signalled
+
     settings, url = _prepare()
     count = processes or settings.dispatcher_processes
     if count > 1:
