@@ -51,8 +51,10 @@ def template_copies(pg_admin_url: str, template_name: str) -> Iterator[postgres.
 def database_url(pg_admin_url: str, template_copies: postgres.Copies) -> Iterator[str]:
     """A fresh copy of the template database for this test, dropped afterwards."""
     name = template_copies.take()
+    template_copies.pause()  # the test runs alone; copies are made between tests
     yield postgres.with_database(pg_admin_url, name)
     postgres.drop_database(pg_admin_url, name)
+    template_copies.resume()
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import secrets
 import socket
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -118,13 +119,14 @@ def build_template(admin_url: str, horizon_days: int) -> str:
 
 
 class Copies:
-    """Copies of the template made ahead, in a background thread, while tests run.
+    """Copies of the template made ahead, by background threads, between tests.
 
     A copy costs about a second on this machine (the template's partitions are many small
     files), almost all of it waiting, not CPU: three copies made at once take little longer
-    than one (measured: 0.68 s per copy alone, 0.13 s each three at a time). Tests spend most
-    of their time waiting on sockets and timers too. So ``makers`` threads keep ``ahead``
-    copies ready while tests run, and a test rarely waits for its copy.
+    than one (measured: 0.68 s per copy alone, 0.13 s each three at once). So ``makers``
+    threads keep ``ahead`` copies ready. They work only between tests (``pause`` while a test
+    runs, ``resume`` after it): copies made during a test's body took CPU from it and made
+    timing tests fail (test_retries' backoff spread, 3 runs of 5).
     """
 
     def __init__(self, admin_url: str, template: str, *, ahead: int = 4, makers: int = 3) -> None:
@@ -132,6 +134,10 @@ class Copies:
         self._template = template
         self._ready: queue.Queue[str] = queue.Queue(maxsize=ahead)
         self._stop = threading.Event()
+        self._allowed = threading.Event()
+        self._allowed.set()
+        self._busy = 0  # copies being made right now
+        self._idle = threading.Condition()
         self._failed: BaseException | None = None
         self._threads = [
             threading.Thread(target=self._fill, name=f"template-copies-{i}", daemon=True)
@@ -143,8 +149,20 @@ class Copies:
     def _fill(self) -> None:
         try:
             while not self._stop.is_set():
-                name = f"timerhook_test_{secrets.token_hex(6)}"
-                create_database(self._admin_url, name, template=self._template)
+                if not self._allowed.wait(0.2) or self._ready.full():
+                    time.sleep(0.02)
+                    continue
+                with self._idle:
+                    if not self._allowed.is_set():
+                        continue
+                    self._busy += 1
+                try:
+                    name = f"timerhook_test_{secrets.token_hex(6)}"
+                    create_database(self._admin_url, name, template=self._template)
+                finally:
+                    with self._idle:
+                        self._busy -= 1
+                        self._idle.notify_all()
                 while not self._stop.is_set():
                     try:
                         self._ready.put(name, timeout=0.2)
@@ -158,6 +176,7 @@ class Copies:
 
     def take(self) -> str:
         """The name of a fresh copy (waits for one if none is ready)."""
+        self._allowed.set()
         while True:
             if self._failed is not None:
                 raise RuntimeError("making a copy of the template failed") from self._failed
@@ -166,9 +185,20 @@ class Copies:
             except queue.Empty:
                 continue
 
+    def pause(self) -> None:
+        """No new copies, and the ones under way finished: a test body runs alone."""
+        with self._idle:
+            self._allowed.clear()
+            self._idle.wait_for(lambda: self._busy == 0)
+
+    def resume(self) -> None:
+        """Copies may be made again (between tests)."""
+        self._allowed.set()
+
     def close(self) -> None:
         """Stops making copies and drops the ones never taken."""
         self._stop.set()
+        self._allowed.set()
         for thread in self._threads:
             thread.join()
         while not self._ready.empty():
