@@ -62,14 +62,17 @@ class Recorder:
         self._outcomes: list[tuple[SendOutcome, float | None]] = []
         self._notes: dict[tuple[uuid.UUID, datetime], str] = {}
         self._deferred: dict[tuple[datetime, str], list[ClaimedTimer]] = {}
+        # Outcomes and deferrals taken out of the buffers for a write not yet committed.
+        self._writing = 0
         self._wake = asyncio.Event()
         self._running = True
         self._task: asyncio.Task[None] | None = None
 
     @property
     def unwritten(self) -> int:
-        """Outcomes and deferrals not yet written."""
-        return len(self._outcomes) + sum(len(rows) for rows in self._deferred.values())
+        """Outcomes and deferrals not yet written, counting those whose write is running."""
+        deferred = sum(len(rows) for rows in self._deferred.values())
+        return len(self._outcomes) + deferred + self._writing
 
     def start(self) -> None:
         """Starts the flush loop."""
@@ -185,11 +188,14 @@ class Recorder:
             o if retry_at is None else replace(o, retry_in=max(0.0, retry_at - now))
             for o, retry_at in pending
         ]
+        self._writing += len(batch)
         try:
             await self.db.timers.record(batch, owner=self.owner)
         except BaseException:
             self._outcomes[:0] = pending  # keep them for the next flush
             raise
+        finally:
+            self._writing -= len(batch)
         for o in batch:
             self._notes.pop((o.id, o.bucket), None)
         # A retry due before the next tick's claim could see it is claimed now, so that it
@@ -206,11 +212,14 @@ class Recorder:
         while self._deferred:
             # Taken out before the write: rows deferred while it runs start a new list.
             (until, reason), rows = self._deferred.popitem()
+            self._writing += len(rows)
             try:
                 await self.db.timers.release(rows, owner=self.owner, until=until, reason=reason)
             except BaseException:
                 self._deferred.setdefault((until, reason), [])[:0] = rows
                 raise
+            finally:
+                self._writing -= len(rows)
             self._recorded(0)
 
     async def _flush_notes(self) -> None:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
 
 from db.database import Database
 from db.settings import Settings
 from dispatcher.retry import ceiling
 from dispatcher.service import Dispatcher
 from tests.conftest import MakeTimer
-from tests.support.sink import Sink
+from tests.support.sink import Reply, Sink
 
 StartDispatcher = Callable[..., Awaitable[Dispatcher]]
 
@@ -178,6 +182,28 @@ async def test_two_dispatchers_share_the_work_and_send_each_timer_once(
     assert sorted(ids) == sorted(str(t.id) for t in created)
     assert await db.timers.counts() == {"delivered": count}
     assert first.sent_total + second.sent_total == count
+
+
+async def test_idle_means_recorded_even_while_a_record_is_being_written(
+    make_timer: MakeTimer, db: Database, sink: Sink, database_url: str,
+    start_dispatcher: StartDispatcher,
+) -> None:  # fmt: skip
+    """``wait_idle`` counts a record whose statement is still running as unwritten: while a
+    row lock holds the record back it does not return, so a caller reading the table after
+    it never sees the row in flight."""
+    sink.status_for = lambda _r: Reply(200, delay=0.5)
+    timer = await make_timer(delay_ms=0)
+    dispatcher = await start_dispatcher()
+    await sink.wait_for(1, timeout=10)
+    async with await psycopg.AsyncConnection.connect(database_url) as locker:
+        await locker.execute("select 1 from timers where id = %s for update", (timer.id,))
+        await asyncio.sleep(1.0)  # the answer came, and its record waits for the lock
+        assert dispatcher.in_flight == 0
+        with pytest.raises(TimeoutError):
+            await dispatcher.wait_idle(timeout=1.0)
+        await locker.rollback()
+    await dispatcher.wait_idle(timeout=10)
+    assert (await _state(db, timer.id))[:2] == ("delivered", 1)
 
 
 async def test_a_stopped_dispatcher_gives_back_what_it_had_not_sent(
