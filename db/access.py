@@ -16,7 +16,7 @@ import secrets
 import psycopg
 from psycopg.rows import TupleRow
 
-from db.connection import GENERIC_PLAN, PoolOwner
+from db.connection import PoolOwner
 from db.models import ApiKey, KeyOwner, QuotaRefusal, Tenant
 from db.query_loader import query
 
@@ -119,13 +119,12 @@ async def take_create_quota(
         return None
     max_pending, per_minute, available = row
     if max_pending is not None:
-        # planned generically, once per connection: a fresh plan would weigh every partition
-        await conn.execute(GENERIC_PLAN)
+        # prepared at once (a generic plan, kept per connection): a fresh plan would weigh
+        # every partition
         cur = await conn.execute(
             query("tenant_pending_count"), {"tenant": tenant, "limit": max_pending}, prepare=True
         )
         counted = await cur.fetchone()
-        await conn.execute("set local plan_cache_mode = auto")
         if counted is not None and counted[0] >= max_pending:
             return QuotaRefusal(
                 "max_pending",

@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, LiteralString, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -27,9 +27,6 @@ from tenacity import (
 from db.query_loader import query
 
 log = logging.getLogger(__name__)
-
-# Makes the next prepared statement of the transaction use (and keep) a generic plan.
-GENERIC_PLAN: LiteralString = "set local plan_cache_mode = force_generic_plan"
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -215,6 +212,12 @@ async def _retrying(op: Callable[[], Awaitable[T]], *, budget: float, attempts: 
 async def _configure(conn: psycopg.AsyncConnection[TupleRow]) -> None:
     # Every timestamp leaves the database in UTC, whatever the server's TimeZone.
     await conn.execute("set timezone = 'UTC'")
+    # Statements run often (psycopg prepares a statement on its 5th run on a connection) keep
+    # one generic plan: PostgreSQL prunes partitions when it starts executing, instead of
+    # planning every partition of the horizon again on every run (50 to 600 ms per statement
+    # at 365 days, whose estimate makes its default choose such custom plans). Measured in
+    # docs/benchmarks.md; tests/integration/test_plans.py holds it.
+    await conn.execute("set plan_cache_mode = force_generic_plan")
 
 
 def make_pool(conninfo: str, *, max_size: int, name: str, timeout: float = 1.0) -> Pool:
@@ -310,13 +313,8 @@ class PoolOwner:
         async def op() -> list[T]:
             async with self.connection() as conn:
                 cur = conn.cursor(row_factory=class_row(model))
-                if not generic:
-                    await cur.execute(query(name), params)
-                    return await cur.fetchall()
-                async with conn.transaction():
-                    await cur.execute(GENERIC_PLAN)
-                    await cur.execute(query(name), params, prepare=True)
-                    return await cur.fetchall()
+                await cur.execute(query(name), params, prepare=generic or None)
+                return await cur.fetchall()
 
         return await self.retrying(op, what=name)
 
@@ -325,21 +323,16 @@ class PoolOwner:
     ) -> list[tuple[Any, ...]]:
         """Every row of a named read-only query, as tuples; retried like fetch_one.
 
-        ``generic``: run as a prepared statement with a generic plan, planned once per
-        connection instead of once per run, PostgreSQL pruning partitions when it starts
-        executing. For reads over every partition, whose planning grows with the horizon
-        (about 90 ms at 365 days) while they execute in a few milliseconds.
+        ``generic``: prepared from its first run, not its fifth, so that it runs on one
+        generic plan per connection (the pools' plan_cache_mode) from the start. For reads
+        over every partition that run rarely (the dashboard's, the CLI's), whose planning grows
+        with the horizon (about 90 ms at 365 days) while they execute in a few milliseconds.
         """
 
         async def op() -> list[tuple[Any, ...]]:
             async with self.connection() as conn:
-                if not generic:
-                    cur = await conn.execute(query(name), params)
-                    return await cur.fetchall()
-                async with conn.transaction():
-                    await conn.execute(GENERIC_PLAN)
-                    cur = await conn.execute(query(name), params, prepare=True)
-                    return await cur.fetchall()
+                cur = await conn.execute(query(name), params, prepare=generic or None)
+                return await cur.fetchall()
 
         return await self.retrying(op, what=name)
 

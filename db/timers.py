@@ -14,7 +14,7 @@ from psycopg import errors as pg_errors
 from psycopg.rows import class_row
 
 from db.access import take_create_quota
-from db.connection import GENERIC_PLAN, TRANSIENT, DatabaseUnavailable, PoolOwner
+from db.connection import TRANSIENT, DatabaseUnavailable, PoolOwner
 from db.ids import bucket_of, lock_key
 from db.models import (
     NO_CAPPED,
@@ -67,7 +67,7 @@ _PLAIN = DeliveryOptions()
 _REQUEUE_BATCH = 5000
 
 
-def _insert_params(
+def insert_params(
     delays_ms: Sequence[int],
     urls: Sequence[str],
     options: Sequence[DeliveryOptions] | None,
@@ -117,7 +117,7 @@ class TimerStore(PoolOwner):
         Not retried on a lost connection: the commit may have happened, and a blind retry
         would create a second timer. The caller reports the failure instead.
         """
-        params = _insert_params(
+        params = insert_params(
             delays_ms, urls, options, shards=shards, now=now, wake_ms=wake_within_ms
         )
 
@@ -149,7 +149,7 @@ class TimerStore(PoolOwner):
         spent) in the same transaction, after the key's lookup (a replay spends nothing), and
         a refusal raises QuotaExceeded with nothing written. ``key`` None: a plain create.
         """
-        params = _insert_params(
+        params = insert_params(
             [delay_ms], [url], [options] if options else None, shards=shards, now=None,
             wake_ms=wake_within_ms,
         )  # fmt: skip
@@ -316,11 +316,7 @@ class TimerStore(PoolOwner):
         async def op() -> Claim:
             async with self.connection() as conn, conn.transaction():
                 cur = conn.cursor(row_factory=class_row(ClaimedTimer))
-                if generic:
-                    await cur.execute(GENERIC_PLAN)
-                    await cur.execute(query(name), params, prepare=True)
-                else:
-                    await cur.execute(query(name), params)
+                await cur.execute(query(name), params, prepare=generic or None)
                 rows = await cur.fetchall()
                 answered_at = time.monotonic()
             return Claim(rows, answered_at)

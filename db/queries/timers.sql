@@ -77,7 +77,9 @@ with target as (
     update timers t
     set state = 'cancelled', finished_at = coalesce(%(now)s::timestamptz, now())
     from target
-    where t.id = target.id and t.bucket = target.bucket and target.state = 'pending'
+    -- The bucket is the parameter, not target's column: the plan then holds one partition
+    -- instead of every partition of the horizon (60 to 80 ms to plan at 365 days).
+    where t.id = %(id)s and t.bucket = %(bucket)s and target.state = 'pending'
     returning t.id
 )
 select target.state as found, exists (select 1 from cancelled) as cancelled from target;

@@ -1,0 +1,144 @@
+"""Statement cost independent of the horizon: at the default 365-day horizon (about 368
+partitions per table) every hot statement plans in at most 5 ms on a pooled connection.
+
+Each statement runs as the dispatcher and the API run it: on a connection of the product's
+pool (configured by db/connection.py), prepared by psycopg, with the parameters the stores
+pass. ``EXPLAIN (ANALYZE, SUMMARY) EXECUTE`` of that prepared statement then reports its
+planning time. Without the pool's ``plan_cache_mode`` PostgreSQL's default would plan some of
+them (``bucket_claim``, ``timer_record``) over every partition on every run: 50 to 600 ms.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
+from typing import Any
+
+import psycopg
+import pytest
+
+from db.database import Database
+from db.ids import bucket_of, lock_key
+from db.query_loader import query
+from db.settings import Settings
+from db.timers import insert_params
+from tests.support import postgres
+
+HORIZON_DAYS = Settings.model_fields["horizon_days"].default
+PLANNING_BOUND_MS = 5.0
+
+
+@pytest.fixture(scope="module")
+def horizon_url(pg_admin_url: str) -> Iterator[str]:
+    """A database migrated with the default horizon's partitions."""
+    assert HORIZON_DAYS == 365
+    name = postgres.build_template(pg_admin_url, HORIZON_DAYS)
+    yield postgres.with_database(pg_admin_url, name)
+    postgres.drop_database(pg_admin_url, name)
+
+
+@pytest.fixture
+async def horizon_db(horizon_url: str) -> AsyncIterator[Database]:
+    async with Database(horizon_url, max_size=1, name="plans") as db:
+        yield db
+
+
+def _parameter_names(text: str) -> list[str]:
+    """The named parameters in the order psycopg numbers them ($1, $2, ...)."""
+    names: list[str] = []
+    for name in re.findall(r"%\((\w+)\)s", text):
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def _hot_statements(now: datetime, timer_id: uuid.UUID) -> dict[str, dict[str, Any]]:
+    """Every statement the create, get, claim, record and reap paths run, with parameters as
+    the stores build them (``now`` null: the database clock decides, as in production)."""
+    slot = now.replace(microsecond=0)
+    capped = {"capped_tenants": [], "capped_hosts": []}
+    bucket = bucket_of(timer_id)
+    lease = {"owner": "plans", "batch": 256, "lease_seconds": 30.0, "now": None}
+    return {
+        "timer_insert": insert_params(
+            [1000] * 64, ["http://127.0.0.1:9/h"] * 64, None, shards=16, now=None, wake_ms=2500
+        ),
+        "timer_get": {"id": timer_id, "bucket": bucket, "tenant": None, "now": None},
+        "timer_cancel": {"id": timer_id, "bucket": bucket, "tenant": "t", "now": None},
+        "bucket_keys_due": {"limit": 64, "lookahead": 1.0, "now": None, **capped},
+        "bucket_claim": {
+            "slot": slot,
+            "shard": 0,
+            "lock_key": lock_key(slot, 0),
+            **lease,
+            **capped,
+        },
+        "timer_claim_ranked": {"after": [None] * 10, **lease, **capped},
+        "timer_claim_capped": {
+            "tenant": "t",
+            "host": None,
+            "lookahead": 1.0,
+            **lease,
+            **capped,
+        },
+        "timer_record": {
+            "id": [timer_id],
+            "bucket": [bucket],
+            "state": ["delivered"],
+            "status": [200],
+            "error": [None],
+            "fired_at": [now],
+            "latency_ms": [1.5],
+            "retry_in": [None],
+            "held": [],
+            "owner": "plans",
+        },
+        "lease_reap": {"dead_after_seconds": 30.0, "now": None},
+    }
+
+
+async def _planning_ms(
+    conn: psycopg.AsyncConnection[Any], name: str, params: dict[str, Any]
+) -> float:
+    """The median planning time of three runs of the statement as psycopg prepared it."""
+    text = query(name)
+    await conn.execute(text, params, prepare=True)
+    cur = await conn.execute(
+        "select name from pg_prepared_statements where not from_sql"
+        " order by prepare_time desc limit 1"
+    )
+    (statement,) = await cur.fetchone() or (None,)
+    assert statement is not None, f"{name} was not prepared"
+    names = _parameter_names(text)
+    arguments = ", ".join(["%s"] * len(names))
+    explain = f"explain (analyze, summary, format json) execute {statement}({arguments})"
+    times = []
+    for _ in range(3):
+        # Client-side binding: EXECUTE's arguments are literals typed by the statement.
+        explained = await psycopg.AsyncClientCursor(conn).execute(
+            explain, [params[n] for n in names]
+        )
+        (plan,) = await explained.fetchone() or (None,)
+        times.append(plan[0]["Planning Time"])
+    return statistics.median(times)
+
+
+async def test_every_hot_statement_plans_within_5_ms_at_the_default_horizon(
+    horizon_db: Database,
+) -> None:
+    (created,) = await horizon_db.timers.insert([0], ["http://127.0.0.1:9/h"], shards=16)
+    async with horizon_db.pool.connection() as conn:
+        partitions = await conn.execute(
+            "select count(*) from pg_inherits where inhparent = 'timers'::regclass"
+        )
+        (count,) = await partitions.fetchone() or (0,)
+        assert count >= HORIZON_DAYS
+        cur = await conn.execute("select now()")
+        (now,) = await cur.fetchone() or (None,)
+        statements = _hot_statements(now, created.id)
+        planning = {name: await _planning_ms(conn, name, p) for name, p in statements.items()}
+    slow = {name: round(ms, 2) for name, ms in planning.items() if ms > PLANNING_BOUND_MS}
+    assert not slow, f"planning over {PLANNING_BOUND_MS} ms at {count} partitions: {slow}"
