@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -192,3 +193,30 @@ def make_service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
     yield make
     for service in made:
         service.ensure_dead()
+
+
+@pytest.fixture(scope="module")
+def running_api(
+    pg_admin_url: str, template_name: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Service]:
+    """A real `timerhook api` process for a module's tests that write nothing they read back
+    (refusals, the fuzzer), on its own copy of the template."""
+    name = f"timerhook_api_{secrets.token_hex(6)}"
+    url = postgres.create_database(pg_admin_url, name, template=template_name)
+    log = Path(tmp_path_factory.mktemp("api")) / "api.log"
+    service = Service(
+        "api",
+        {
+            "TIMERHOOK_DATABASE_URL": url,
+            "TIMERHOOK_PORT": str(free_port()),
+            "TIMERHOOK_HORIZON_DAYS": "30",  # the template's partitions
+        },
+        log,
+    )
+    service.start()
+    try:
+        asyncio.run(service.wait_ready())
+        yield service
+    finally:
+        service.ensure_dead()
+        postgres.drop_database(pg_admin_url, name)

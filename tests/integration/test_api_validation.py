@@ -1,4 +1,7 @@
-"""Every refusal is a 4xx problem+json naming the field and the reason; nothing is a 500."""
+"""Every refusal is a 4xx problem+json naming the field and the reason; nothing is a 500.
+
+The table of refusals goes to one real `timerhook api` process per module (each case costs
+milliseconds); a refused create writes nothing (test_a_refused_request_writes_nothing)."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from hypothesis import strategies as st
 from api.app import create_app
 from db.database import Database
 from db.settings import Settings
+from tests.support.processes import Service
 
 URL = "https://someserver.com"
 
@@ -74,10 +78,10 @@ URL = "https://someserver.com"
         ({"url": URL, "resources": [1]}, "resources", "valid string"),
     ],
 )
-async def test_refusals_name_field_and_reason(
-    client: httpx.AsyncClient, body: dict[str, Any], field: str, reason: str
+def test_refusals_name_field_and_reason(
+    running_api: Service, body: dict[str, Any], field: str, reason: str
 ) -> None:
-    response = await client.post("/timer", json=body)
+    response = httpx.post(f"{running_api.base_url}/timer", json=body)
     assert response.status_code == 422
     assert response.headers["content-type"] == "application/problem+json"
     problem = response.json()
@@ -98,11 +102,13 @@ async def test_refusals_name_field_and_reason(
         (b'"text"', "valid dictionary"),
     ],
 )
-async def test_bodies_that_are_not_json_objects_are_refused(
-    client: httpx.AsyncClient, content: bytes, reason: str
+def test_bodies_that_are_not_json_objects_are_refused(
+    running_api: Service, content: bytes, reason: str
 ) -> None:
-    response = await client.post(
-        "/timer", content=content, headers={"content-type": "application/json"}
+    response = httpx.post(
+        f"{running_api.base_url}/timer",
+        content=content,
+        headers={"content-type": "application/json"},
     )
     assert response.status_code == 422
     assert reason in response.json()["detail"]

@@ -15,49 +15,20 @@ timer, which stays readable with its history.
 
 from __future__ import annotations
 
-import asyncio
 import random
-import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support import postgres
-from tests.support.processes import Service, free_port
+from tests.support.processes import Service
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 FUZZ_EXAMPLES = 30
 FIXED_SEED = 20261124
 EXCLUDED_CHECKS = "positive_data_acceptance,use_after_free"
-
-
-@pytest.fixture(scope="module")
-def running_api(
-    pg_admin_url: str, template_name: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Service]:
-    name = f"timerhook_fuzz_{secrets.token_hex(6)}"
-    url = postgres.create_database(pg_admin_url, name, template=template_name)
-    log = Path(tmp_path_factory.mktemp("fuzz")) / "api.log"
-    service = Service(
-        "api",
-        {
-            "TIMERHOOK_DATABASE_URL": url,
-            "TIMERHOOK_PORT": str(free_port()),
-            "TIMERHOOK_HORIZON_DAYS": "30",  # the template's partitions
-        },
-        log,
-    )
-    service.start()
-    try:
-        asyncio.run(service.wait_ready())
-        yield service
-    finally:
-        service.ensure_dead()
-        postgres.drop_database(pg_admin_url, name)
 
 
 def _schemathesis(service: Service, seed: int, report: Path) -> None:

@@ -49,7 +49,8 @@ class Sink:
         """Listens on 127.0.0.1 at a free port."""
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
+        # Stopping does not wait for answers still held back (a scripted delay): the test is over.
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, 0)
         await site.start()
