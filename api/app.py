@@ -16,8 +16,8 @@ from api.batcher import CreateBatcher
 from api.limits import BodyLimit
 from api.observe import Observer, ProcessMetrics
 from api.request_ids import RequestIds
-from api.routes import dashboard, health, history, metrics, timers
-from api.schemas import TimerCreate
+from api.routes import batch, dashboard, health, history, metrics, timers
+from api.schemas import TimerBatch, TimerCreate
 from db import logs
 from db.database import Database
 from db.settings import Settings, get_settings
@@ -77,9 +77,14 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.metrics = ProcessMetrics()
-    app.add_middleware(BodyLimit, limit=settings.body_limit)
+    app.add_middleware(
+        BodyLimit,
+        limit=settings.body_limit,
+        paths={"/timer/batch": (settings.max_batch_body_bytes, "TIMERHOOK_MAX_BATCH_BODY_BYTES")},
+    )
     app.add_middleware(RequestIds)  # outermost: every answer carries the id, a 413 too
     problems.install(app, body_limit=settings.body_limit)
+    app.include_router(batch.router)
     app.include_router(timers.router)
     app.include_router(history.router)
     app.include_router(health.router)
@@ -100,18 +105,19 @@ def app_from_environment() -> FastAPI:
 
 
 def _document(app: FastAPI) -> None:
-    """The OpenAPI schema as the API behaves: POST /timer's body (parsed by the route itself,
-    api/routes/timers.py), and every error as the problem+json it is, with the statuses any
-    operation may answer (422 refused input, 413 body too large, 503 database away or
-    overload)."""
+    """The OpenAPI schema as the API behaves: the bodies of POST /timer and POST /timer/batch
+    (parsed by the routes themselves), and every error as the problem+json it is, with the
+    statuses any operation may answer (422 refused input, 413 body too large, 503 database
+    away or overload)."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = FastAPI.openapi(app)
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            body = TimerCreate.model_json_schema(ref_template="#/components/schemas/{model}")
-            components.update(body.pop("$defs", {}))
-            components["TimerCreate"] = body
+            for model in (TimerCreate, TimerBatch):
+                body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(body.pop("$defs", {}))
+                components[model.__name__] = body
             components.update(problems.openapi_components())
             for path, operations in schema["paths"].items():
                 for method, operation in operations.items():

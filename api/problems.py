@@ -70,12 +70,15 @@ def _reason(error: dict[str, Any]) -> str:
     return message.removeprefix("Value error, ")
 
 
-def too_large(limit: int) -> JSONResponse:
+# What sets the body limit of every route but the batch's (api/limits.py).
+BODY_SETTING = "TIMERHOOK_MAX_BODY_BYTES; by default TIMERHOOK_MAX_PAYLOAD_BYTES plus 32 KiB"
+
+
+def too_large(limit: int, setting: str) -> JSONResponse:
     """The 413, as problem+json naming the limit and the setting."""
     return problem(
         413,
-        f"the request body is larger than {limit} bytes (TIMERHOOK_MAX_BODY_BYTES; by default "
-        "TIMERHOOK_MAX_PAYLOAD_BYTES plus 32 KiB)",
+        f"the request body is larger than {limit} bytes ({setting})",
         errors=[{"field": "body", "reason": f"is larger than {limit} bytes"}],
         headers={"Connection": "close"},
     )
@@ -204,9 +207,11 @@ def install(app: FastAPI, *, body_limit: int) -> None:
             # Starlette names only the first route that matched the path; there may be more.
             headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
         if exc.status_code == 413:
+            limit = getattr(exc, "limit", body_limit)
+            setting = getattr(exc, "setting", BODY_SETTING)
             log.info("refused %s %s: body over %d bytes", request.method, request.url.path,
-                     body_limit)  # fmt: skip
-            return too_large(body_limit)
+                     limit)  # fmt: skip
+            return too_large(limit, setting)
         return problem(exc.status_code, str(exc.detail), headers=headers)
 
     @app.exception_handler(DatabaseUnavailable)

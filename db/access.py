@@ -108,11 +108,12 @@ class TenantStore(PoolOwner):
 
 
 async def take_create_quota(
-    conn: psycopg.AsyncConnection[TupleRow], tenant: str
+    conn: psycopg.AsyncConnection[TupleRow], tenant: str, *, count: int = 1
 ) -> QuotaRefusal | None:
     """Inside a create's transaction: checks the tenant's max-pending and creates-per-minute
-    quotas under its row's lock and spends a creates token; the refusal, or None when the
-    create may go on. A refusal rolls the transaction back, so nothing is written."""
+    quotas for ``count`` new timers (a batch counts each) under its row's lock and spends as
+    many creates tokens; the refusal, or None when the create may go on. A refusal rolls the
+    transaction back, so nothing is written."""
     cur = await conn.execute(query("tenant_create_take"), {"tenant": tenant})
     row = await cur.fetchone()
     if row is None:
@@ -125,21 +126,32 @@ async def take_create_quota(
             query("tenant_pending_count"), {"tenant": tenant, "limit": max_pending}, prepare=True
         )
         counted = await cur.fetchone()
-        if counted is not None and counted[0] >= max_pending:
+        pending = counted[0] if counted is not None else 0
+        if pending + count > max_pending:
+            more = f" and {count} more cannot fit" if count > 1 else ""
             return QuotaRefusal(
                 "max_pending",
-                f"tenant {tenant} has {max_pending} pending timers, the most its max-pending "
-                "quota allows",
+                f"tenant {tenant} has {pending} pending timers{more}: at most {max_pending}, "
+                "its max-pending quota, may be pending",
                 PENDING_RETRY_SECONDS,
             )
     if per_minute is not None:
-        if available + 1e-9 < 1:
-            wait = max(1, math.ceil((1 - available) * 60 / per_minute))
+        if count > per_minute:
+            return QuotaRefusal(
+                "creates_per_minute",
+                f"a batch of {count} timers is more than tenant {tenant} may create in a minute "
+                f"({per_minute}, its creates-per-minute quota); send smaller batches",
+                60,
+            )
+        if available + 1e-9 < count:
+            wait = max(1, math.ceil((count - available) * 60 / per_minute))
             return QuotaRefusal(
                 "creates_per_minute",
                 f"tenant {tenant} may create {per_minute} timers per minute (its "
                 "creates-per-minute quota)",
                 wait,
             )
-        await conn.execute(query("tenant_create_spend"), {"tenant": tenant, "left": available - 1})
+        await conn.execute(
+            query("tenant_create_spend"), {"tenant": tenant, "left": available - count}
+        )
     return None

@@ -7,11 +7,13 @@ refuse ids that cannot be ours without a query.
 from __future__ import annotations
 
 import math
+import os
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 _EARLIEST_MS = 946_684_800_000  # 2000-01-01: no timer id is older than the project
 _LATEST_MS = 253_402_300_799_000  # 9999-12-31T23:59:59Z: the last second timestamptz names
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def parse_timer_id(text: str) -> uuid.UUID | None:
@@ -32,6 +34,11 @@ def due_ms_of(timer_id: uuid.UUID) -> int:
     return timer_id.int >> 80
 
 
+def due_at_of(timer_id: uuid.UUID) -> datetime:
+    """The due time that the id holds, to the millisecond."""
+    return EPOCH + timedelta(milliseconds=due_ms_of(timer_id))
+
+
 def bucket_of_ms(due_ms: int) -> datetime:
     """The bucket of a due time: the whole second at or after it (never early)."""
     return datetime.fromtimestamp(math.ceil(due_ms / 1000), tz=UTC)
@@ -50,3 +57,24 @@ def partition_of(bucket: datetime) -> str:
 def lock_key(slot: datetime, shard: int) -> int:
     """The advisory-lock key of a (slot, shard) claim key: epoch seconds * 1024 + shard."""
     return int(slot.timestamp()) * 1024 + shard
+
+
+def new_timer_ids(due_ms: list[int]) -> list[uuid.UUID]:
+    """New ids for timers due at these Unix milliseconds: the twin of the SQL function
+    ``timerhook_id`` (db/schema.sql), for rows written by COPY, where no SQL function runs.
+    The due time in the first 48 bits, version 7, the RFC 4122 variant, 74 random bits."""
+    noise = os.urandom(10 * len(due_ms))
+    return [
+        uuid.UUID(
+            int=(ms << 80)
+            | (int.from_bytes(noise[10 * i : 10 * i + 10], "big") & _RANDOM_MASK)
+            | _VERSION_VARIANT
+        )
+        for i, ms in enumerate(due_ms)
+    ]
+
+
+_LOW_80 = (1 << 80) - 1
+# Of the low 80 bits: the 4 version bits (7) and the 2 variant bits (binary 10) are fixed.
+_VERSION_VARIANT = (0x7 << 76) | (0x2 << 62)
+_RANDOM_MASK = _LOW_80 & ~((0xF << 76) | (0x3 << 62))

@@ -260,6 +260,16 @@ class IdempotentCreate:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchCreate:
+    """A batch create: its timers in request order; whether an earlier request with the same
+    key made them (then ``conflict``: that request's body differed, and no timers)."""
+
+    timers: list[CreatedTimer]
+    replayed: bool
+    conflict: bool
+
+
+@dataclass(frozen=True, slots=True)
 class HeldCandidate:
     """A due pending row that names resources, as the resource pass sees it."""
 

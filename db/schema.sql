@@ -218,8 +218,11 @@ create table caps (
 create table idempotency_keys (
     key         text        primary key,
     fingerprint text        not null,
+    -- the timer a keyed create made (for a batch: its first)
     timer_id    uuid        not null,
-    created_at  timestamptz not null default now()
+    created_at  timestamptz not null default now(),
+    -- every timer a keyed batch made, in request order (null for a single create)
+    timer_ids   uuid[]
 );
 create index idempotency_keys_created_idx on idempotency_keys (created_at);
 

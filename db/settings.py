@@ -91,6 +91,13 @@ class Settings(BaseSettings):
         description="Largest request body; larger ones get 413 before they are read whole. "
         "Default: TIMERHOOK_MAX_PAYLOAD_BYTES plus 32 KiB (96 KiB).",
     )
+    max_batch_body_bytes: int = Field(
+        default=8 * 1_048_576,
+        ge=1024,
+        le=256 * 1_048_576,
+        description="Largest body of POST /timer/batch (up to 1,000 timers); larger ones get "
+        "413 before they are read whole.",
+    )
     api_workers: int = Field(
         default=1,
         ge=1,

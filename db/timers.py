@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -14,11 +15,13 @@ from psycopg import errors as pg_errors
 from psycopg.rows import class_row
 
 from db.access import take_create_quota
+from db.bulk import copy_timers
 from db.connection import TRANSIENT, DatabaseUnavailable, PoolOwner
-from db.ids import bucket_of, lock_key
+from db.ids import bucket_of, due_at_of, due_ms_of, lock_key
 from db.models import (
     NO_CAPPED,
     Attempt,
+    BatchCreate,
     CancelResult,
     CappedScopes,
     CappedStream,
@@ -94,6 +97,20 @@ def insert_params(
         "now": now,
         "wake_ms": wake_ms,
     }
+
+
+def _replayed(ids: Sequence[uuid.UUID], at: datetime) -> list[CreatedTimer]:
+    """The timers of an earlier batch as its replay answers them: time_left counted from
+    ``at`` (the database clock), as GET /timer/{id} counts it."""
+    now_ms = at.timestamp() * 1000
+    return [
+        CreatedTimer(
+            id=i,
+            due_at=due_at_of(i),
+            time_left=max(0, math.ceil((due_ms_of(i) - now_ms) / 1000)),
+        )
+        for i in ids
+    ]
 
 
 class TimerStore(PoolOwner):
@@ -175,11 +192,70 @@ class TimerStore(PoolOwner):
                 if key is not None:
                     await conn.execute(
                         query("idempotency_record"),
-                        {"key": key, "fingerprint": fingerprint, "timer_id": row[1]},
+                        {
+                            "key": key,
+                            "fingerprint": fingerprint,
+                            "timer_id": row[1],
+                            "timer_ids": None,
+                        },
                     )
             return IdempotentCreate(timer_id=row[1], replayed=False, conflict=False)
 
         return await self._inserting(once, ahead_ms=delay_ms, now=None)
+
+    async def insert_batch(
+        self,
+        delays_ms: Sequence[int],
+        urls: Sequence[str],
+        options: Sequence[DeliveryOptions],
+        *,
+        shards: int,
+        key: str | None = None,
+        fingerprint: str = "",
+        quota: bool = False,
+        wake_within_ms: int | None = None,
+        now: datetime | None = None,
+    ) -> BatchCreate:
+        """Creates a batch of timers with one COPY and one commit, all or none; returns them in
+        input order. ``key``: as insert_idempotent (the earlier batch's timers, by its key, or
+        a conflict when the body differs). ``quota``: the tenant's quotas are checked for the
+        whole batch (every timer is its tenant's: ``options[0].tenant``). Not retried on a
+        lost connection, like insert."""
+        tenant = options[0].tenant if options else "default"
+
+        async def once() -> BatchCreate:
+            async with self.connection() as conn, conn.transaction():
+                if key is not None:
+                    await conn.execute(query("idempotency_lock"), {"key": key})
+                    cur = await conn.execute(query("idempotency_get"), {"key": key})
+                    earlier = await cur.fetchone()
+                    if earlier is not None:
+                        if earlier[0] != fingerprint or earlier[2] is None:
+                            return BatchCreate([], replayed=True, conflict=True)
+                        clock = await conn.execute(query("clock_now"), {"now": now})
+                        (at,) = await clock.fetchone() or (None,)
+                        return BatchCreate(_replayed(earlier[2], at), replayed=True, conflict=False)
+                if quota:
+                    refusal = await take_create_quota(conn, tenant, count=len(delays_ms))
+                    if refusal is not None:
+                        raise QuotaExceeded(refusal)
+                created = await copy_timers(
+                    conn, delays_ms, urls, options, shards=shards, wake_ms=wake_within_ms, now=now
+                )
+                if key is not None:
+                    ids = [c.id for c in created]
+                    await conn.execute(
+                        query("idempotency_record"),
+                        {
+                            "key": key,
+                            "fingerprint": fingerprint,
+                            "timer_id": ids[0],
+                            "timer_ids": ids,
+                        },
+                    )
+            return BatchCreate(created, replayed=False, conflict=False)
+
+        return await self._inserting(once, ahead_ms=max(delays_ms, default=0), now=now)
 
     async def _inserting(
         self, once: Callable[[], Awaitable[T]], *, ahead_ms: int, now: datetime | None

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -51,11 +52,22 @@ _REFUSED: dict[int | str, dict[str, Any]] = {
 INLINE_BODY_BYTES = 16_384
 
 
-def parse_create(raw: bytes) -> TimerCreate:
-    """A POST /timer body, parsed and validated; RequestValidationError when refused."""
-    context: dict[str, Any] = {}
+@dataclass(frozen=True, slots=True)
+class ParsedCreate:
+    """A validated create body and its payload as compact JSON (as stored and sent)."""
+
+    body: TimerCreate
+    payload_json: str | None
+
+
+def json_body(raw: bytes) -> Any:
+    """A request body parsed as JSON; RequestValidationError when it is not JSON."""
+    if not raw.strip():
+        raise RequestValidationError(
+            [{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}]
+        )
     try:
-        data = json.loads(raw)
+        return json.loads(raw)
     except json.JSONDecodeError as exc:
         raise RequestValidationError(
             [{"type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error",
@@ -70,29 +82,34 @@ def parse_create(raw: bytes) -> TimerCreate:
             [{"type": "json_invalid", "loc": ("body",), "msg": "JSON decode error",
               "ctx": {"error": "the body is not UTF-8"}}]
         ) from None  # fmt: skip
+
+
+def validate_create(data: object, loc: tuple[str, ...] = ("body",)) -> ParsedCreate:
+    """One timer object validated; RequestValidationError (fields under ``loc``) when refused."""
+    context: dict[str, Any] = {}
     try:
         body = TimerCreate.model_validate(data, context=context)
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_input=False)
-        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
-    body.payload_json = context.get("payload_json")
-    return body
+        raise RequestValidationError([{**e, "loc": (*loc, *e["loc"])} for e in errors]) from None
+    return ParsedCreate(body, context.get("payload_json"))
 
 
-async def _create_body(request: Request) -> TimerCreate:
+def parse_create(raw: bytes) -> ParsedCreate:
+    """A POST /timer body, parsed and validated; RequestValidationError when refused."""
+    return validate_create(json_body(raw))
+
+
+async def _create_body(request: Request) -> ParsedCreate:
     """The body of POST /timer: parsed on the event loop when small, in a worker thread when
     large, so that one request never holds the loop for long."""
     raw = await request.body()
-    if not raw.strip():
-        raise RequestValidationError(
-            [{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}]
-        )
     if len(raw) <= INLINE_BODY_BYTES:
         return parse_create(raw)
     return await asyncio.to_thread(parse_create, raw)
 
 
-CreateBody = Annotated[TimerCreate, Depends(_create_body)]
+CreateBody = Annotated[ParsedCreate, Depends(_create_body)]
 
 # The body is parsed by _create_body, so FastAPI does not see it: the route documents it.
 CREATE_BODY_OPENAPI: dict[str, Any] = {
@@ -105,7 +122,7 @@ CREATE_BODY_OPENAPI: dict[str, Any] = {
 
 @router.post("", response_model=TimerPublic, responses=_REFUSED, openapi_extra=CREATE_BODY_OPENAPI)
 async def create_timer(
-    body: CreateBody,
+    parsed: CreateBody,
     batcher: BatcherDep,
     db: DatabaseDep,
     settings: SettingsDep,
@@ -126,20 +143,15 @@ async def create_timer(
 ) -> TimerPublic:
     """Creates a timer that POSTs ``{"id": ...}`` (plus ``"payload"`` if given) to ``url`` once
     the delay has passed."""
-    horizon = settings.horizon_days * 86_400
-    if body.delay_seconds > horizon:
-        raise FieldError(
-            "hours, minutes, seconds",
-            f"add up to {body.delay_seconds} s; the longest accepted delay is {horizon} s "
-            f"({settings.horizon_days} days)",
-        )
+    body = parsed.body
+    check_horizon(body, settings)
     options = delivery_options(
-        body, settings, request_id=request_id_var.get(), tenant=principal.tenant
+        parsed, settings, request_id=request_id_var.get(), tenant=principal.tenant
     )
     quota = await access.tenant(principal.tenant)
     quota_checked = False
     if quota is not None:
-        _check_payload_quota(quota, options)
+        check_payload_quota(quota, options)
         quota_checked = quota.max_pending is not None or quota.creates_per_minute is not None
     if idempotency_key is None and not quota_checked:
         timer = await batcher.create(body.delay_seconds * 1000, body.url, options)
@@ -149,7 +161,7 @@ async def create_timer(
         response.headers["Location"] = f"/timer/{timer.id}"
         return TimerPublic(id=timer.id, time_left=timer.time_left)
     keyed = await _create_keyed(
-        db, settings, _tenant_key(principal, idempotency_key), body, options, quota=quota_checked
+        db, settings, tenant_key(principal, idempotency_key), body, options, quota=quota_checked
     )
     if keyed.conflict:
         raise FieldError(
@@ -176,7 +188,7 @@ def _log_created(timer_id: object, time_left: int, options: DeliveryOptions, url
     )  # fmt: skip
 
 
-def _tenant_key(principal: Principal, key: str | None) -> str | None:
+def tenant_key(principal: Principal, key: str | None) -> str | None:
     """An Idempotency-Key as stored: each tenant's keys are its own (a newline cannot be in a
     header, so no tenant's key can collide with another's)."""
     if key is None or principal.tenant == DEFAULT_TENANT:
@@ -184,7 +196,7 @@ def _tenant_key(principal: Principal, key: str | None) -> str | None:
     return f"{principal.tenant}\n{key}"
 
 
-def _check_payload_quota(tenant: Tenant, options: DeliveryOptions) -> None:
+def check_payload_quota(tenant: Tenant, options: DeliveryOptions) -> None:
     """413 when the payload is over the tenant's max-payload-bytes quota."""
     if tenant.max_payload_bytes is None or options.payload is None:
         return
@@ -200,8 +212,19 @@ def _check_payload_quota(tenant: Tenant, options: DeliveryOptions) -> None:
         )
 
 
+def check_horizon(body: TimerCreate, settings: Settings) -> None:
+    """Refuses a delay past the horizon (the longest accepted delay)."""
+    horizon = settings.horizon_days * 86_400
+    if body.delay_seconds > horizon:
+        raise FieldError(
+            "hours, minutes, seconds",
+            f"add up to {body.delay_seconds} s; the longest accepted delay is {horizon} s "
+            f"({settings.horizon_days} days)",
+        )
+
+
 def delivery_options(
-    body: TimerCreate,
+    parsed: ParsedCreate,
     settings: Settings,
     *,
     request_id: str | None = None,
@@ -209,6 +232,7 @@ def delivery_options(
 ) -> DeliveryOptions:
     """The stored request shape and policy of a create, checked against the settings' limits;
     ``request_id``: the create's, stored with the timer; ``tenant``: whose it is."""
+    body = parsed.body
     if not settings.allow_private_targets:
         refused = literal_refused(body.url, settings.allowed_network_list)
         if refused is not None:
@@ -217,7 +241,7 @@ def delivery_options(
                 f"{refused}, and private targets are not allowed "
                 "(TIMERHOOK_ALLOW_PRIVATE_TARGETS=1 or TIMERHOOK_ALLOWED_NETWORKS allows them)",
             )
-    payload = body.payload_json
+    payload = parsed.payload_json
     if payload is not None:
         size = len(payload.encode())
         if size > settings.max_payload_bytes:

@@ -496,6 +496,16 @@ returning t.id;
 -- The database clock (or the injected now).
 select coalesce(%(now)s::timestamptz, now()) as now;
 
+-- name: clock_ms
+-- The database clock as timer_insert reads it for due times: the transaction's start (or the
+-- injected now), in Unix milliseconds rounded up, so that no due time is early.
+select ceil(extract(epoch from coalesce(%(now)s::timestamptz, now())) * 1000)::bigint;
+
+-- name: timers_wake
+-- Wakes the dispatchers at this transaction's commit (db/listen.py), as timer_insert does
+-- for a timer due within their claim window.
+select pg_notify('timerhook_due', '');
+
 -- name: plan_candidates
 -- What the next pass would look at: pending rows due by now + lookahead, highest priority
 -- first, then run_at, with the rows that wait in a dispatcher (leased, not yet sent, with a

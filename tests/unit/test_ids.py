@@ -7,7 +7,16 @@ from datetime import UTC, datetime
 
 import pytest
 
-from db.ids import bucket_of, bucket_of_ms, due_ms_of, lock_key, parse_timer_id, partition_of
+from db.ids import (
+    bucket_of,
+    bucket_of_ms,
+    due_at_of,
+    due_ms_of,
+    lock_key,
+    new_timer_ids,
+    parse_timer_id,
+    partition_of,
+)
 
 
 def make_v7(due_ms: int, rand: int = 0x123456789ABCDEF) -> uuid.UUID:
@@ -66,3 +75,18 @@ def test_lock_keys_differ_per_shard_and_per_second() -> None:
     assert len(keys) == 1024
     assert lock_key(later, 0) not in keys
     assert max(keys) < 2**63
+
+
+def test_ids_made_for_copy_have_the_shape_of_timerhook_id() -> None:
+    """new_timer_ids, the twin of the SQL timerhook_id: the due time in the first 48 bits,
+    version 7, the RFC 4122 variant, and the other 74 bits random (so never repeated)."""
+    due = [1_764_000_000_123, 1_764_000_000_999, 1_764_000_001_000] * 1000
+    ids = new_timer_ids(due)
+    assert [due_ms_of(i) for i in ids] == due
+    assert all(i.version == 7 and i.variant == uuid.RFC_4122 for i in ids)
+    assert all(parse_timer_id(str(i)) == i for i in ids)
+    assert len(set(ids)) == len(ids)
+    random_bits = {i.int & ((1 << 62) - 1) for i in ids}
+    assert len(random_bits) == len(ids)
+    assert due_at_of(ids[1]) == datetime(2025, 11, 24, 16, 0, 0, 999000, tzinfo=UTC)
+    assert bucket_of(ids[2]) == datetime(2025, 11, 24, 16, 0, 1, tzinfo=UTC)
