@@ -46,11 +46,13 @@ def keys_list() -> None:
     """Every key: id, tenant, admin, label, created, last used, revoked."""
     rows = run_db(lambda db: db.keys.list())
     table = Table(title="API keys")
-    for column in ("id", "tenant", "admin", "label", "created", "last used", "revoked"):
+    # The id is what `keys revoke` takes: never cut short, however narrow the terminal.
+    table.add_column("id", no_wrap=True, min_width=16)
+    for column in ("tenant", "admin", "label", "created", "last used", "revoked"):
         table.add_column(column)
 
     def when(at: object) -> str:
-        return at.strftime("%Y-%m-%d %H:%M:%S") if at is not None else "-"  # type: ignore[attr-defined]
+        return at.strftime("%Y-%m-%d %H:%M") if at is not None else "-"  # type: ignore[attr-defined]
 
     for k in rows:
         table.add_row(
@@ -106,6 +108,11 @@ def tenants_show(ctx: typer.Context) -> None:
             t.name, limit(t.max_pending), limit(t.creates_per_minute),
             limit(t.max_payload_bytes), "own secret" if t.signing_secret else "global",
         )  # fmt: skip
+    if not rows:
+        table.caption = (
+            "no tenant has quotas or its own secret: every tenant may create without limit, "
+            "signed with the global secret"
+        )
     console.print(table)
 
 

@@ -15,8 +15,10 @@ from db.database import Database
 pytestmark = pytest.mark.slow
 
 
-async def _timerhook(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TIMERHOOK_DATABASE_URL": database_url, "COLUMNS": "160"}
+async def _timerhook(
+    database_url: str, *args: str, columns: int = 160
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TIMERHOOK_DATABASE_URL": database_url, "COLUMNS": str(columns)}
     return await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "cli.main", *args],
@@ -169,6 +171,8 @@ async def test_plan_shows_what_goes_now_and_why_the_rest_waits(
 
 
 async def test_tenants_set_and_show_and_keys_revoke(db: Database, database_url: str) -> None:
+    empty = await _timerhook(database_url, "tenants")
+    assert "no tenant has quotas" in empty.stdout, empty.stdout
     done = await _timerhook(
         database_url, "tenants", "set", "billing", "--max-pending", "100",
         "--creates-per-minute", "600", "--max-payload-bytes", "4096",
@@ -191,6 +195,9 @@ async def test_tenants_set_and_show_and_keys_revoke(db: Database, database_url: 
     assert bad.returncode == 2 and "whsec_" in bad.stderr
     made = await _timerhook(database_url, "keys", "create", "--tenant", "billing", "--label", "svc")
     key_id = made.stdout.split(":")[0]
+    # The id that revoke takes is shown whole, even in a narrow terminal.
+    listed = await _timerhook(database_url, "keys", "list", columns=60)
+    assert key_id in listed.stdout, listed.stdout
     revoked = await _timerhook(database_url, "keys", "revoke", key_id)
     assert revoked.returncode == 0 and f"{key_id} revoked" in revoked.stdout
     again = await _timerhook(database_url, "keys", "revoke", key_id)
