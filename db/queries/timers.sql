@@ -140,8 +140,13 @@ update timers t
 set state = 'inflight', lease_owner = %(owner)s,
     lease_until = clock.now + %(lease_seconds)s * interval '1 second',
     attempts = t.attempts + 1, waiting_on = null
-from picked, clock
-where t.id = picked.id and t.bucket = picked.bucket
+from clock
+-- An array of ids, not a join with picked: a generic plan costs a join over the partitioned
+-- table across every partition (368 at the default horizon), and while most of them were
+-- never analyzed it prefers a hash join that reads whole partitions at every claim (5 ms and
+-- more). With the array each partition's scan is its own choice (the primary key), and the
+-- stable bucket bound leaves only the partitions that can hold due rows at executor start-up.
+where t.id = any(array(select id from picked)) and t.bucket <= %(slot)s
 -- db_now is the database clock as each row is produced (clock_timestamp(), not the
 -- transaction's start): the later it is read, the tighter the sender's timing.
 returning t.id, t.bucket, t.url, t.run_at, t.attempts, t.max_attempts, t.round_start,
@@ -181,16 +186,19 @@ with clock as (
     order by c.priority desc, c.run_at
     limit %(batch)s
 ), picked as (
-    select t.id, t.bucket from timers t join ranked r on t.id = r.id and t.bucket = r.bucket
-    where t.state = 'pending'
+    -- ids as an array, not a join (see bucket_claim), under ranked's stable bucket bound
+    select t.id from timers t
+    where t.id = any(array(select id from ranked)) and t.state = 'pending'
+      and t.bucket <= coalesce(%(now)s::timestamptz, now()) + interval '1 second'
     for update of t skip locked
 )
 update timers t
 set state = 'inflight', lease_owner = %(owner)s,
     lease_until = clock.now + %(lease_seconds)s * interval '1 second',
     attempts = t.attempts + 1, waiting_on = null
-from picked, clock
-where t.id = picked.id and t.bucket = picked.bucket
+from clock
+where t.id = any(array(select id from picked))
+  and t.bucket <= coalesce(%(now)s::timestamptz, now()) + interval '1 second'
 returning t.id, t.bucket, t.url, t.run_at, t.attempts, t.max_attempts, t.round_start,
           t.delivery, t.payload::text as payload, t.headers, t.timeout_ms,
           case when %(now)s::timestamptz is null then clock_timestamp()
@@ -227,8 +235,11 @@ update timers t
 set state = 'inflight', lease_owner = %(owner)s,
     lease_until = clock.now + %(lease_seconds)s * interval '1 second',
     attempts = t.attempts + 1, waiting_on = null
-from picked, clock
-where t.id = picked.id and t.bucket = picked.bucket
+from clock
+-- ids as an array, not a join, under picked's stable bucket bound (see bucket_claim)
+where t.id = any(array(select id from picked))
+  and t.bucket <= coalesce(%(now)s::timestamptz, now())
+                  + (%(lookahead)s + 1) * interval '1 second'
 returning t.id, t.bucket, t.url, t.run_at, t.attempts, t.max_attempts, t.round_start,
           t.delivery, t.payload::text as payload, t.headers, t.timeout_ms,
           case when %(now)s::timestamptz is null then clock_timestamp()
@@ -262,18 +273,21 @@ select resource, timer_id from resource_holds where resource = any(%(resources)s
 with clock as (
     select coalesce(%(now)s::timestamptz, now()) as now
 ), picked as (
-    select t.id, t.bucket from timers t
-    join unnest(%(id)s::uuid[], %(bucket)s::timestamptz[]) as r(id, bucket)
-      on t.id = r.id and t.bucket = r.bucket
-    where t.state = 'pending'
+    -- arrays, not joins: the buckets' range prunes at executor start-up, the ids use each
+    -- partition's primary key (see bucket_claim and timer_record)
+    select t.id from timers t
+    where t.id = any(%(id)s::uuid[])
+      and t.bucket between %(first_bucket)s::timestamptz and %(last_bucket)s::timestamptz
+      and t.state = 'pending'
     for update of t skip locked
 ), leased as (
     update timers t
     set state = 'inflight', lease_owner = %(owner)s,
         lease_until = clock.now + %(lease_seconds)s * interval '1 second',
         attempts = t.attempts + 1, waiting_on = null
-    from picked, clock
-    where t.id = picked.id and t.bucket = picked.bucket
+    from clock
+    where t.id = any(array(select id from picked))
+      and t.bucket between %(first_bucket)s::timestamptz and %(last_bucket)s::timestamptz
     returning t.id, t.bucket, t.url, t.run_at, t.attempts, t.max_attempts, t.round_start,
               t.delivery, t.payload::text as payload, t.headers, t.timeout_ms,
               case when %(now)s::timestamptz is null then clock_timestamp()
@@ -292,7 +306,11 @@ update timers t set waiting_on = r.reason
 from unnest(%(id)s::uuid[], %(bucket)s::timestamptz[], %(reason)s::text[])
      as r(id, bucket, reason)
 where t.id = r.id and t.bucket = r.bucket and t.state in ('pending', 'inflight')
-  and t.waiting_on is distinct from r.reason;
+  and t.waiting_on is distinct from r.reason
+  -- the ids and the buckets' range again: partitions pruned at executor start-up, each
+  -- remaining one read by its primary key (see timer_record)
+  and t.id = any(%(id)s::uuid[])
+  and t.bucket between %(first_bucket)s::timestamptz and %(last_bucket)s::timestamptz;
 
 -- name: timer_record
 -- Records the outcome of a batch of sends by their lease owner, and each attempt. A retry
@@ -328,6 +346,13 @@ with outcome as (
     from outcome r
     where t.id = r.id and t.bucket = r.bucket and t.state = 'inflight'
       and t.lease_owner = %(owner)s
+      -- the ids and the buckets' range again, beside the join: a join key alone prunes no
+      -- partition before execution (nor does "= any" of an array parameter), so every
+      -- partition (368 at the default horizon) was set up and scanned for in-flight rows at
+      -- every record; a range of scalar parameters prunes at executor start-up, and the ids
+      -- use each remaining partition's primary key
+      and t.id = any(%(id)s::uuid[])
+      and t.bucket between %(first_bucket)s::timestamptz and %(last_bucket)s::timestamptz
     returning t.id, t.bucket, t.attempts
 ), released as (
     -- the resource holds of the rows recorded (%(held)s lists only rows that named any, so
@@ -358,6 +383,8 @@ with released as (
     from unnest(%(id)s::uuid[], %(bucket)s::timestamptz[]) as r(id, bucket)
     where t.id = r.id and t.bucket = r.bucket and t.state = 'inflight'
       and t.lease_owner = %(owner)s
+      and t.id = any(%(id)s::uuid[])
+      and t.bucket between %(first_bucket)s::timestamptz and %(last_bucket)s::timestamptz
     returning t.id
 ), unheld as (
     delete from resource_holds h where h.timer_id in (select id from released)
@@ -396,7 +423,8 @@ with clock as (
                           else t.last_error end,
         lease_owner = null, lease_until = null
     from victims v, clock
-    where t.id = v.id and t.bucket = v.bucket
+    -- the ids as an array too: each partition's primary key, never a scan of a partition
+    where t.id = v.id and t.bucket = v.bucket and t.id = any(array(select id from victims))
     returning t.id, t.bucket, t.attempts, t.state, v.lease_owner, clock.now
 ), unheld as (
     -- a hold lives exactly as long as its lease: taking the lease back frees the resources
@@ -460,6 +488,7 @@ with clock as (
         round_start = t.attempts, finished_at = null, waiting_on = null
     from target, clock
     where t.id = target.id and t.bucket = target.bucket and target.state in ('dead', 'failed')
+      and t.id = %(id)s and t.bucket = %(bucket)s
     returning t.id
 )
 select target.state as found, exists (select 1 from requeued) as requeued from target;

@@ -24,7 +24,7 @@ from db.database import Database
 from db.ids import bucket_of, lock_key
 from db.query_loader import query
 from db.settings import Settings
-from db.timers import insert_params
+from db.timers import insert_params, named_rows
 from tests.support import postgres
 
 HORIZON_DAYS = Settings.model_fields["horizon_days"].default
@@ -85,8 +85,7 @@ def _hot_statements(now: datetime, timer_id: uuid.UUID) -> dict[str, dict[str, A
             **capped,
         },
         "timer_record": {
-            "id": [timer_id],
-            "bucket": [bucket],
+            **named_rows([(timer_id, bucket)]),
             "state": ["delivered"],
             "status": [200],
             "error": [None],
@@ -142,3 +141,73 @@ async def test_every_hot_statement_plans_within_5_ms_at_the_default_horizon(
         planning = {name: await _planning_ms(conn, name, p) for name, p in statements.items()}
     slow = {name: round(ms, 2) for name, ms in planning.items() if ms > PLANNING_BOUND_MS}
     assert not slow, f"planning over {PLANNING_BOUND_MS} ms at {count} partitions: {slow}"
+
+
+def _scans(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every node of a JSON plan that reads a partition of timers."""
+    if str(node.get("Relation Name", "")).startswith("timers_p"):
+        yield node
+    for child in node.get("Plans", []):
+        yield from _scans(child)
+
+
+async def _explained(
+    conn: psycopg.AsyncConnection[Any], name: str, params: dict[str, Any]
+) -> dict[str, Any]:
+    """EXPLAIN ANALYZE of the statement as psycopg prepared it, in a transaction rolled back
+    (so a claim or record changes nothing)."""
+    text = query(name)
+    names = _parameter_names(text)
+    async with conn.transaction(force_rollback=True):
+        await conn.execute(text, params, prepare=True)
+        cur = await conn.execute(
+            "select name from pg_prepared_statements where not from_sql"
+            " order by prepare_time desc limit 1"
+        )
+        (statement,) = await cur.fetchone() or (None,)
+        explain = (
+            f"explain (analyze, format json) execute {statement}({', '.join(['%s'] * len(names))})"
+        )
+        explained = await psycopg.AsyncClientCursor(conn).execute(
+            explain, [params[n] for n in names]
+        )
+        (plan,) = await explained.fetchone() or (None,)
+    return dict(plan[0]["Plan"])
+
+
+async def test_a_claim_and_a_record_read_only_the_rows_they_name_at_the_default_horizon(
+    horizon_db: Database,
+) -> None:
+    """A generic plan is costed over every partition. While most of them were never analyzed
+    (the usual state of the days ahead), a join of the claimed or recorded rows with the
+    partitioned table came out as a hash join over whole partitions: the claim read all of
+    today's rows and the record set up all 368 partitions and scanned each one's in-flight
+    rows, at every call. Both now name their rows by arrays of ids (and buckets)."""
+    created = await horizon_db.timers.insert([0] * 3000, ["http://127.0.0.1:9/h"] * 3000, shards=1)
+    first = created[0]
+    async with horizon_db.pool.connection() as conn:
+        cur = await conn.execute("select now()")
+        (now,) = await cur.fetchone() or (None,)
+        cur = await conn.execute("select slot from timers where id = %s", (first.id,))
+        (slot,) = await cur.fetchone() or (None,)
+        statements = _hot_statements(now, first.id)
+        claim = {**statements["bucket_claim"], "slot": slot, "lock_key": lock_key(slot, 0)}
+        batch = claim["batch"]
+        ids = [t.id for t in created[:batch]]
+        await conn.execute(
+            "update timers set state = 'inflight', lease_owner = 'plans', attempts = 1,"
+            " lease_until = now() + interval '30 seconds' where id = any(%s)",
+            (ids,),
+        )
+        n = len(ids)
+        record = {
+            **statements["timer_record"],
+            **named_rows([(i, bucket_of(i)) for i in ids]), "state": ["delivered"] * n,
+            "status": [200] * n, "error": [None] * n, "fired_at": [now] * n,
+            "latency_ms": [1.0] * n, "retry_in": [None] * n,
+        }  # fmt: skip
+        for name, params, named in (("bucket_claim", claim, batch), ("timer_record", record, n)):
+            scans = list(_scans(await _explained(conn, name, params)))
+            assert len(scans) <= 4, f"{name} set up {len(scans)} partition scans"
+            read = sum(s["Actual Rows"] * s["Actual Loops"] for s in scans)
+            assert read <= 2 * named, f"{name} read {read} rows of timers for {named} rows"
