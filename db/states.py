@@ -33,7 +33,7 @@ TRANSITIONS: dict[tuple[TimerState, TimerState], str] = {
     ("inflight", "delivered"): "timer_record",
     ("inflight", "failed"): "timer_record (final failure), lease_reap (at_most_once lost)",
     ("inflight", "dead"): "timer_record (out of attempts)",
-    ("inflight", "pending"): "timer_record (retry), lease_release, lease_reap",
+    ("inflight", "pending"): "timer_record (retry), lease_release, lease_take_back, lease_reap",
     ("dead", "pending"): "timer_requeue, timers_requeue",
     ("failed", "pending"): "timer_requeue, timers_requeue",
 }

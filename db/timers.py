@@ -542,6 +542,11 @@ class TimerStore(PoolOwner):
         }
         return await self._count("lease_release", params)
 
+    async def take_back(self, *, owner: str, known: Sequence[uuid.UUID]) -> int:
+        """Gives back the rows leased to ``owner`` that it does not hold (``known``): claimed
+        by a statement whose answer an outage lost, so never sent. Returns how many."""
+        return await self._count("lease_take_back", {"owner": owner, "known": list(known)})
+
     async def _count(self, name: str, params: dict[str, object]) -> int:
         row = await self.fetch_one(name, _Count, params)
         return row.count if row else 0

@@ -64,6 +64,7 @@ class Recorder:
         self._deferred: dict[tuple[datetime, str], list[ClaimedTimer]] = {}
         # Outcomes and deferrals taken out of the buffers for a write not yet committed.
         self._writing = 0
+        self._writing_ids: set[uuid.UUID] = set()
         self._wake = asyncio.Event()
         self._running = True
         self._task: asyncio.Task[None] | None = None
@@ -73,6 +74,12 @@ class Recorder:
         """Outcomes and deferrals not yet written, counting those whose write is running."""
         deferred = sum(len(rows) for rows in self._deferred.values())
         return len(self._outcomes) + deferred + self._writing
+
+    def held_ids(self) -> set[uuid.UUID]:
+        """The rows whose outcome or deferral is not written yet (their lease is still ours)."""
+        ids = {o.id for o, _ in self._outcomes} | self._writing_ids
+        ids.update(row.id for rows in self._deferred.values() for row in rows)
+        return ids
 
     def start(self) -> None:
         """Starts the flush loop."""
@@ -189,6 +196,8 @@ class Recorder:
             for o, retry_at in pending
         ]
         self._writing += len(batch)
+        writing = {o.id for o in batch}
+        self._writing_ids |= writing
         try:
             await self.db.timers.record(batch, owner=self.owner)
         except BaseException:
@@ -196,6 +205,7 @@ class Recorder:
             raise
         finally:
             self._writing -= len(batch)
+            self._writing_ids -= writing
         for o in batch:
             self._notes.pop((o.id, o.bucket), None)
         # A retry due before the next tick's claim could see it is claimed now, so that it
@@ -213,6 +223,8 @@ class Recorder:
             # Taken out before the write: rows deferred while it runs start a new list.
             (until, reason), rows = self._deferred.popitem()
             self._writing += len(rows)
+            writing = {row.id for row in rows}
+            self._writing_ids |= writing
             try:
                 await self.db.timers.release(rows, owner=self.owner, until=until, reason=reason)
             except BaseException:
@@ -220,6 +232,7 @@ class Recorder:
                 raise
             finally:
                 self._writing -= len(rows)
+                self._writing_ids -= writing
             self._recorded(0)
 
     async def _flush_notes(self) -> None:

@@ -63,6 +63,8 @@ class Dispatcher:
         self.sender = sender or make_sender(settings)
         self.recorded_total = 0
         self._stopping = False
+        # Set when the database comes back: lost claim answers may have leased rows to us.
+        self._take_back_pending = False
         self._wake = asyncio.Event()
         self.planner = Planner(db, settings, owner=self.id)
         self.claimer = Claimer(
@@ -168,9 +170,11 @@ class Dispatcher:
         self.sender.set_tenant_secrets(await self.db.tenants.secrets())
 
     def _database_back(self) -> None:
-        """After an outage: claim, record and heartbeat now, not at the next interval."""
+        """After an outage: take back what a lost claim answer leased to us, then claim,
+        record and heartbeat now, not at the next interval."""
         if self._stopping:
             return
+        self._take_back_pending = True
         self._wake.set()
         self.recorder.wake()
         task = asyncio.get_running_loop().create_task(self.maintenance.resume())
@@ -189,6 +193,8 @@ class Dispatcher:
             await self._wake.wait()
             self._wake.clear()
             try:
+                if self._take_back_pending:
+                    await self._take_back()
                 await self.drain()
             except DatabaseUnavailable as exc:
                 # The outage is logged once by the pool; claims resume when it ends.
@@ -199,6 +205,20 @@ class Dispatcher:
                 self.stats.cap_waits += 1
                 await asyncio.sleep(CAP_POLL_SECONDS)
                 self._wake.set()
+
+    async def _take_back(self) -> None:
+        """Gives back the rows leased to this dispatcher that it does not hold. A claim whose
+        commit went through while the connection died leased rows whose answer never came:
+        without this they would wait for their lease to run out (30 s by default). Run in
+        the claim loop, between claims, so no claim's answer is on its way meanwhile."""
+        held = {row.id for row in self._claimed.values()} | self.recorder.held_ids()
+        taken = await self.db.timers.take_back(owner=self.id, known=list(held))
+        self._take_back_pending = False
+        if taken:
+            log.warning(
+                "took back %d rows leased to this dispatcher by a claim whose answer was lost "
+                "in the database outage; they were never sent and go out now", taken,
+            )  # fmt: skip
 
     async def drain(self, *, now: datetime | None = None) -> int:
         """One claim pass (by ``now``, default the database clock); returns rows leased."""

@@ -391,6 +391,23 @@ with released as (
 )
 select count(*) from released;
 
+-- name: lease_take_back
+-- After an outage: rows leased to %(owner)s that it does not hold (%(known)s lists every row
+-- it holds: waiting for its instant, being sent, or with an outcome not yet written). Their
+-- claim committed but its answer was lost with the connection, so they were never sent:
+-- given back at once, their attempt uncounted, instead of waiting for the lease to run out.
+with back as (
+    update timers t
+    set state = 'pending', lease_owner = null, lease_until = null,
+        attempts = t.attempts - 1, waiting_on = null
+    where t.state = 'inflight' and t.lease_owner = %(owner)s
+      and not (t.id = any(%(known)s::uuid[]))
+    returning t.id
+), unheld as (
+    delete from resource_holds h where h.timer_id in (select id from back)
+)
+select count(*) from back;
+
 -- name: lease_reap
 -- Takes back every in-flight row whose lease ran out or whose owner is dead (stale heartbeat)
 -- or gone (deregistered). Whether its send went out is unknown: an at_least_once row goes back
