@@ -1,14 +1,18 @@
-"""Creates per second over HTTP: group commit against a plain one-INSERT-per-request endpoint.
+"""Creates per second over HTTP: group commit against a plain one-INSERT-per-request endpoint,
+and both against the ceiling, a FastAPI endpoint that only validates the same body.
 
-Both are ``timerhook api`` on the same database in the same run; the plain one has
-``TIMERHOOK_CREATE_BATCH_MAX=1``. Also measures PostgreSQL's raw single-row INSERT and COPY
-rates into the timers table on this machine, so every figure is also a ratio.
+The load is wrk (bench/wrk.py; 1 thread, 64 keep-alive connections, and 1 connection), so
+the load generator costs far less than the API it loads. The two APIs are ``timerhook api``
+on the same database in the same run (the plain one has ``TIMERHOOK_CREATE_BATCH_MAX=1``);
+the ceiling is bench/validate_only.py under the same load. Also measures PostgreSQL's raw
+single-row INSERT and COPY rates into the timers table, so every figure is also a ratio.
 Run: ``python -m bench.creates [seconds]``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 
@@ -16,7 +20,7 @@ import aiohttp
 import psycopg
 import uvloop
 
-from bench import harness
+from bench import harness, wrk
 
 BODY = {"minutes": 30, "url": "https://example.com/hook"}
 
@@ -100,27 +104,63 @@ def raw_copy(url: str, count: int) -> float:
         return count / (time.perf_counter() - start)
 
 
+async def validate_only() -> tuple[harness.Proc, str]:
+    """The ceiling's process (bench/validate_only.py), once it answers."""
+    port = harness.free_port()
+    proc = harness.Proc([sys.executable, "-m", "bench.validate_only", str(port)])
+    base = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as session:
+        for _ in range(300):
+            try:
+                async with session.get(f"{base}/healthz") as r:
+                    if r.status == 200:
+                        return proc, base
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+    raise RuntimeError("the validate-only endpoint did not start")
+
+
+def wrk_rate(base: str, seconds: float, connections: int) -> float:
+    """Creates per second under wrk; every answer must have been a 200."""
+    result = wrk.post(f"{base}/timer", json.dumps(BODY), seconds=seconds, connections=connections)
+    assert result.refused == 0, f"{result.refused} of {result.requests} creates refused"
+    return result.requests_per_s
+
+
 async def main(seconds: float) -> None:
     figures: dict[str, float] = {}
+    wrk.ensure()
     async with harness.database() as url:
         figures["raw_single_insert_per_s"] = round(raw_inserts(url, 3000))
         figures["raw_copy_rows_per_s"] = round(raw_copy(url, 100_000))
+        proc, base = await validate_only()
+        try:
+            wrk_rate(base, 1.0, 64)  # warm up
+            figures["validate_only_64_per_s"] = round(wrk_rate(base, seconds, 64))
+        finally:
+            proc.stop()
         for name, env in (("plain", {"TIMERHOOK_CREATE_BATCH_MAX": "1"}), ("batched", {})):
             proc, base = await api(url, **env)
             try:
-                await load(base, 8, 1.0)  # warm up
-                figures[f"{name}_1_client_per_s"] = round(await load(base, 1, seconds))
-                figures[f"{name}_64_clients_per_s"] = round(await load(base, 64, seconds))
+                wrk_rate(base, 1.0, 64)  # warm up
+                figures[f"{name}_1_client_per_s"] = round(wrk_rate(base, seconds, 1))
+                figures[f"{name}_64_clients_per_s"] = round(wrk_rate(base, seconds, 64))
             finally:
                 proc.stop()
     figures["batched_vs_plain_64"] = round(
         figures["batched_64_clients_per_s"] / figures["plain_64_clients_per_s"], 2
     )
+    figures["batched_vs_validate_only_64"] = round(
+        figures["batched_64_clients_per_s"] / figures["validate_only_64_per_s"], 2
+    )
     harness.report("creates", figures)
     print(
-        f"SUMMARY creates: 64 clients batched {figures['batched_64_clients_per_s']:,}/s vs plain "
-        f"{figures['plain_64_clients_per_s']:,}/s ({figures['batched_vs_plain_64']}x); "
-        f"1 client {figures['batched_1_client_per_s']:,}/s; raw INSERT "
+        f"SUMMARY creates (wrk, 64 connections): batched {figures['batched_64_clients_per_s']:,}/s"
+        f" = {figures['batched_vs_validate_only_64']:.0%} of the validate-only ceiling "
+        f"{figures['validate_only_64_per_s']:,}/s; plain {figures['plain_64_clients_per_s']:,}/s"
+        f" ({figures['batched_vs_plain_64']}x); 1 connection "
+        f"{figures['batched_1_client_per_s']:,}/s; raw INSERT "
         f"{figures['raw_single_insert_per_s']:,}/s, COPY {figures['raw_copy_rows_per_s']:,}/s"
     )
 

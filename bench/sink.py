@@ -31,6 +31,9 @@ class Figures:
     """What arrived: times, lateness from the ids, distinct ids and duplicates."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         self.arrivals: list[float] = []
         self.lateness_ms: list[float] = []
         self.ids: set[bytes] = set()
@@ -102,8 +105,7 @@ class Sink(asyncio.Protocol):
         self.body, self.url = [], b""
         method = self.parser.get_method()
         if method == b"POST" and url == b"/reset":
-            global figures
-            figures = Figures()
+            figures.reset()
             answer = OK
         elif method == b"POST":
             figures.hook(body, time.time())
