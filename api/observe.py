@@ -56,6 +56,7 @@ class ProcessMetrics:
             registry=self.registry,
         )  # fmt: skip
         self.created_once = self.created.labels(kind="once")
+        self.created_recurring = self.created.labels(kind="recurring")
         self.shared = "PROMETHEUS_MULTIPROC_DIR" in os.environ
         if self.shared:
             self.registry = CollectorRegistry()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal, NoReturn
 
 from pydantic import (
     AnyHttpUrl,
@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from db.models import Delivery
+from db.recurrence import Misfire
 from db.states import DeadLetterState, TimerState
 from db.targets import host_problem
 
@@ -39,6 +40,7 @@ REFUSED_HEADERS = frozenset({
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")
 _HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
 MAX_PAYLOAD_DEPTH = 32
+MAX_CRON_LENGTH = 200
 MAX_RESOURCES = 16
 RESOURCE_NAME = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 PRIORITY_MIN, PRIORITY_MAX, PRIORITY_DEFAULT = 1, 10, 5
@@ -116,6 +118,28 @@ def url_problem(value: str) -> str | None:
     return None
 
 
+_ISO_DURATION = re.compile(
+    r"P(?:(\d{1,6})W)?(?:(\d{1,6})D)?(?:T(?:(\d{1,7})H)?(?:(\d{1,9})M)?(?:(\d{1,10}(?:\.\d{1,3})?)S)?)?"
+)
+
+
+def iso_duration(text: str) -> timedelta | None:
+    """An ISO 8601 duration of fixed length (weeks, days, hours, minutes, seconds to the
+    millisecond) such as 'PT15M' or 'P1DT12H'; None when ``text`` is not one."""
+    match = _ISO_DURATION.fullmatch(text)
+    if match is None or text in ("P", "PT") or text.endswith("T"):
+        return None
+    weeks, days, hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    return timedelta(weeks=weeks, days=days, hours=hours, minutes=minutes, seconds=seconds)
+
+
+_datetime: TypeAdapter[datetime] = TypeAdapter(datetime)
+
+
+def _refuse_period() -> NoReturn:
+    raise ValueError("must be whole seconds (a number) or an ISO 8601 duration string")
+
+
 class TimerCreate(BaseModel):
     """``POST /timer``: call ``url`` after hours + minutes + seconds."""
 
@@ -177,6 +201,80 @@ class TimerCreate(BaseModel):
         description=f"Up to {MAX_RESOURCES} names (1 to 64 of letters, digits, '.', '_', ':', "
         "'-'). Two timers that share a name are never in flight at the same time.",
     )
+    at: datetime | None = Field(
+        default=None,
+        description="An absolute due time, RFC 3339 with a UTC offset (2026-12-24T18:00:00+01:00),"
+        " instead of hours/minutes/seconds; not in the past.",
+    )
+    every: int | str | None = Field(
+        default=None,
+        description="Recurring: repeat every this many whole seconds (at least 1), or an ISO 8601"
+        " duration such as 'PT15M'. The first occurrence is at the delay or `at`.",
+    )
+    cron: str | None = Field(
+        default=None,
+        max_length=MAX_CRON_LENGTH,
+        description="Recurring: a five-field crontab(5) expression (minute hour day-of-month "
+        "month day-of-week; day of week 0 and 7 are Sunday), matched in `timezone`. The first "
+        "occurrence is its first match at or after the delay or `at`.",
+    )
+    timezone: str | None = Field(
+        default=None,
+        max_length=64,
+        description="The IANA time zone `cron` is read in (default UTC); daylight-saving "
+        "changes follow it.",
+    )
+    until: datetime | None = Field(
+        default=None,
+        description="Recurring: no occurrence after this instant (RFC 3339 with an offset); one"
+        " exactly at it is sent.",
+    )
+    count: int | None = Field(
+        default=None, ge=1, description="Recurring: the most occurrences (numbered 1 to count)."
+    )
+    misfire: Misfire | None = Field(
+        default=None,
+        description="Recurring: what occurrences missed while nothing could send (downtime) "
+        "become: 'coalesce' (default) sends one, numbered as the latest of them; 'all' sends "
+        "each.",
+    )
+
+    @field_validator("at", "until", mode="before")
+    @classmethod
+    def _rfc3339_with_offset(cls, value: object) -> object:
+        # Strict, but JSON has no date type: the text form only, and never a local time.
+        if value is None or isinstance(value, datetime):
+            return value
+        if not isinstance(value, str):
+            raise ValueError("must be an RFC 3339 date-time string with a UTC offset")
+        parsed = _datetime.validate_python(value)
+        if parsed.tzinfo is None:
+            raise ValueError("must include a UTC offset (Z or +hh:mm)")
+        return parsed
+
+    @field_validator("every", mode="before")
+    @classmethod
+    def _period(cls, value: object) -> object:
+        if value is None:
+            return value
+        if isinstance(value, bool):
+            _refuse_period()
+        if isinstance(value, int):
+            if value < 1:
+                raise ValueError("must be at least 1 second")
+            return value
+        if isinstance(value, str):
+            period = iso_duration(value)
+            if period is None:
+                raise ValueError(
+                    "must be whole seconds or an ISO 8601 duration such as 'PT15M' "
+                    "(weeks, days, hours, minutes, seconds; months and years have no fixed "
+                    "length: use cron)"
+                )
+            if period < timedelta(seconds=1):
+                raise ValueError("must be an ISO 8601 duration of at least one second ('PT1S')")
+            return value
+        _refuse_period()
 
     @field_validator("resources")
     @classmethod
@@ -246,6 +344,22 @@ class TimerCreate(BaseModel):
     def delay_seconds(self) -> int:
         """The whole delay in seconds."""
         return self.hours * 3600 + self.minutes * 60 + self.seconds
+
+    @property
+    def every_ms(self) -> int | None:
+        """The period of an ``every`` series in milliseconds (None: not one)."""
+        if self.every is None:
+            return None
+        if isinstance(self.every, int):
+            return self.every * 1000
+        period = iso_duration(self.every)
+        assert period is not None  # validated
+        return round(period.total_seconds() * 1000)
+
+    @property
+    def recurring(self) -> bool:
+        """Whether this create makes a series (``every`` or ``cron``)."""
+        return self.every is not None or self.cron is not None
 
 
 class TimerPublic(BaseModel):
@@ -324,6 +438,68 @@ class TimerDetail(TimerPublic):
         description="The tenant it belongs to: the tenant of the API key that created it "
         "('default' when made without a key).",
     )
+    kind: Literal["once"] = Field(
+        default="once", description="'once': a one-shot timer (or one occurrence of a series)."
+    )
+    series_id: uuid.UUID | None = Field(
+        default=None, description="For an occurrence of a recurring timer: the series' id."
+    )
+    occurrence: int | None = Field(
+        default=None, description="For an occurrence: its number in the series, from 1."
+    )
+
+
+SeriesStatus = Literal["active", "paused", "ended", "cancelled"]
+
+
+class ScheduleOut(BaseModel):
+    """When a recurring timer fires, as it was created."""
+
+    every_seconds: float | None = Field(description="The period of an `every` series.")
+    cron: str | None = Field(description="The crontab(5) expression of a `cron` series.")
+    timezone: str = Field(description="The time zone `cron` is read in.")
+    first_at: datetime = Field(description="Occurrence 1's time.")
+    until: datetime | None
+    count: int | None
+    misfire: Misfire
+
+
+class SeriesDetail(TimerPublic):
+    """GET /timer/{id} of a recurring timer: the contract's id and time_left (to the next
+    occurrence; 0 once the series ended or while it is paused), and the series."""
+
+    kind: Literal["recurring"] = "recurring"
+    status: SeriesStatus = Field(
+        description="active, paused (POST /timer/{id}/resume goes on), ended (past until or "
+        "count) or cancelled (DELETE)."
+    )
+    schedule: ScheduleOut
+    occurrences_sent: int = Field(
+        description="Occurrences handed to the dispatchers so far (each sent with its own "
+        "attempts and retries; skipped and coalesced ones not counted)."
+    )
+    last_occurrence_at: datetime | None = Field(
+        description="The due time of the latest occurrence already due."
+    )
+    next_occurrence_at: datetime | None = Field(
+        description="The due time of the next occurrence (null while paused or once ended)."
+    )
+    next_occurrence: int | None = Field(
+        description="The number the next occurrence will carry (null while paused or ended)."
+    )
+    url: str
+    max_attempts: int
+    delivery: Delivery
+    payload: JsonValue = None
+    headers: dict[str, str] | None = None
+    timeout_seconds: float | None = None
+    priority: int
+    resources: list[str] | None = None
+    request_id: str | None = None
+    tenant: str = "default"
+    created_at: datetime
+    paused_at: datetime | None = None
+    ended_at: datetime | None = None
 
 
 class TimerSummary(BaseModel):
@@ -340,12 +516,32 @@ class TimerSummary(BaseModel):
     priority: int
     resources: list[str] | None = None
     tenant: str = "default"
+    kind: Literal["once"] = "once"
+    series_id: uuid.UUID | None = Field(
+        default=None, description="For an occurrence of a recurring timer: the series' id."
+    )
+    occurrence: int | None = None
+
+
+class SeriesSummary(BaseModel):
+    """One recurring timer in a listing (?kind=recurring)."""
+
+    id: uuid.UUID
+    kind: Literal["recurring"] = "recurring"
+    status: SeriesStatus
+    url: str
+    schedule: ScheduleOut
+    occurrences_sent: int
+    next_occurrence_at: datetime | None
+    priority: int
+    tenant: str = "default"
 
 
 class TimerList(BaseModel):
-    """GET /timer: a page of timers in due order, and the cursor of the next page."""
+    """GET /timer: a page of timers in due order (or, with ?kind=recurring, of recurring
+    timers in the order of their first times), and the cursor of the next page."""
 
-    items: list[TimerSummary]
+    items: list[TimerSummary | SeriesSummary]
     next_cursor: str | None = Field(
         description="Pass as ?cursor= for the next page; null on the last page."
     )
@@ -367,9 +563,6 @@ class AttemptList(BaseModel):
 
     id: uuid.UUID
     attempts: list[AttemptPublic]
-
-
-_datetime: TypeAdapter[datetime] = TypeAdapter(datetime)
 
 
 class RequeueRequest(BaseModel):

@@ -61,11 +61,13 @@ async def copy_timers(
     row = await cur.fetchone()
     assert row is not None
     now_ms = int(row[0])
-    due = [now_ms + d for d in delays_ms]
+    # an absolute ``at`` is its own due time; a delay counts from the database clock
+    due = [o.at_ms if o.at_ms is not None else now_ms + d
+           for d, o in zip(delays_ms, options, strict=True)]  # fmt: skip
     ids = new_timer_ids(due)
     created = []
     rows: list[tuple[Any, ...]] = []
-    for timer_id, due_ms, delay_ms, url, o in zip(ids, due, delays_ms, urls, options, strict=True):
+    for timer_id, due_ms, url, o in zip(ids, due, urls, options, strict=True):
         due_at = EPOCH + timedelta(milliseconds=due_ms)
         bucket = EPOCH + timedelta(seconds=math.ceil(due_ms / 1000))
         rows.append((
@@ -74,11 +76,12 @@ async def copy_timers(
             o.delivery or "at_least_once", o.priority or 5,
             list(o.resources) if o.resources else None, o.request_id, o.tenant, host_of(url),
         ))  # fmt: skip
-        created.append(CreatedTimer(id=timer_id, due_at=due_at, time_left=-(-delay_ms // 1000)))
+        time_left = max(0, -(-(due_ms - now_ms) // 1000))
+        created.append(CreatedTimer(id=timer_id, due_at=due_at, time_left=time_left))
     async with conn.cursor().copy(_COPY) as copy:
         copy.set_types(_TYPES)
         for values in rows:
             await copy.write_row(values)
-    if wake_ms is not None and any(d < wake_ms for d in delays_ms):
+    if wake_ms is not None and any(d - now_ms < wake_ms for d in due):
         await conn.execute(query("timers_wake"))
     return created

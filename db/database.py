@@ -13,6 +13,7 @@ from db.listen import DueListener
 from db.migrate import latest_version
 from db.query_loader import query
 from db.registry import DispatcherStore, PartitionStore
+from db.schedules import ScheduleStore
 from db.stats import StatsStore
 from db.timers import TimerStore
 
@@ -36,6 +37,7 @@ class Database:
         self.stats = StatsStore(self.pool)
         self.keys = KeyStore(self.pool)
         self.tenants = TenantStore(self.pool)
+        self.schedules = ScheduleStore(self.pool)
 
     def due_listener(self, wake: Callable[[], None]) -> DueListener:
         """A listener that calls ``wake`` when a timer due soon is created (db/listen.py)."""

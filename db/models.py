@@ -28,6 +28,8 @@ class DeliveryOptions:
     resources: tuple[str, ...] | None = None
     request_id: str | None = None  # the X-Request-ID of the create
     tenant: str = "default"  # the tenant of the API key that created it
+    # an absolute due time (Unix milliseconds, from ``at``) instead of the delay
+    at_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,8 @@ class Timer:
     waiting_on: str | None
     request_id: str | None = None
     tenant: str = "default"
+    series_id: uuid.UUID | None = None  # the series of an occurrence (null: a one-shot)
+    occurrence: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +90,8 @@ class TimerSummary:
     priority: int
     resources: list[str] | None
     tenant: str = "default"
+    series_id: uuid.UUID | None = None
+    occurrence: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +152,8 @@ class ClaimedTimer:
     resources: list[str] | None = None
     request_id: str | None = None
     tenant: str = "default"
+    series_id: uuid.UUID | None = None  # the series of an occurrence (null: a one-shot)
+    occurrence: int | None = None
 
     @property
     def attempts_left(self) -> int:

@@ -93,6 +93,7 @@ def insert_params(
         "request_id": [o.request_id for o in opts],
         "tenant": [o.tenant for o in opts],
         "host": [host_of(u) for u in urls],
+        "at_ms": [o.at_ms for o in opts],
         "shards": shards,
         "now": now,
         "wake_ms": wake_ms,
@@ -572,11 +573,13 @@ class TimerStore(PoolOwner):
         limit: int,
         after: uuid.UUID | None = None,
         tenant: str | None = None,
+        once_only: bool = False,
     ) -> list[TimerSummary]:
         """Up to ``limit`` timers in the given states (of ``tenant``, when given), in id (due)
-        order after ``after``."""
+        order after ``after``; ``once_only``: not the occurrences of recurring timers."""
         params = {
             "tenant": tenant,
+            "once_only": once_only,
             "states": list(states),
             "limit": limit,
             "after": after,

@@ -47,8 +47,12 @@ class Result:
 
 def body_of(timer: ClaimedTimer) -> bytes:
     """The request body: exactly ``{"id": "<timer id>"}``, or with the timer's payload
-    ``{"id": "<timer id>", "payload": <payload>}``."""
-    ident = json.dumps({"id": str(timer.id)})
+    ``{"id": "<timer id>", "payload": <payload>}``. An occurrence of a recurring timer names
+    its series and its number: ``{"id": "<series id>", "occurrence": <n>}`` (and payload)."""
+    if timer.series_id is not None:
+        ident = json.dumps({"id": str(timer.series_id), "occurrence": timer.occurrence})
+    else:
+        ident = json.dumps({"id": str(timer.id)})
     if timer.payload is None:
         return ident.encode()
     return f'{ident[:-1]}, "payload": {timer.payload}}}'.encode()
@@ -106,6 +110,7 @@ class Sender:
             return self._failed(timer, started, None, refused, refused=True, connected=False)
         body = body_of(timer)
         headers = dict(timer.headers) if timer.headers else {}
+        # the row's id: one per occurrence of a series, the same on every retry of it
         headers["Idempotency-Key"] = str(timer.id)
         headers["Timerhook-Attempt"] = str(timer.attempts)
         if timer.request_id is not None:

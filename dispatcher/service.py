@@ -22,6 +22,7 @@ from dispatcher.hosts import host_of
 from dispatcher.maintenance import Maintenance
 from dispatcher.planner import CAP_POLL_SECONDS, Planner
 from dispatcher.recorder import Recorder
+from dispatcher.recurring import SchedulePass
 from dispatcher.sender import Sender
 from dispatcher.stats import SendStats
 
@@ -72,6 +73,7 @@ class Dispatcher:
             room=self._room, wait_for_room=self._wait_for_room, stopping=lambda: self._stopping,
         )  # fmt: skip
         self.lookahead_seconds = self.claimer.lookahead_seconds
+        self.schedules = SchedulePass(db, settings, lookahead_seconds=self.lookahead_seconds)
         self.stats = SendStats(db)
         self.recorder = Recorder(
             db, settings, owner=self.id, retry_soon_seconds=self.lookahead_seconds,
@@ -184,6 +186,7 @@ class Dispatcher:
     # -- claims -------------------------------------------------------------------------
 
     def _on_tick(self) -> None:
+        self.schedules.due()
         self.claimer.forget_resume()
         self._wake.set()
         self.planner.note_waits(self.recorder.note)
@@ -195,6 +198,7 @@ class Dispatcher:
             try:
                 if self._take_back_pending:
                     await self._take_back()
+                await self.schedules.run()
                 await self.drain()
             except DatabaseUnavailable as exc:
                 # The outage is logged once by the pool; claims resume when it ends.

@@ -22,8 +22,9 @@ from api.auth import Principal
 from api.deps import AccessDep, DatabaseDep, MetricsDep, PrincipalDep, SettingsDep
 from api.problems import FieldError
 from api.routes.timers import (
-    check_horizon,
     check_payload_quota,
+    check_when,
+    delay_ms_of,
     delivery_options,
     fingerprint,
     json_body,
@@ -77,7 +78,12 @@ def prepare_batch(
         at = f"timers[{index}]"
         try:
             parsed = validate_create(item, loc=("body", at))
-            check_horizon(parsed.body, settings)
+            check_when(parsed.body, settings)
+            if parsed.body.recurring:
+                raise FieldError(
+                    "every" if parsed.body.every is not None else "cron",
+                    "a recurring timer is created with POST /timer, one at a time",
+                )
             options = delivery_options(
                 parsed, settings, request_id=request_id, tenant=principal.tenant
             )
@@ -94,7 +100,7 @@ def prepare_batch(
             except QuotaExceeded as exc:
                 reason = f"{at}: {exc.refusal.reason}"
                 raise QuotaExceeded(replace(exc.refusal, reason=reason)) from None
-        prepared.delays_ms.append(parsed.body.delay_seconds * 1000)
+        prepared.delays_ms.append(delay_ms_of(parsed.body))
         prepared.urls.append(parsed.body.url)
         prepared.options.append(options)
         digest.update(fingerprint(parsed.body).encode())

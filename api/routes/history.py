@@ -3,25 +3,29 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query
 
 from api.deps import AdminDep, DatabaseDep, PrincipalDep
 from api.problems import FieldError
+from api.routes.timers import schedule_of
 from api.schemas import (
     AttemptList,
     AttemptPublic,
     LastResult,
     RequeueDone,
     RequeueRequest,
+    SeriesSummary,
     TimerList,
     TimerSummary,
 )
 from db.access import valid_tenant
-from db.ids import parse_timer_id
+from db.database import Database
+from db.ids import parse_series_id, parse_timer_id
 from db.models import RequeueFilter
 from db.models import TimerSummary as StoredSummary
+from db.schedules import Series
 from db.states import TIMER_STATES, TimerState, parse_states
 
 log = logging.getLogger(__name__)
@@ -42,6 +46,14 @@ def _states(values: list[str] | None) -> list[TimerState]:
         raise FieldError("status", str(exc)) from None
 
 
+def _series_summary(row: Series) -> SeriesSummary:
+    return SeriesSummary(
+        id=row.id, status=row.state,  # type: ignore[arg-type]
+        url=row.url, schedule=schedule_of(row), occurrences_sent=row.occurrences,
+        next_occurrence_at=row.next_occurrence_at, priority=row.priority, tenant=row.tenant,
+    )  # fmt: skip
+
+
 def _summary(row: StoredSummary) -> TimerSummary:
     last = None
     if row.fired_at is not None:
@@ -50,6 +62,7 @@ def _summary(row: StoredSummary) -> TimerSummary:
         id=row.id, status=row.state, due_at=row.due_at, url=row.url, attempts=row.attempts,
         max_attempts=row.max_attempts, finished_at=row.finished_at, last_result=last,
         priority=row.priority, resources=row.resources, tenant=row.tenant,
+        series_id=row.series_id, occurrence=row.occurrence,
     )  # fmt: skip
 
 
@@ -71,24 +84,49 @@ async def list_timers(
         Query(description="Only this tenant's timers (admin keys; a tenant key always lists "
               "only its own)."),
     ] = None,
+    kind: Annotated[
+        Literal["once", "recurring"] | None,
+        Query(description="once: one-shot timers only; recurring: the recurring timers "
+              "(series) themselves; default: every timer row, one-shots and the occurrences "
+              "of series."),
+    ] = None,
 ) -> TimerList:  # fmt: skip
     """Timers in due order (id order), filtered by state, a page at a time (keyset pagination:
     pages stay correct and cheap however deep they go)."""
+    if tenant is not None and not valid_tenant(tenant):
+        raise FieldError("tenant", "is not a tenant name (1 to 64 of letters, digits, . _ -)")
+    if tenant is not None and not principal.admin and tenant != principal.tenant:
+        raise HTTPException(403, "a tenant key lists only its own tenant's timers")
+    scope = principal.scope or tenant
+    if kind == "recurring":
+        return await _list_series(db, status, limit, cursor, scope)
     states = _states(status)
     after = None
     if cursor is not None:
         after = parse_timer_id(cursor)
         if after is None:
             raise FieldError("cursor", "is not a next_cursor this API returned")
-    if tenant is not None and not valid_tenant(tenant):
-        raise FieldError("tenant", "is not a tenant name (1 to 64 of letters, digits, . _ -)")
-    if tenant is not None and not principal.admin and tenant != principal.tenant:
-        raise HTTPException(403, "a tenant key lists only its own tenant's timers")
     rows = await db.timers.listing(
-        states=states, limit=limit, after=after, tenant=principal.scope or tenant
+        states=states, limit=limit, after=after, tenant=scope, once_only=kind == "once"
     )
     next_cursor = str(rows[-1].id) if len(rows) == limit else None
     return TimerList(items=[_summary(r) for r in rows], next_cursor=next_cursor)
+
+
+async def _list_series(
+    db: Database, status: list[str] | None, limit: int, cursor: str | None, tenant: str | None
+) -> TimerList:
+    if status:
+        raise FieldError("status", "filters timers by their state; ?kind=recurring lists series")
+    after = None
+    if cursor is not None:
+        after = parse_series_id(cursor)
+        if after is None:
+            raise FieldError("cursor", "is not a next_cursor this API returned")
+    rows = await db.schedules.listing(tenant=tenant, after=after, limit=limit)
+    items: list[TimerSummary | SeriesSummary] = [_series_summary(r) for r in rows]
+    next_cursor = str(rows[-1].id) if len(rows) == limit else None
+    return TimerList(items=items, next_cursor=next_cursor)
 
 
 @router.get("/{timer_id}/attempts", response_model=AttemptList, responses=_NOT_FOUND)

@@ -6,7 +6,9 @@ import asyncio
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+import math
+import uuid
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -20,6 +22,8 @@ from api.problems import FieldError
 from api.schemas import (
     PRIORITY_DEFAULT,
     LastResult,
+    ScheduleOut,
+    SeriesDetail,
     TimerCreate,
     TimerDetail,
     TimerPublic,
@@ -27,9 +31,11 @@ from api.schemas import (
 from db.access import DEFAULT_TENANT
 from db.caps import GLOBAL, HOST, TENANT
 from db.database import Database
-from db.ids import parse_timer_id
+from db.ids import parse_series_id, parse_timer_id
 from db.logs import request_id_var, timer_context
 from db.models import DeliveryOptions, IdempotentCreate, QuotaRefusal, Tenant, Timer
+from db.recurrence import ScheduleError, cron_trigger
+from db.schedules import Series, SeriesRefused, SeriesSpec
 from db.settings import Settings
 from db.targets import host_of, literal_refused
 from db.timers import QuotaExceeded
@@ -144,7 +150,7 @@ async def create_timer(
     """Creates a timer that POSTs ``{"id": ...}`` (plus ``"payload"`` if given) to ``url`` once
     the delay has passed."""
     body = parsed.body
-    check_horizon(body, settings)
+    check_when(body, settings)
     options = delivery_options(
         parsed, settings, request_id=request_id_var.get(), tenant=principal.tenant
     )
@@ -153,8 +159,13 @@ async def create_timer(
     if quota is not None:
         check_payload_quota(quota, options)
         quota_checked = quota.max_pending is not None or quota.creates_per_minute is not None
+    if body.recurring:
+        return await _create_series(
+            db, settings, body, options, key=tenant_key(principal, idempotency_key),
+            quota=quota_checked, metrics=metrics, response=response,
+        )  # fmt: skip
     if idempotency_key is None and not quota_checked:
-        timer = await batcher.create(body.delay_seconds * 1000, body.url, options)
+        timer = await batcher.create(delay_ms_of(body), body.url, options)
         metrics.created_once.inc()
         if log.isEnabledFor(logging.DEBUG):
             _log_created(timer.id, timer.time_left, options, body.url)
@@ -212,15 +223,102 @@ def check_payload_quota(tenant: Tenant, options: DeliveryOptions) -> None:
         )
 
 
-def check_horizon(body: TimerCreate, settings: Settings) -> None:
-    """Refuses a delay past the horizon (the longest accepted delay)."""
+def check_when(body: TimerCreate, settings: Settings, *, now: datetime | None = None) -> None:
+    """Refuses what no schedule can mean: both an absolute time and a delay, a time in the
+    past or past the horizon (the longest accepted delay), recurring fields on a one-shot
+    timer, both every and cron, a cron or time zone that cannot be read. The API's clock
+    only judges the input here; due times come from the database clock."""
     horizon = settings.horizon_days * 86_400
-    if body.delay_seconds > horizon:
+    delays = [name for name in ("hours", "minutes", "seconds") if name in body.model_fields_set]
+    if body.at is not None:
+        if delays:
+            raise FieldError(
+                ", ".join(["at", *delays]),
+                "give either an absolute time (at) or a delay (hours, minutes, seconds), not both",
+            )
+        now = now or datetime.now(UTC)
+        if body.at < now:
+            raise FieldError(
+                "at", f"is in the past ({body.at.isoformat()}; it is {now.isoformat()} now)"
+            )
+        if (body.at - now).total_seconds() > horizon:
+            raise FieldError(
+                "at",
+                f"is more than {horizon} s ahead; the longest accepted delay is "
+                f"{settings.horizon_days} days",
+            )
+    elif body.delay_seconds > horizon:
         raise FieldError(
             "hours, minutes, seconds",
             f"add up to {body.delay_seconds} s; the longest accepted delay is {horizon} s "
             f"({settings.horizon_days} days)",
         )
+    if body.every is not None and body.cron is not None:
+        raise FieldError("every, cron", "give one of them: a period (every) or a cron, not both")
+    if not body.recurring:
+        for name in ("timezone", "until", "count", "misfire"):
+            if getattr(body, name) is not None:
+                raise FieldError(name, "applies only to a recurring timer (every or cron)")
+        return
+    if body.timezone is not None and body.cron is None:
+        raise FieldError("timezone", "applies only to cron (an every series has no time zone)")
+    if body.cron is not None:
+        try:
+            cron_trigger(body.cron, body.timezone or "UTC")
+        except ScheduleError as exc:
+            raise FieldError(exc.field, exc.reason) from None
+    if body.until is not None and body.until < (now or datetime.now(UTC)):
+        raise FieldError("until", f"is in the past ({body.until.isoformat()})")
+
+
+def delay_ms_of(body: TimerCreate) -> int:
+    """The delay of a create in milliseconds; for an absolute ``at``, as this process's clock
+    sees it (only to size what is made ahead: the due time is ``at`` itself)."""
+    if body.at is None:
+        return body.delay_seconds * 1000
+    return max(0, math.ceil((body.at - datetime.now(UTC)).total_seconds() * 1000))
+
+
+def at_ms_of(body: TimerCreate) -> int | None:
+    """An absolute ``at`` in Unix milliseconds, rounded up (never early); None for a delay."""
+    return None if body.at is None else math.ceil(body.at.timestamp() * 1000)
+
+
+async def _create_series(
+    db: Database, settings: Settings, body: TimerCreate, options: DeliveryOptions, *,
+    key: str | None,
+    quota: bool, metrics: Any, response: Response,
+) -> TimerPublic:  # fmt: skip
+    """POST /timer with every or cron: a series; its id and the seconds to its first
+    occurrence."""
+    spec = SeriesSpec(
+        delay_ms=body.delay_seconds * 1000, at_ms=at_ms_of(body), every_ms=body.every_ms,
+        cron=body.cron, timezone=body.timezone or "UTC", until=body.until, count=body.count,
+        misfire=body.misfire or "coalesce",
+    )  # fmt: skip
+    try:
+        created = await db.schedules.create(
+            spec, url=body.url, options=replace(options, at_ms=None), key=key,
+            fingerprint=fingerprint(body), quota=quota, shards=settings.shards,
+            wake_ms=settings.wake_within_ms,
+        )  # fmt: skip
+    except SeriesRefused as exc:
+        raise FieldError(exc.error.field, exc.error.reason) from None
+    if created.conflict:
+        raise FieldError(
+            "Idempotency-Key",
+            "was already used with a different request body; use a new key for a new timer",
+        )
+    if created.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    else:
+        metrics.created_recurring.inc()
+        log.debug(
+            "recurring timer created, first occurrence in %d s", created.time_left,
+            extra=timer_context(created.id, request_id=options.request_id, url=body.url),
+        )  # fmt: skip
+    response.headers["Location"] = f"/timer/{created.id}"
+    return TimerPublic(id=created.id, time_left=created.time_left)
 
 
 def delivery_options(
@@ -266,12 +364,16 @@ def delivery_options(
         resources=tuple(body.resources) if body.resources else None,
         request_id=request_id,
         tenant=tenant,
+        at_ms=at_ms_of(body),
     )
 
 
 # Fields added after keys were first fingerprinted: left out while at their defaults, so a key
 # stored before they existed still matches the same request.
-_LATER_FIELDS = {"priority": PRIORITY_DEFAULT, "resources": None}
+_LATER_FIELDS = {
+    "priority": PRIORITY_DEFAULT, "resources": None, "at": None, "every": None, "cron": None,
+    "timezone": None, "until": None, "count": None, "misfire": None,
+}  # fmt: skip
 
 
 def fingerprint(body: TimerCreate) -> str:
@@ -302,16 +404,22 @@ async def _create_keyed(
         wake_within_ms=settings.wake_within_ms,
         key=key,
         fingerprint=fingerprint(body),
-        delay_ms=body.delay_seconds * 1000,
+        delay_ms=delay_ms_of(body),
         url=body.url,
         shards=settings.shards,
         options=options,
     )
 
 
-@router.get("/{timer_id}", response_model=TimerDetail, responses=_NOT_FOUND)
-async def get_timer(timer_id: str, db: DatabaseDep, principal: PrincipalDep) -> TimerDetail:
-    """Seconds left until the timer is due (rounded up; 0 once it has expired), and its state."""
+@router.get("/{timer_id}", response_model=TimerDetail | SeriesDetail, responses=_NOT_FOUND)
+async def get_timer(
+    timer_id: str, db: DatabaseDep, principal: PrincipalDep
+) -> TimerDetail | SeriesDetail:
+    """Seconds left until the timer is due (rounded up; 0 once it has expired), and its state;
+    for a recurring timer, until its next occurrence, and the series."""
+    series_id = parse_series_id(timer_id)
+    if series_id is not None:
+        return await _series(db, series_id, principal, timer_id)
     parsed = parse_timer_id(timer_id)
     timer = await db.timers.get(parsed, tenant=principal.scope) if parsed else None
     if timer is None:
@@ -332,6 +440,44 @@ async def _waiting_on(db: Database, timer: Timer) -> str | None:
     return None
 
 
+async def _series(
+    db: Database, series_id: uuid.UUID, principal: Principal, text: str
+) -> SeriesDetail:
+    found = await db.schedules.get(series_id, tenant=principal.scope)
+    if found is None:
+        raise HTTPException(404, f"no timer with id {text!r}")
+    return series_detail(found)
+
+
+def schedule_of(series: Series) -> ScheduleOut:
+    """The schedule of a stored series, as the API shows it."""
+    return ScheduleOut(
+        every_seconds=series.every_ms / 1000 if series.every_ms is not None else None,
+        cron=series.cron, timezone=series.time_zone, first_at=series.first_at,
+        until=series.until_at, count=series.max_count, misfire=series.misfire,
+    )  # fmt: skip
+
+
+def series_detail(series: Series) -> SeriesDetail:
+    """The API's view of a stored series."""
+    upcoming = series.next_occurrence_at
+    next_n = None
+    if upcoming is not None:
+        next_n = series.next_n if series.upcoming_at is None else None
+    return SeriesDetail(
+        id=series.id, time_left=series.time_left, status=series.state,  # type: ignore[arg-type]
+        schedule=schedule_of(series), occurrences_sent=series.occurrences,
+        last_occurrence_at=series.last_at, next_occurrence_at=upcoming,
+        next_occurrence=next_n, url=series.url, max_attempts=series.max_attempts,
+        delivery=series.delivery,  # type: ignore[arg-type]
+        payload=series.payload, headers=series.headers,
+        timeout_seconds=series.timeout_ms / 1000 if series.timeout_ms is not None else None,
+        priority=series.priority, resources=series.resources, request_id=series.request_id,
+        tenant=series.tenant, created_at=series.created_at, paused_at=series.paused_at,
+        ended_at=series.ended_at,
+    )  # fmt: skip
+
+
 def detail_of(timer: Timer, waiting_on: str | None = None) -> TimerDetail:
     """The API's view of a stored timer."""
     last = None
@@ -345,7 +491,8 @@ def detail_of(timer: Timer, waiting_on: str | None = None) -> TimerDetail:
         headers=timer.headers,
         timeout_seconds=timer.timeout_ms / 1000 if timer.timeout_ms is not None else None,
         priority=timer.priority, resources=timer.resources, waiting_on=waiting_on,
-        request_id=timer.request_id, tenant=timer.tenant,
+        request_id=timer.request_id, tenant=timer.tenant, series_id=timer.series_id,
+        occurrence=timer.occurrence,
     )  # fmt: skip
 
 
@@ -366,7 +513,17 @@ _CANCEL_CONFLICT = {
     },
 )
 async def cancel_timer(timer_id: str, db: DatabaseDep, principal: PrincipalDep) -> Response:
-    """Cancels a pending timer: it will never fire. Idempotent: cancelling again answers 204."""
+    """Cancels a pending timer: it will never fire. Idempotent: cancelling again answers 204.
+    A recurring timer's series ends: no occurrence is sent any more (one being sent right now
+    finishes)."""
+    series_id = parse_series_id(timer_id)
+    if series_id is not None:
+        ended = await db.schedules.cancel(series_id, tenant=principal.scope)
+        if ended is None:
+            raise HTTPException(404, f"no timer with id {timer_id!r}")
+        if ended.cancelled:
+            log.info("recurring timer %s cancelled", timer_id, extra={"timer_id": timer_id})
+        return Response(status_code=204)
     parsed = parse_timer_id(timer_id)
     result = await db.timers.cancel(parsed, tenant=principal.scope) if parsed else None
     if result is None:
@@ -376,3 +533,48 @@ async def cancel_timer(timer_id: str, db: DatabaseDep, principal: PrincipalDep) 
     if result.cancelled:
         log.info("timer %s cancelled", timer_id, extra={"timer_id": str(parsed)})
     return Response(status_code=204)
+
+
+_SERIES_ONLY: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No recurring timer has this id (a one-shot timer cannot pause)."},
+    409: {"description": "The series has ended or was cancelled."},
+}
+
+
+@router.post("/{timer_id}/pause", response_model=SeriesDetail, responses=_SERIES_ONLY)
+async def pause_series(timer_id: str, db: DatabaseDep, principal: PrincipalDep) -> SeriesDetail:
+    """Pauses a recurring timer: no occurrence is sent until it is resumed, and the ones whose
+    times fall in the pause are skipped (not sent later). Pausing a paused one changes
+    nothing."""
+    return await _pause_or_resume(db, principal, timer_id, resume=False)
+
+
+@router.post("/{timer_id}/resume", response_model=SeriesDetail, responses=_SERIES_ONLY)
+async def resume_series(
+    timer_id: str, db: DatabaseDep, principal: PrincipalDep, settings: SettingsDep
+) -> SeriesDetail:
+    """Resumes a paused recurring timer on its grid: the next occurrence is the schedule's
+    first time after now, with its own number. Resuming an active one changes nothing."""
+    return await _pause_or_resume(db, principal, timer_id, resume=True, settings=settings)
+
+
+async def _pause_or_resume(
+    db: Database, principal: Principal, timer_id: str, *, resume: bool,
+    settings: Settings | None = None,
+) -> SeriesDetail:  # fmt: skip
+    series_id = parse_series_id(timer_id)
+    state = None
+    if series_id is not None and settings is not None:
+        state = await db.schedules.resume(
+            series_id, tenant=principal.scope, shards=settings.shards,
+            wake_ms=settings.wake_within_ms,
+        )  # fmt: skip
+    elif series_id is not None:
+        state = await db.schedules.pause(series_id, tenant=principal.scope)
+    if series_id is None or state is None:
+        raise HTTPException(404, f"no recurring timer with id {timer_id!r}")
+    if state in ("ended", "cancelled"):
+        raise HTTPException(409, f"recurring timer {timer_id} has {state}")
+    log.info("recurring timer %s %s", timer_id, "resumed" if resume else "paused",
+             extra={"timer_id": timer_id})  # fmt: skip
+    return await _series(db, series_id, principal, timer_id)

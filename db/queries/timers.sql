@@ -3,13 +3,15 @@
 
 -- name: timer_insert
 -- Inserts one timer per element of the input arrays and returns, per input position, its id,
--- due time and time_left. Due times come from the database clock, never a server's. A null
--- max_attempts or delivery takes the column default.
+-- due time and time_left. Due times come from the database clock, never a server's (or, for
+-- an absolute ``at``, are that instant, at_ms). A null max_attempts or delivery takes the
+-- column default.
 with clock as (
     -- now, rounded up to the millisecond so that no due time is early
     select ceil(extract(epoch from coalesce(%(now)s::timestamptz, now())) * 1000)::bigint as now_ms
 ), input as (
-    select t.ord, t.url, clock.now_ms + t.delay_ms as due_ms, t.delay_ms, t.payload, t.headers,
+    select t.ord, t.url, coalesce(t.at_ms, clock.now_ms + t.delay_ms) as due_ms,
+           coalesce(t.at_ms - clock.now_ms, t.delay_ms) as delay_ms, t.payload, t.headers,
            t.timeout_ms, t.max_attempts, t.delivery, t.priority, t.request_id, t.tenant, t.host,
            -- resources travel as one space-separated text per timer (unnest flattens arrays
            -- of arrays); names never hold a space
@@ -17,9 +19,11 @@ with clock as (
     from unnest(%(delay_ms)s::bigint[], %(url)s::text[], %(payload)s::jsonb[],
                 %(headers)s::jsonb[], %(timeout_ms)s::integer[], %(max_attempts)s::integer[],
                 %(delivery)s::text[], %(priority)s::smallint[], %(resources)s::text[],
-                %(request_id)s::text[], %(tenant)s::text[], %(host)s::text[])
+                %(request_id)s::text[], %(tenant)s::text[], %(host)s::text[],
+                %(at_ms)s::bigint[])
          with ordinality as t(delay_ms, url, payload, headers, timeout_ms, max_attempts,
-                              delivery, priority, resources, request_id, tenant, host, ord),
+                              delivery, priority, resources, request_id, tenant, host, at_ms,
+                              ord),
          clock
 ), rows as (
     -- referenced twice below, so materialised once: the ids inserted are the ids returned
@@ -46,7 +50,7 @@ with clock as (
     where rows.delay_ms < %(wake_ms)s::bigint
     limit 1
 )
-select ord, id, due_at, ceil(delay_ms / 1000.0)::bigint as time_left,
+select ord, id, due_at, greatest(ceil(delay_ms / 1000.0), 0)::bigint as time_left,
        (select count(*) from inserted) as inserted, (select count(*) from wake) as woke
 from rows
 order by ord;
@@ -59,7 +63,7 @@ select id, state, due_at, run_at, url, attempts, created_at, fired_at, finished_
        greatest(ceil(extract(epoch from due_at - coalesce(%(now)s::timestamptz, now()))), 0)::bigint
            as time_left,
        max_attempts, round_start, delivery, payload, headers, timeout_ms, priority, resources,
-       waiting_on, request_id, tenant
+       waiting_on, request_id, tenant, series_id, occurrence
 from timers
 where id = %(id)s and bucket = %(bucket)s
   and (%(tenant)s::text is null or tenant = %(tenant)s::text);
@@ -153,7 +157,7 @@ returning t.id, t.bucket, t.url, t.run_at, t.attempts, t.max_attempts, t.round_s
           t.delivery, t.payload::text as payload, t.headers, t.timeout_ms,
           case when %(now)s::timestamptz is null then clock_timestamp()
                else clock.now end as db_now,
-          t.priority, t.resources, t.request_id, t.tenant;
+          t.priority, t.resources, t.request_id, t.tenant, t.series_id, t.occurrence;
 
 -- name: timer_claim_ranked
 -- Under a binding cap: leases up to %(batch)s pending rows already due, highest priority
@@ -203,7 +207,7 @@ returning t.id, t.bucket, t.url, t.run_at, t.attempts, t.max_attempts, t.round_s
           t.delivery, t.payload::text as payload, t.headers, t.timeout_ms,
           case when %(now)s::timestamptz is null then clock_timestamp()
                else clock.now end as db_now,
-          t.priority, t.resources, t.request_id, t.tenant;
+          t.priority, t.resources, t.request_id, t.tenant, t.series_id, t.occurrence;
 
 -- name: timer_claim_capped
 -- The capped pass: leases up to %(batch)s pending rows of one capped stream due by now +
@@ -244,7 +248,7 @@ returning t.id, t.bucket, t.url, t.run_at, t.attempts, t.max_attempts, t.round_s
           t.delivery, t.payload::text as payload, t.headers, t.timeout_ms,
           case when %(now)s::timestamptz is null then clock_timestamp()
                else clock.now end as db_now,
-          t.priority, t.resources, t.request_id, t.tenant;
+          t.priority, t.resources, t.request_id, t.tenant, t.series_id, t.occurrence;
 
 -- name: resource_pass_lock
 -- One resource pass at a time across the fleet: the choice of which conflicting timers go
@@ -292,7 +296,7 @@ with clock as (
               t.delivery, t.payload::text as payload, t.headers, t.timeout_ms,
               case when %(now)s::timestamptz is null then clock_timestamp()
                    else clock.now end as db_now,
-              t.priority, t.resources, t.request_id, t.tenant
+              t.priority, t.resources, t.request_id, t.tenant, t.series_id, t.occurrence
 ), held as (
     -- the primary key on resource is the last word: two holders of one resource cannot exist
     insert into resource_holds (resource, timer_id, bucket, owner)
@@ -468,11 +472,14 @@ select state, count(*) as n from timers group by state order by state;
 -- given states. One index probe per state (timers_state_list_idx), merged: a filter on dead
 -- letters reads only dead letters. The bucket bound prunes partitions before the cursor.
 select t.id, t.state, t.due_at, t.run_at, t.url, t.attempts, t.max_attempts, t.fired_at,
-       t.finished_at, t.last_status, t.last_error, t.priority, t.resources, t.tenant
+       t.finished_at, t.last_status, t.last_error, t.priority, t.resources, t.tenant,
+       t.series_id, t.occurrence
 from unnest(%(states)s::text[]) as s(state),
      lateral (select * from timers t
               where t.state = s.state
                 and (%(tenant)s::text is null or t.tenant = %(tenant)s::text)
+                -- ?kind=once: one-shot timers only, not the occurrences of series
+                and (not %(once_only)s::boolean or t.series_id is null)
                 and (%(after)s::uuid is null
                      or (t.id > %(after)s::uuid and t.bucket >= %(after_bucket)s::timestamptz))
               order by t.id
