@@ -261,8 +261,10 @@ def plan_emission(
         following = schedule.time_of_next(last, last_at)
         if following is None:
             return Emission(create, skip, last + 1, None)
-        return Emission(create, skip, last + 1, following)
-    if overdue:
+        n, at = last + 1, following
+        # the coalesced one goes at once, so the one after it is made ahead as usual
+        unsent = []
+    elif overdue:
         # The latest overdue row goes, unless an occurrence after it (made already) is due too.
         latest, latest_at = overdue[-1]
         after = schedule.time_of_next(latest, latest_at)

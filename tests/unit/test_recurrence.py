@@ -115,9 +115,10 @@ def test_after_downtime_the_missed_occurrences_coalesce_into_the_latest() -> Non
     made = plan_emission(every, next_n=4, next_at=start + timedelta(seconds=3),
                          unsent=[(3, start + timedelta(seconds=2))], misfire="coalesce",
                          now=now, lookahead=LOOKAHEAD)  # fmt: skip
-    assert made.create == [(8, start + timedelta(seconds=7))]
+    # 8 at once (coalesced), and 9 ahead as usual
+    assert made.create == [(8, start + timedelta(seconds=7)), (9, start + timedelta(seconds=8))]
     assert made.skip == [3]
-    assert (made.next_n, made.next_at) == (9, start + timedelta(seconds=8))
+    assert (made.next_n, made.next_at) == (10, start + timedelta(seconds=9))
     # with misfire all, every one of them is made, and the one ahead too
     each = plan_emission(every, next_n=4, next_at=start + timedelta(seconds=3),
                          unsent=[(3, start + timedelta(seconds=2))], misfire="all",
