@@ -41,6 +41,7 @@ _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")
 _HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
 MAX_PAYLOAD_DEPTH = 32
 MAX_CRON_LENGTH = 200
+MAX_WINDOW_SECONDS = 7 * 86_400
 MAX_RESOURCES = 16
 RESOURCE_NAME = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 PRIORITY_MIN, PRIORITY_MAX, PRIORITY_DEFAULT = 1, 10, 5
@@ -232,6 +233,14 @@ class TimerCreate(BaseModel):
     count: int | None = Field(
         default=None, ge=1, description="Recurring: the most occurrences (numbered 1 to count)."
     )
+    window: int | str | None = Field(
+        default=None,
+        description="An SLA window: whole seconds (1 to 604,800, 7 days) or an ISO 8601 "
+        "duration ('PT30S', 'P1D'). The timer may be sent at any moment from its due time to "
+        "due time + window, never before and never after; windowed timers are spread at the "
+        "lowest steady rate that meets every deadline. A recurring timer gets it on each "
+        "occurrence.",
+    )
     misfire: Misfire | None = Field(
         default=None,
         description="Recurring: what occurrences missed while nothing could send (downtime) "
@@ -251,6 +260,33 @@ class TimerCreate(BaseModel):
         if parsed.tzinfo is None:
             raise ValueError("must include a UTC offset (Z or +hh:mm)")
         return parsed
+
+    @field_validator("window", mode="before")
+    @classmethod
+    def _window(cls, value: object) -> object:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ValueError("must be whole seconds (a number) or an ISO 8601 duration string")
+        length = timedelta(seconds=value) if isinstance(value, int) else iso_duration(value)
+        if length is None:
+            raise ValueError(
+                "must be whole seconds or an ISO 8601 duration such as 'PT30S' or 'P1D'"
+            )
+        if not timedelta(seconds=1) <= length <= timedelta(seconds=MAX_WINDOW_SECONDS):
+            raise ValueError(f"must be from 1 second to {MAX_WINDOW_SECONDS} seconds (7 days)")
+        return value
+
+    @property
+    def window_ms(self) -> int | None:
+        """The SLA window in milliseconds (None: exact)."""
+        if self.window is None:
+            return None
+        if isinstance(self.window, int):
+            return self.window * 1000
+        length = iso_duration(self.window)
+        assert length is not None  # validated
+        return round(length.total_seconds() * 1000)
 
     @field_validator("every", mode="before")
     @classmethod
@@ -447,6 +483,11 @@ class TimerDetail(TimerPublic):
     occurrence: int | None = Field(
         default=None, description="For an occurrence: its number in the series, from 1."
     )
+    deadline_at: datetime | None = Field(
+        default=None,
+        description="The end of its SLA window: it is sent between due_at and this (null: "
+        "exactly at due_at).",
+    )
 
 
 SeriesStatus = Literal["active", "paused", "ended", "cancelled"]
@@ -462,6 +503,9 @@ class ScheduleOut(BaseModel):
     until: datetime | None
     count: int | None
     misfire: Misfire
+    window_seconds: float | None = Field(
+        default=None, description="Each occurrence's SLA window (null: exact)."
+    )
 
 
 class SeriesDetail(TimerPublic):

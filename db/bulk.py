@@ -26,12 +26,12 @@ from db.targets import host_of
 
 _COPY = (
     "copy timers (id, bucket, due_at, run_at, slot, shard, url, payload, headers, timeout_ms,"
-    " max_attempts, delivery, priority, resources, request_id, tenant, host)"
+    " max_attempts, delivery, priority, resources, request_id, tenant, host, deadline_at)"
     " from stdin (format binary)"
 )
 _TYPES = [
     "uuid", "timestamptz", "timestamptz", "timestamptz", "timestamptz", "int2", "text", "jsonb",
-    "jsonb", "int4", "int4", "text", "int2", "text[]", "text", "text", "text",
+    "jsonb", "int4", "int4", "text", "int2", "text[]", "text", "text", "text", "timestamptz",
 ]  # fmt: skip
 
 
@@ -70,11 +70,20 @@ async def copy_timers(
     for timer_id, due_ms, url, o in zip(ids, due, urls, options, strict=True):
         due_at = EPOCH + timedelta(milliseconds=due_ms)
         bucket = EPOCH + timedelta(seconds=math.ceil(due_ms / 1000))
+        deadline, run_at, slot = None, due_at, bucket
+        if o.window_ms is not None:
+            # waits for the window planner, and without it goes a second before its deadline
+            # (never before its due time), as timer_insert
+            deadline = EPOCH + timedelta(milliseconds=due_ms + o.window_ms)
+            run_ms = max(due_ms, due_ms + o.window_ms - 1000)
+            run_at = EPOCH + timedelta(milliseconds=run_ms)
+            slot = EPOCH + timedelta(seconds=math.ceil(run_ms / 1000))
         rows.append((
-            timer_id, bucket, due_at, due_at, bucket, random.randrange(shards), url,
+            timer_id, bucket, due_at, run_at, slot, random.randrange(shards), url,
             _json(o.payload), _json(o.headers), o.timeout_ms, o.max_attempts or 8,
             o.delivery or "at_least_once", o.priority or 5,
             list(o.resources) if o.resources else None, o.request_id, o.tenant, host_of(url),
+            deadline,
         ))  # fmt: skip
         time_left = max(0, -(-(due_ms - now_ms) // 1000))
         created.append(CreatedTimer(id=timer_id, due_at=due_at, time_left=time_left))

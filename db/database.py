@@ -16,6 +16,7 @@ from db.registry import DispatcherStore, PartitionStore
 from db.schedules import ScheduleStore
 from db.stats import StatsStore
 from db.timers import TimerStore
+from db.windows import WindowStore
 
 
 class Database:
@@ -38,6 +39,7 @@ class Database:
         self.keys = KeyStore(self.pool)
         self.tenants = TenantStore(self.pool)
         self.schedules = ScheduleStore(self.pool)
+        self.windows = WindowStore(self.pool)
 
     def due_listener(self, wake: Callable[[], None]) -> DueListener:
         """A listener that calls ``wake`` when a timer due soon is created (db/listen.py)."""

@@ -30,6 +30,8 @@ class DeliveryOptions:
     tenant: str = "default"  # the tenant of the API key that created it
     # an absolute due time (Unix milliseconds, from ``at``) instead of the delay
     at_ms: int | None = None
+    # an SLA window: sent at any moment from the due time to this many milliseconds after it
+    window_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +72,7 @@ class Timer:
     tenant: str = "default"
     series_id: uuid.UUID | None = None  # the series of an occurrence (null: a one-shot)
     occurrence: int | None = None
+    deadline_at: datetime | None = None  # the end of its SLA window (null: exact)
 
 
 @dataclass(frozen=True, slots=True)

@@ -82,6 +82,7 @@ class Series:
     until_at: datetime | None
     max_count: int | None
     misfire: Misfire
+    window_ms: int | None
     next_n: int
     next_at: datetime | None
     occurrences: int
@@ -250,7 +251,7 @@ class ScheduleStore(PoolOwner):
                         "request_id": options.request_id, "every_ms": spec.every_ms,
                         "cron": spec.cron, "time_zone": spec.timezone, "first_at": first,
                         "until_at": spec.until, "max_count": spec.count,
-                        "misfire": spec.misfire,
+                        "misfire": spec.misfire, "window_ms": options.window_ms,
                     },
                 )  # fmt: skip
                 if key is not None:

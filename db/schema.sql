@@ -74,6 +74,11 @@ create table timers (
     -- the series (1 for the schedule's first time; skipped and coalesced times keep theirs).
     series_id   uuid,
     occurrence  integer,
+    -- An SLA window's end: the timer may be sent at any moment from due_at to deadline_at
+    -- (null: exactly at due_at). Until the window planner gives it an instant, its run_at is
+    -- the deadline (and its slot that second), so the claims leave it to the planner; a row
+    -- the planner never reached is still sent, at its deadline.
+    deadline_at timestamptz,
     primary key (id, bucket),
     constraint timers_state_check
         check (state in ('pending', 'inflight', 'delivered', 'failed', 'dead', 'cancelled')),
@@ -85,7 +90,8 @@ create table timers (
     constraint timers_priority_check check (priority between 1 and 10),
     constraint timers_resources_check
         check (resources is null or cardinality(resources) between 1 and 16),
-    constraint timers_series_check check ((series_id is null) = (occurrence is null))
+    constraint timers_series_check check ((series_id is null) = (occurrence is null)),
+    constraint timers_window_check check (deadline_at is null or deadline_at >= due_at)
 ) partition by range (bucket);
 
 -- "What is due" reads only pending rows, however much delivered history the partitions hold.
@@ -117,6 +123,10 @@ create index timers_state_list_idx on timers (state, id);
 -- bucket at most a lookahead ahead of now (retries keep their bucket), so a bucket bound
 -- prunes every later partition.
 create index timers_series_idx on timers (series_id, due_at) where series_id is not null;
+
+-- The window planner reads the pending windowed rows by deadline (earliest deadline first).
+create index timers_window_idx on timers (deadline_at)
+    where state = 'pending' and deadline_at is not null;
 
 -- Every attempt to send a timer: when, the answer, how long it took, what went wrong. Kept in
 -- the daily partition of the timer's bucket, so a timer's attempts are read from one
@@ -362,6 +372,8 @@ create table schedules (
     max_count    integer     check (max_count >= 1),
     -- coalesce: occurrences missed unsent go out once, as the latest of them; all: each goes
     misfire      text        not null default 'coalesce',
+    -- every occurrence's SLA window in milliseconds (null: exact)
+    window_ms    bigint      check (window_ms >= 0),
     -- active:    occurrences are made as their times come
     -- paused:    none is made; times that fall in the pause are skipped
     -- ended:     past until or count, or a cron that never matches again
@@ -387,3 +399,11 @@ create table schedules (
 create index schedules_next_idx on schedules (next_at) where state = 'active';
 -- Listing a tenant's series.
 create index schedules_tenant_idx on schedules (tenant, id);
+
+-- The window planner's shared state: where the windowed sends planned so far end, so that
+-- every dispatcher plans on from there (one row, locked by each plan).
+create table window_pacer (
+    id            boolean     primary key default true check (id),
+    planned_until timestamptz not null default '-infinity'
+);
+insert into window_pacer (id) values (true);

@@ -94,6 +94,7 @@ def insert_params(
         "tenant": [o.tenant for o in opts],
         "host": [host_of(u) for u in urls],
         "at_ms": [o.at_ms for o in opts],
+        "window_ms": [o.window_ms for o in opts],
         "shards": shards,
         "now": now,
         "wake_ms": wake_ms,

@@ -25,6 +25,7 @@ from dispatcher.recorder import Recorder
 from dispatcher.recurring import SchedulePass
 from dispatcher.sender import Sender
 from dispatcher.stats import SendStats
+from dispatcher.windows import WindowPass
 
 __all__ = ["Dispatcher", "run_until_signalled", "sleep_until"]
 
@@ -74,6 +75,9 @@ class Dispatcher:
         )  # fmt: skip
         self.lookahead_seconds = self.claimer.lookahead_seconds
         self.schedules = SchedulePass(db, settings, lookahead_seconds=self.lookahead_seconds)
+        self.windows = WindowPass(
+            db, lookahead_seconds=self.lookahead_seconds, ahead_seconds=settings.tick_seconds
+        )
         self.stats = SendStats(db)
         self.recorder = Recorder(
             db, settings, owner=self.id, retry_soon_seconds=self.lookahead_seconds,
@@ -187,6 +191,7 @@ class Dispatcher:
 
     def _on_tick(self) -> None:
         self.schedules.due()
+        self.windows.due()
         self.claimer.forget_resume()
         self._wake.set()
         self.planner.note_waits(self.recorder.note)
@@ -199,6 +204,7 @@ class Dispatcher:
                 if self._take_back_pending:
                     await self._take_back()
                 await self.schedules.run()
+                await self.windows.run()
                 await self.drain()
             except DatabaseUnavailable as exc:
                 # The outage is logged once by the pool; claims resume when it ends.

@@ -365,6 +365,7 @@ def delivery_options(
         request_id=request_id,
         tenant=tenant,
         at_ms=at_ms_of(body),
+        window_ms=body.window_ms,
     )
 
 
@@ -372,7 +373,7 @@ def delivery_options(
 # stored before they existed still matches the same request.
 _LATER_FIELDS = {
     "priority": PRIORITY_DEFAULT, "resources": None, "at": None, "every": None, "cron": None,
-    "timezone": None, "until": None, "count": None, "misfire": None,
+    "timezone": None, "until": None, "count": None, "misfire": None, "window": None,
 }  # fmt: skip
 
 
@@ -455,6 +456,7 @@ def schedule_of(series: Series) -> ScheduleOut:
         every_seconds=series.every_ms / 1000 if series.every_ms is not None else None,
         cron=series.cron, timezone=series.time_zone, first_at=series.first_at,
         until=series.until_at, count=series.max_count, misfire=series.misfire,
+        window_seconds=series.window_ms / 1000 if series.window_ms is not None else None,
     )  # fmt: skip
 
 
@@ -492,7 +494,7 @@ def detail_of(timer: Timer, waiting_on: str | None = None) -> TimerDetail:
         timeout_seconds=timer.timeout_ms / 1000 if timer.timeout_ms is not None else None,
         priority=timer.priority, resources=timer.resources, waiting_on=waiting_on,
         request_id=timer.request_id, tenant=timer.tenant, series_id=timer.series_id,
-        occurrence=timer.occurrence,
+        occurrence=timer.occurrence, deadline_at=timer.deadline_at,
     )  # fmt: skip
 
 

@@ -1,4 +1,5 @@
--- 0010: recurring timers (every / cron), their occurrences, pause and resume.
+-- 0010: when a timer may fire: recurring timers (every / cron), their occurrences, pause and
+-- resume; SLA windows.
 
 -- The series an occurrence row belongs to (null for a one-shot timer), and its number in the
 -- series (1 for the schedule's first time; skipped and coalesced times keep their numbers).
@@ -6,6 +7,25 @@ alter table timers add column series_id uuid;
 alter table timers add column occurrence integer;
 alter table timers add constraint timers_series_check
     check ((series_id is null) = (occurrence is null));
+-- An SLA window's end: the timer may be sent at any moment from due_at to deadline_at (null:
+-- exactly at due_at). Until the window planner gives it an instant, its run_at is the
+-- deadline (and its slot that second), so the claims leave it to the planner; a row the
+-- planner never reached is still sent, at its deadline.
+alter table timers add column deadline_at timestamptz;
+alter table timers add constraint timers_window_check
+    check (deadline_at is null or deadline_at >= due_at);
+
+-- The window planner reads the pending windowed rows by deadline (earliest deadline first).
+create index timers_window_idx on timers (deadline_at)
+    where state = 'pending' and deadline_at is not null;
+
+-- The window planner's shared state: where the windowed sends planned so far end, so that
+-- every dispatcher plans on from there (one row, locked by each plan).
+create table window_pacer (
+    id            boolean     primary key default true check (id),
+    planned_until timestamptz not null default '-infinity'
+);
+insert into window_pacer (id) values (true);
 
 -- A series' occurrence rows by due time: the schedule pass reads its unsent ones, GET its
 -- last and next times, a cancel or pause its pending ones. Every row of a series has its
@@ -41,6 +61,8 @@ create table schedules (
     max_count    integer     check (max_count >= 1),
     -- coalesce: occurrences missed unsent go out once, as the latest of them; all: each goes
     misfire      text        not null default 'coalesce',
+    -- every occurrence's SLA window in milliseconds (null: exact)
+    window_ms    bigint      check (window_ms >= 0),
     -- active:    occurrences are made as their times come
     -- paused:    none is made; times that fall in the pause are skipped
     -- ended:     past until or count, or a cron that never matches again

@@ -7,18 +7,19 @@
 -- A new series, active, its first occurrence to be made at first_at.
 insert into schedules (id, tenant, url, host, payload, headers, timeout_ms, max_attempts,
                        delivery, priority, resources, request_id, every_ms, cron, time_zone,
-                       first_at, until_at, max_count, misfire, next_at)
+                       first_at, until_at, max_count, misfire, next_at, window_ms)
 values (%(id)s, %(tenant)s, %(url)s, %(host)s, %(payload)s::jsonb, %(headers)s::jsonb,
         %(timeout_ms)s, coalesce(%(max_attempts)s, 8), coalesce(%(delivery)s, 'at_least_once'),
         coalesce(%(priority)s, 5), string_to_array(%(resources)s, ' '), %(request_id)s,
         %(every_ms)s, %(cron)s, %(time_zone)s, %(first_at)s, %(until_at)s, %(max_count)s,
-        %(misfire)s, %(first_at)s);
+        %(misfire)s, %(first_at)s, %(window_ms)s);
 
 -- name: schedule_get
 -- One series by id (a tenant's key reads only its own: %(tenant)s; null: any), with the due
 -- times of its latest occurrence already due and of the earliest still to come.
 select s.id, s.tenant, s.url, s.state, s.every_ms, s.cron, s.time_zone, s.first_at,
-       s.until_at, s.max_count, s.misfire, s.next_n, s.next_at, s.occurrences, s.created_at,
+       s.until_at, s.max_count, s.misfire, s.window_ms, s.next_n, s.next_at, s.occurrences,
+       s.created_at,
        s.paused_at, s.ended_at, s.payload, s.headers, s.timeout_ms, s.max_attempts,
        s.delivery, s.priority, s.resources, s.request_id,
        (select max(t.due_at) from timers t
@@ -36,7 +37,8 @@ where s.id = %(id)s and (%(tenant)s::text is null or s.tenant = %(tenant)s::text
 -- name: schedule_list
 -- Series in id order (the order of their first times) after %(after)s, for keyset pagination.
 select s.id, s.tenant, s.url, s.state, s.every_ms, s.cron, s.time_zone, s.first_at,
-       s.until_at, s.max_count, s.misfire, s.next_n, s.next_at, s.occurrences, s.created_at,
+       s.until_at, s.max_count, s.misfire, s.window_ms, s.next_n, s.next_at, s.occurrences,
+       s.created_at,
        s.paused_at, s.ended_at, s.payload, s.headers, s.timeout_ms, s.max_attempts,
        s.delivery, s.priority, s.resources, s.request_id,
        null::timestamptz as last_at, null::timestamptz as upcoming_at,
@@ -97,11 +99,20 @@ with input as (
 ), inserted as (
     insert into timers (id, bucket, due_at, run_at, slot, shard, url, payload, headers,
                         timeout_ms, max_attempts, delivery, priority, resources, request_id,
-                        tenant, host, series_id, occurrence)
-    select r.id, r.bucket, r.due_at, r.due_at, r.bucket, r.shard, s.url, s.payload, s.headers,
-           s.timeout_ms, s.max_attempts, s.delivery, s.priority, s.resources, s.request_id,
-           s.tenant, s.host, r.series_id, r.occurrence
-    from rows r join schedules s on s.id = r.series_id
+                        tenant, host, series_id, occurrence, deadline_at)
+    -- a windowed occurrence waits for the window planner, and without it goes a second
+    -- before its deadline (as timer_insert)
+    select r.id, r.bucket, r.due_at, r.run_at,
+           'epoch'::timestamptz + ceil(extract(epoch from r.run_at)) * interval '1 second',
+           r.shard, s.url, s.payload, s.headers, s.timeout_ms, s.max_attempts, s.delivery,
+           s.priority, s.resources, s.request_id, s.tenant, s.host, r.series_id, r.occurrence,
+           r.deadline_at
+    from (select r.*, s.window_ms,
+                 r.due_at + s.window_ms * interval '1 millisecond' as deadline_at,
+                 greatest(r.due_at, r.due_at + (s.window_ms - 1000) * interval '1 millisecond')
+                     as run_at
+          from rows r join schedules s on s.id = r.series_id) as r
+    join schedules s on s.id = r.series_id
     returning due_at
 ), wake as (
     select pg_notify('timerhook_due', '') from inserted

@@ -11,7 +11,8 @@ with clock as (
     select ceil(extract(epoch from coalesce(%(now)s::timestamptz, now())) * 1000)::bigint as now_ms
 ), input as (
     select t.ord, t.url, coalesce(t.at_ms, clock.now_ms + t.delay_ms) as due_ms,
-           coalesce(t.at_ms - clock.now_ms, t.delay_ms) as delay_ms, t.payload, t.headers,
+           coalesce(t.at_ms - clock.now_ms, t.delay_ms) as delay_ms, t.window_ms, t.payload,
+           t.headers,
            t.timeout_ms, t.max_attempts, t.delivery, t.priority, t.request_id, t.tenant, t.host,
            -- resources travel as one space-separated text per timer (unnest flattens arrays
            -- of arrays); names never hold a space
@@ -20,26 +21,36 @@ with clock as (
                 %(headers)s::jsonb[], %(timeout_ms)s::integer[], %(max_attempts)s::integer[],
                 %(delivery)s::text[], %(priority)s::smallint[], %(resources)s::text[],
                 %(request_id)s::text[], %(tenant)s::text[], %(host)s::text[],
-                %(at_ms)s::bigint[])
+                %(at_ms)s::bigint[], %(window_ms)s::bigint[])
          with ordinality as t(delay_ms, url, payload, headers, timeout_ms, max_attempts,
                               delivery, priority, resources, request_id, tenant, host, at_ms,
-                              ord),
+                              window_ms, ord),
          clock
 ), rows as (
     -- referenced twice below, so materialised once: the ids inserted are the ids returned
-    select ord, timerhook_id(due_ms) as id, url, delay_ms, payload, headers, timeout_ms,
+    select ord, timerhook_id(due_ms) as id, url, delay_ms, window_ms, payload, headers,
+           timeout_ms,
            max_attempts, delivery, priority, resources, request_id, tenant, host,
            'epoch'::timestamptz + due_ms * interval '1 millisecond' as due_at,
            'epoch'::timestamptz + ceil(due_ms / 1000.0) * interval '1 second' as bucket,
+           'epoch'::timestamptz + (due_ms + window_ms) * interval '1 millisecond'
+               as deadline_at,
            floor(random() * %(shards)s)::smallint as shard
     from input
 ), inserted as (
     insert into timers (id, bucket, due_at, run_at, slot, shard, url, payload, headers,
                         timeout_ms, max_attempts, delivery, priority, resources, request_id,
-                        tenant, host)
-    select id, bucket, due_at, due_at, bucket, shard, url, payload, headers, timeout_ms,
+                        tenant, host, deadline_at)
+    -- a windowed row waits for the window planner, and without it goes a second before its
+    -- deadline (never before its due time)
+    select id, bucket, due_at,
+           greatest(due_at, coalesce(deadline_at - interval '1 second', due_at)),
+           'epoch'::timestamptz
+           + ceil(extract(epoch from greatest(due_at, coalesce(deadline_at - interval '1 second',
+                                                                due_at)))) * interval '1 second',
+           shard, url, payload, headers, timeout_ms,
            coalesce(max_attempts, 8), coalesce(delivery, 'at_least_once'), coalesce(priority, 5),
-           resources, request_id, coalesce(tenant, 'default'), coalesce(host, '')
+           resources, request_id, coalesce(tenant, 'default'), coalesce(host, ''), deadline_at
     from rows
     returning 1
 ), wake as (
@@ -63,7 +74,7 @@ select id, state, due_at, run_at, url, attempts, created_at, fired_at, finished_
        greatest(ceil(extract(epoch from due_at - coalesce(%(now)s::timestamptz, now()))), 0)::bigint
            as time_left,
        max_attempts, round_start, delivery, payload, headers, timeout_ms, priority, resources,
-       waiting_on, request_id, tenant, series_id, occurrence
+       waiting_on, request_id, tenant, series_id, occurrence, deadline_at
 from timers
 where id = %(id)s and bucket = %(bucket)s
   and (%(tenant)s::text is null or tenant = %(tenant)s::text);
@@ -183,6 +194,8 @@ with clock as (
                     and t.run_at >= coalesce((%(after)s::timestamptz[])[p.priority],
                                              '-infinity')
                     and t.run_at <= coalesce(%(now)s::timestamptz, now())
+                    -- a windowed row waits for the window planner to give it its instant
+                    and t.slot <= coalesce(%(now)s::timestamptz, now()) + interval '1 second'
                     -- a row due now has its bucket at the next whole second at the latest
                     and t.bucket <= coalesce(%(now)s::timestamptz, now()) + interval '1 second'
                   order by t.run_at
@@ -228,6 +241,9 @@ with clock as (
                 else t.host = %(host)s::text end)
       -- due by now + lookahead (0 while the stream's caps bind: only what is due competes)
       and t.run_at <= coalesce(%(now)s::timestamptz, now()) + %(lookahead)s * interval '1 second'
+      -- a windowed row waits for the window planner to give it its instant
+      and t.slot <= coalesce(%(now)s::timestamptz, now())
+                    + (%(lookahead)s + 1) * interval '1 second'
       -- a row due then has its bucket at the next whole second at the latest
       and t.bucket <= coalesce(%(now)s::timestamptz, now())
                       + (%(lookahead)s + 1) * interval '1 second'

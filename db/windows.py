@@ -1,0 +1,121 @@
+"""SLA windows: spreading windowed timers at the lowest steady rate that meets every deadline.
+
+A windowed timer may be sent at any moment from its due time to its deadline. Of the windowed
+work released (due by now), the rate needed now is the Yao-Demers-Shenker rule (the "optimal
+available" online algorithm): the maximum, over the upcoming deadlines d, of the work due by d
+divided by the time left until d; sent earliest deadline first. ``yds_rate`` is that rule,
+``yds_curve`` the whole planned rate ahead (the same rule applied again after each critical
+deadline), both pure functions.
+
+``WindowStore.plan`` is the shared planner: every dispatcher calls it once a tick; one row
+(``window_pacer``) holds where the sends planned so far end, so that the fleet plans one
+stream, not one per dispatcher. A plan picks the next rows
+(earliest deadline first) and gives each a run_at spread evenly over the planned interval,
+never before its due time nor after its deadline; the key claims then send them at exactly
+that instant, like any timer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from db.connection import PoolOwner
+from db.query_loader import query
+
+# A deadline this close or past counts as this far away (no division by zero, no negative).
+MIN_LEFT_SECONDS = 0.001
+# Rows one plan gives instants to at most.
+MAX_PER_PLAN = 50_000
+
+
+def yds_rate(now: datetime, work: Sequence[tuple[datetime, int]]) -> float:
+    """Sends per second needed now: max over deadlines d of (work with deadline <= d) / (d -
+    now). ``work``: (deadline, count), sorted by deadline."""
+    rate, total = 0.0, 0
+    for deadline, count in work:
+        total += count
+        left = max((deadline - now).total_seconds(), MIN_LEFT_SECONDS)
+        rate = max(rate, total / left)
+    return rate
+
+
+def yds_curve(now: datetime, work: Sequence[tuple[datetime, int]]) -> list[tuple[datetime, float]]:
+    """The planned rate ahead for the released work, as steps (until, rate): the critical
+    interval from now to the deadline that sets the rate, then the same rule on what is left
+    from there, and so on. The rates never rise."""
+    steps: list[tuple[datetime, float]] = []
+    start, rest = now, list(work)
+    while rest:
+        best, best_i, total = -1.0, 0, 0
+        for i, (deadline, count) in enumerate(rest):
+            total += count
+            rate = total / max((deadline - start).total_seconds(), MIN_LEFT_SECONDS)
+            if rate >= best:
+                best, best_i = rate, i
+        until = max(rest[best_i][0], start)
+        steps.append((until, best))
+        start, rest = until, rest[best_i + 1 :]
+    return steps
+
+
+@dataclass(frozen=True, slots=True)
+class WindowPlan:
+    """What one plan did: the rate it planned at, and the rows it gave instants to."""
+
+    rate: float
+    planned: int
+
+
+class WindowStore(PoolOwner):
+    """The window planner's queries."""
+
+    async def work(self, *, lookahead_seconds: float) -> list[tuple[datetime, int]]:
+        """The released windowed work not yet planned, per tenth of a second of deadline (for
+        GET /backlog and ``timerhook backlog``)."""
+        rows = await self.rows(
+            "window_work", {"now": None, "lookahead": lookahead_seconds}, generic=True
+        )
+        return [(r[0], int(r[1])) for r in rows]
+
+    async def plan(
+        self, *, lookahead_seconds: float, ahead_seconds: float, now: datetime | None = None
+    ) -> WindowPlan:
+        """Plans the windowed sends of the fleet up to now + ``ahead_seconds``, from where the
+        last plan (of any dispatcher) ended, at the YDS rate of the work released now."""
+        async with self.connection() as conn, conn.transaction():
+            cur = await conn.execute(query("window_pacer_lock"), {"now": now})
+            row = await cur.fetchone()
+            assert row is not None
+            start, db_now = row  # where the last plan's sends end, or now
+            cur = await conn.execute(
+                query("window_work"), {"now": now, "lookahead": lookahead_seconds}, prepare=True
+            )
+            work = [(r[0], int(r[1])) for r in await cur.fetchall()]
+            end = db_now + timedelta(seconds=ahead_seconds)
+            if not work:
+                await conn.execute(query("window_pacer_set"), {"planned_until": end})
+                return WindowPlan(0.0, 0)
+            rate = yds_rate(db_now, work)
+            span = max(0.0, (end - start).total_seconds())
+            # Rows whose deadline comes before the plan after next could reach the claims
+            # unplanned (they take a row a lookahead before its run_at, the deadline): they
+            # are planned now too, on at the same rate, each by its deadline at the latest.
+            near = end + timedelta(seconds=ahead_seconds + lookahead_seconds + 1)
+            must = sum(c for d, c in work if d <= near)
+            total = sum(c for _, c in work)
+            count = min(max(math.floor(rate * span), must), total, MAX_PER_PLAN)
+            step = 1 / rate  # the rate is positive: there is work
+            if count:
+                await conn.execute(
+                    query("window_pick"),
+                    {"now": now, "lookahead": lookahead_seconds, "n": count, "start": start,
+                     "step": step},
+                )  # fmt: skip
+            # the next plan goes on where these sends end; what is less than one send is
+            # carried over as time, not as a fraction
+            planned = start + timedelta(seconds=count * step)
+            await conn.execute(query("window_pacer_set"), {"planned_until": planned})
+        return WindowPlan(rate, count)

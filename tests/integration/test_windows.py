@@ -1,0 +1,69 @@
+"""SLA windows: windowed timers spread at the lowest steady rate that meets every deadline,
+shared by the fleet, while exact timers beside them keep their timing."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+
+import httpx
+
+from db.database import Database
+from db.ids import due_ms_of
+from db.models import DeliveryOptions
+from db.settings import Settings
+from dispatcher.service import Dispatcher
+from tests.support.sink import Sink
+
+StartDispatcher = Callable[..., Awaitable[Dispatcher]]
+
+
+async def test_a_windowed_herd_is_spread_evenly_to_its_deadline_beside_exact_timers(
+    db: Database, sink: Sink, other_sink: Sink, start_dispatcher: StartDispatcher,
+    settings: Settings,
+) -> None:  # fmt: skip
+    # two dispatchers share the plan: the stream is one, not one per dispatcher
+    await start_dispatcher()
+    await start_dispatcher()
+    windowed = await db.timers.insert(
+        [0] * 1200, [f"{sink.url}/w"] * 1200, shards=settings.shards,
+        options=[DeliveryOptions(window_ms=30_000)] * 1200,
+    )  # fmt: skip
+    # exact timers beside them, one every 250 ms over the same 30 s
+    await db.timers.insert(
+        [250 * i for i in range(1, 120)], [f"{other_sink.url}/e"] * 119, shards=settings.shards
+    )
+    created_at = windowed[0].due_at.timestamp()
+    received = await sink.wait_for(1200, timeout=45)
+    await other_sink.wait_for(119, timeout=10)
+    ids = [json.loads(r.body)["id"] for r in received]
+    assert len(set(ids)) == 1200  # each once
+    for r in received:
+        due = due_ms_of(uuid.UUID(json.loads(r.body)["id"])) / 1000
+        assert due <= r.at <= due + 30.0, r.at - due  # never early, never past the deadline
+    per_second = Counter(int(r.at - created_at) for r in received)
+    # after the first second, every second within 10% of 1,200 / 30 s = 40/s
+    steady = [per_second.get(s, 0) for s in range(1, 29)]
+    assert all(36 <= c <= 44 for c in steady), str(sorted(per_second.items()))
+    late_ms = sorted(
+        (r.at * 1000 - due_ms_of(uuid.UUID(json.loads(r.body)["id"]))) for r in other_sink.received
+    )
+    assert late_ms[0] >= 0 and late_ms[-1] <= 50, late_ms
+
+
+async def test_windows_are_validated_and_shown(client: httpx.AsyncClient) -> None:
+    made = await client.post(
+        "/timer", json={"url": "https://example.com/w", "seconds": 10, "window": "PT1H"}
+    )
+    assert made.status_code == 200, made.text
+    shown = (await client.get(f"/timer/{made.json()['id']}")).json()
+    from datetime import datetime
+
+    due, deadline = (datetime.fromisoformat(shown[k]) for k in ("due_at", "deadline_at"))
+    assert (deadline - due).total_seconds() == 3600
+    for bad in (0, "P8D", "PT0S", "soon", True, 604_801):
+        refused = await client.post("/timer", json={"url": "https://example.com/w", "window": bad})
+        assert refused.status_code == 422, (bad, refused.text)
+        assert [e["field"] for e in refused.json()["errors"]] == ["window"]
