@@ -20,6 +20,7 @@ from pydantic import (
     field_validator,
 )
 
+from db.ids import parse_series_id, parse_timer_id
 from db.models import Delivery
 from db.recurrence import Misfire
 from db.states import DeadLetterState, TimerState
@@ -42,6 +43,7 @@ _HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
 MAX_PAYLOAD_DEPTH = 32
 MAX_CRON_LENGTH = 200
 MAX_WINDOW_SECONDS = 7 * 86_400
+MAX_AFTER = 32
 MAX_RESOURCES = 16
 RESOURCE_NAME = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 PRIORITY_MIN, PRIORITY_MAX, PRIORITY_DEFAULT = 1, 10, 5
@@ -241,6 +243,12 @@ class TimerCreate(BaseModel):
         "lowest steady rate that meets every deadline. A recurring timer gets it on each "
         "occurrence.",
     )
+    after: list[str] | None = Field(
+        default=None,
+        description=f"Up to {MAX_AFTER} ids of existing one-shot timers (of the same tenant) "
+        "this one runs after: it is sent once every one of them was delivered, and not before "
+        "its own due time; if one of them ends failed, dead or cancelled, it fails at once.",
+    )
     misfire: Misfire | None = Field(
         default=None,
         description="Recurring: what occurrences missed while nothing could send (downtime) "
@@ -260,6 +268,26 @@ class TimerCreate(BaseModel):
         if parsed.tzinfo is None:
             raise ValueError("must include a UTC offset (Z or +hh:mm)")
         return parsed
+
+    @field_validator("after")
+    @classmethod
+    def _dependencies(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        if len(value) > MAX_AFTER:
+            raise ValueError(f"at most {MAX_AFTER} timers, not {len(value)}")
+        found: list[str] = []
+        for text in value:
+            if parse_series_id(text) is not None:
+                raise ValueError(
+                    f"{text!r} is a recurring timer; only one-shot timers can be waited for"
+                )
+            parsed = parse_timer_id(text)
+            if parsed is None:
+                raise ValueError(f"{text[:80]!r} is not a timer id")
+            if str(parsed) not in found:
+                found.append(str(parsed))
+        return found or None
 
     @field_validator("window", mode="before")
     @classmethod
@@ -436,6 +464,13 @@ class LastResult(BaseModel):
 Status = TimerState  # defined once, in db/states.py
 
 
+class Dependency(BaseModel):
+    """A timer another one waits for."""
+
+    id: uuid.UUID
+    status: Status
+
+
 class TimerDetail(TimerPublic):
     """GET /timer/{id}: the contract's id and time_left, plus where the timer stands."""
 
@@ -487,6 +522,9 @@ class TimerDetail(TimerPublic):
         default=None,
         description="The end of its SLA window: it is sent between due_at and this (null: "
         "exactly at due_at).",
+    )
+    after: list[Dependency] | None = Field(
+        default=None, description="The timers it runs after, with where each stands."
     )
 
 

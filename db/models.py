@@ -73,6 +73,7 @@ class Timer:
     series_id: uuid.UUID | None = None  # the series of an occurrence (null: a one-shot)
     occurrence: int | None = None
     deadline_at: datetime | None = None  # the end of its SLA window (null: exact)
+    has_deps: bool = False  # it waits for other timers (``after``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +259,7 @@ class CancelResult:
 
     found: TimerState
     cancelled: bool
+    dependents: bool = False  # other timers wait for it (``after``)
 
 
 @dataclass(frozen=True, slots=True)

@@ -79,6 +79,8 @@ create table timers (
     -- the deadline (and its slot that second), so the claims leave it to the planner; a row
     -- the planner never reached is still sent, at its deadline.
     deadline_at timestamptz,
+    -- Whether other timers wait for this one (``after``): its recorded outcome resolves them.
+    dependents  boolean     not null default false,
     primary key (id, bucket),
     constraint timers_state_check
         check (state in ('pending', 'inflight', 'delivered', 'failed', 'dead', 'cancelled')),
@@ -407,3 +409,16 @@ create table window_pacer (
     planned_until timestamptz not null default '-infinity'
 );
 insert into window_pacer (id) values (true);
+
+-- Dependencies: a timer (timer_id, in its bucket) is sent only once every timer it names in
+-- ``after`` (dep_id, in dep_bucket) was delivered; if one of them ends failed, dead or
+-- cancelled, it fails at once (and so do its own dependents). Resolved when a dependency's
+-- outcome is recorded; a blocked timer waits with its slot at 'infinity', out of every claim.
+create table timer_deps (
+    timer_id   uuid        not null,
+    bucket     timestamptz not null,
+    dep_id     uuid        not null,
+    dep_bucket timestamptz not null,
+    primary key (timer_id, dep_id)
+);
+create index timer_deps_dep_idx on timer_deps (dep_id);

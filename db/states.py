@@ -19,7 +19,8 @@ TimerState = Literal["pending", "inflight", "delivered", "failed", "dead", "canc
 #            that dispatcher for its instant or for a per-host slot.
 # delivered: the target answered 2xx. Final.
 # failed:    a failure retrying cannot fix (4xx but 408/429, a refused target, an
-#            at_most_once send whose outcome was lost). Final until requeued.
+#            at_most_once send whose outcome was lost), or a dependency (``after``) that
+#            ended failed, dead or cancelled. Final until requeued.
 # dead:      retryable failures used up max_attempts. Final until requeued.
 # cancelled: called off by its client while pending. Final.
 TIMER_STATES: tuple[TimerState, ...] = (
@@ -29,7 +30,9 @@ TIMER_STATES: tuple[TimerState, ...] = (
 # Which state may follow which, and what moves it (the named query in db/queries/).
 TRANSITIONS: dict[tuple[TimerState, TimerState], str] = {
     ("pending", "inflight"): "bucket_claim, timer_claim_ranked, timer_claim_held",
-    ("pending", "cancelled"): "timer_cancel",
+    ("pending", "cancelled"): "timer_cancel, schedule_cancel, schedule_set_state (a pause), "
+    "occurrence_skip (coalesced)",
+    ("pending", "failed"): "deps_resolve (a dependency ended failed, dead or cancelled)",
     ("inflight", "delivered"): "timer_record",
     ("inflight", "failed"): "timer_record (final failure), lease_reap (at_most_once lost)",
     ("inflight", "dead"): "timer_record (out of attempts)",

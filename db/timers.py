@@ -8,11 +8,12 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
+import psycopg
 from psycopg import errors as pg_errors
-from psycopg.rows import class_row
+from psycopg.rows import TupleRow, class_row
 
 from db.access import take_create_quota
 from db.bulk import copy_timers
@@ -130,6 +131,55 @@ def _replayed(ids: Sequence[uuid.UUID], at: datetime) -> list[CreatedTimer]:
     ]
 
 
+class DependencyRefused(Exception):
+    """A timer named in ``after`` cannot be waited for; the message says which and why."""
+
+
+_FINAL_FAILURES = ("failed", "dead", "cancelled")
+
+
+async def lock_dependencies(
+    conn: psycopg.AsyncConnection[TupleRow], after: Sequence[uuid.UUID], tenant: str
+) -> list[tuple[uuid.UUID, datetime, str]]:
+    """The timers a create waits for, locked to its commit: (id, bucket, state) each;
+    DependencyRefused when one is not a one-shot timer of this tenant."""
+    cur = await conn.execute(query("deps_lock"), named_rows([(i, bucket_of(i)) for i in after]))
+    found = {r[0]: r for r in await cur.fetchall()}
+    for timer_id in after:
+        row = found.get(timer_id)
+        if row is None or row[3] != tenant:
+            raise DependencyRefused(f"no timer with id {str(timer_id)!r}")
+        if row[4] is not None:
+            raise DependencyRefused(
+                f"{timer_id} is an occurrence of a recurring timer; only one-shot timers can "
+                "be waited for"
+            )
+    return [(r[0], r[1], r[2]) for r in (found[i] for i in after)]
+
+
+async def block_on(
+    conn: psycopg.AsyncConnection[TupleRow], timer_id: uuid.UUID,
+    deps: Sequence[tuple[uuid.UUID, datetime, str]],
+) -> None:  # fmt: skip
+    """Records what a new timer waits for: failed at once if one of them ended failed, dead
+    or cancelled; blocked while any is not delivered yet."""
+    bucket = bucket_of(timer_id)
+    failure = next((d for d in deps if d[2] in _FINAL_FAILURES), None)
+    waiting = sum(1 for d in deps if d[2] != "delivered")
+    reason = f"after: waiting for {waiting} of its dependencies" if waiting else None
+    params = {
+        **named_rows([(d[0], d[1]) for d in deps]), "timer_id": timer_id,
+        "timer_bucket": bucket, "reason": None if failure else reason,
+    }  # fmt: skip
+    await conn.execute(query("deps_insert"), params)
+    if failure is not None:
+        await conn.execute(
+            query("deps_fail_new"),
+            {"timer_id": timer_id, "timer_bucket": bucket,
+             "reason": f"dependency {failure[0]} ended {failure[2]}"},
+        )  # fmt: skip
+
+
 class TimerStore(PoolOwner):
     """Every query on the timers table."""
 
@@ -174,6 +224,7 @@ class TimerStore(PoolOwner):
         options: DeliveryOptions | None = None,
         quota: bool = False,
         wake_within_ms: int | None = None,
+        after: Sequence[uuid.UUID] = (),
     ) -> IdempotentCreate:
         """Creates one timer for a keyed request, or finds the one an earlier request with the
         same key created. Lookup, insert and record share one transaction under a lock on the
@@ -182,6 +233,8 @@ class TimerStore(PoolOwner):
         ``quota``: the timer's tenant has quotas; they are checked (and a creates token
         spent) in the same transaction, after the key's lookup (a replay spends nothing), and
         a refusal raises QuotaExceeded with nothing written. ``key`` None: a plain create.
+        ``after``: timers of the same tenant it waits for (DependencyRefused, nothing
+        written, when one is unknown, another tenant's, or an occurrence of a series).
         """
         params = insert_params(
             [delay_ms], [url], [options] if options else None, shards=shards, now=None,
@@ -203,9 +256,12 @@ class TimerStore(PoolOwner):
                     refusal = await take_create_quota(conn, tenant)
                     if refusal is not None:
                         raise QuotaExceeded(refusal)
+                deps = await lock_dependencies(conn, after, tenant) if after else []
                 cur = await conn.execute(query("timer_insert"), params)
                 row = await cur.fetchone()
                 assert row is not None
+                if after:
+                    await block_on(conn, row[1], deps)
                 if key is not None:
                     await conn.execute(
                         query("idempotency_record"),
@@ -297,6 +353,11 @@ class TimerStore(PoolOwner):
         except TRANSIENT as exc:  # a statement-level failure: nothing was written
             raise DatabaseUnavailable(f"timer_insert: {exc}") from exc
 
+    async def purge_dependencies(self, *, retention_days: int) -> int:
+        """Forgets what timers older than the retention waited for (once they wait no more)."""
+        cutoff = datetime.now(UTC) - timedelta(days=retention_days + 1)
+        return await self.run("deps_purge", {"cutoff": cutoff})
+
     async def purge_idempotency(self, *, hours: int, now: datetime | None = None) -> int:
         """Forgets idempotency keys older than ``hours``; returns how many."""
         return await self.run("idempotency_purge", {"hours": hours, "now": now})
@@ -317,7 +378,10 @@ class TimerStore(PoolOwner):
         # One statement: a repeat after a lost connection finds the timer cancelled already,
         # which is the same answer.
         params = {"id": timer_id, "bucket": bucket_of(timer_id), "tenant": tenant, "now": now}
-        return await self.fetch_one("timer_cancel", CancelResult, params)
+        result = await self.fetch_one("timer_cancel", CancelResult, params)
+        if result is not None and result.cancelled and result.dependents:
+            await self.resolve_dependents([timer_id])  # they fail at once, saying why
+        return result
 
     async def due_keys(
         self,
@@ -521,7 +585,39 @@ class TimerStore(PoolOwner):
             "owner": owner,
         }
         # Conditioned on the lease (state and owner), so a repeat changes nothing more.
-        return await self.run("timer_record", params)
+        (recorded, resolve), *_ = await self.rows("timer_record", params)
+        if resolve:
+            await self.resolve_dependents(resolve)
+        return int(recorded)
+
+    async def resolve_dependents(self, ids: Sequence[uuid.UUID]) -> None:
+        """The timers waiting for these (whose outcome is final): released when every one they
+        wait for was delivered, failed at once when one ended failed, dead or cancelled, and
+        so on down their own dependents. Safe to repeat (a crash before it is caught up by
+        the maintenance job's ``resolve_stuck``)."""
+        todo = list(ids)
+        while todo:
+            found = await self.rows("deps_resolve", {"id": todo})
+            todo = list(found[0][0]) if found else []
+
+    async def resolve_stuck(self) -> int:
+        """Resolves the dependents a dispatcher left blocked when it died between recording an
+        outcome and resolving it (or a lease reaped as failed); returns how many dependencies
+        were looked at again. Reads nothing else while no timer waits for another."""
+        (any_deps,), *_ = await self.rows("deps_any", {})
+        if not any_deps:
+            return 0
+        stuck = [row[0] for row in await self.rows("deps_stuck", {}, generic=True)]
+        if stuck:
+            await self.resolve_dependents(stuck)
+        return len(stuck)
+
+    async def dependencies(self, timer_id: uuid.UUID) -> list[tuple[uuid.UUID, TimerState]]:
+        """The timers this one waits for (``after``), with their states."""
+        rows = await self.rows(
+            "deps_of", {"id": timer_id, "bucket": bucket_of(timer_id)}, generic=True
+        )
+        return [(r[0], r[1]) for r in rows]
 
     async def release(
         self,

@@ -110,6 +110,8 @@ class Maintenance:
             ),
         )  # fmt: skip
         await self._guarded("send statistics report", self._stats.report)
+        # a fallback only: dependents are resolved when their dependency's outcome is recorded
+        await self._guarded("dependency sweep", self.db.timers.resolve_stuck)
 
     async def reap(self) -> None:
         """Takes back the leases (and resource holds) of dead dispatchers and expired leases."""
@@ -136,6 +138,7 @@ class Maintenance:
             await self.db.partitions.drop_expired(retention_days=self.settings.retention_days)
             await self.db.timers.purge_idempotency(hours=self.settings.idempotency_hours)
             await self.db.stats.purge(keep_hours=STATS_KEEP_HOURS)
+            await self.db.timers.purge_dependencies(retention_days=self.settings.retention_days)
 
         await self._guarded("partition maintenance", maintain)
 

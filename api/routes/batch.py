@@ -79,6 +79,8 @@ def prepare_batch(
         try:
             parsed = validate_create(item, loc=("body", at))
             check_when(parsed.body, settings)
+            if parsed.body.after:
+                raise FieldError("after", "a timer with dependencies is created with POST /timer")
             if parsed.body.recurring:
                 raise FieldError(
                     "every" if parsed.body.every is not None else "cron",

@@ -21,6 +21,7 @@ from api.deps import AccessDep, BatcherDep, DatabaseDep, MetricsDep, PrincipalDe
 from api.problems import FieldError
 from api.schemas import (
     PRIORITY_DEFAULT,
+    Dependency,
     LastResult,
     ScheduleOut,
     SeriesDetail,
@@ -37,8 +38,9 @@ from db.models import DeliveryOptions, IdempotentCreate, QuotaRefusal, Tenant, T
 from db.recurrence import ScheduleError, cron_trigger
 from db.schedules import Series, SeriesRefused, SeriesSpec
 from db.settings import Settings
+from db.states import TimerState
 from db.targets import host_of, literal_refused
-from db.timers import QuotaExceeded
+from db.timers import DependencyRefused, QuotaExceeded
 
 log = logging.getLogger(__name__)
 
@@ -164,16 +166,20 @@ async def create_timer(
             db, settings, body, options, key=tenant_key(principal, idempotency_key),
             quota=quota_checked, metrics=metrics, response=response,
         )  # fmt: skip
-    if idempotency_key is None and not quota_checked:
+    if idempotency_key is None and not quota_checked and not body.after:
         timer = await batcher.create(delay_ms_of(body), body.url, options)
         metrics.created_once.inc()
         if log.isEnabledFor(logging.DEBUG):
             _log_created(timer.id, timer.time_left, options, body.url)
         response.headers["Location"] = f"/timer/{timer.id}"
         return TimerPublic(id=timer.id, time_left=timer.time_left)
-    keyed = await _create_keyed(
-        db, settings, tenant_key(principal, idempotency_key), body, options, quota=quota_checked
-    )
+    try:
+        keyed = await _create_keyed(
+            db, settings, tenant_key(principal, idempotency_key), body, options,
+            quota=quota_checked,
+        )  # fmt: skip
+    except DependencyRefused as exc:
+        raise FieldError("after", str(exc)) from None
     if keyed.conflict:
         raise FieldError(
             "Idempotency-Key",
@@ -255,6 +261,8 @@ def check_when(body: TimerCreate, settings: Settings, *, now: datetime | None = 
         )
     if body.every is not None and body.cron is not None:
         raise FieldError("every, cron", "give one of them: a period (every) or a cron, not both")
+    if body.after and body.recurring:
+        raise FieldError("after", "a recurring timer cannot wait for other timers")
     if not body.recurring:
         for name in ("timezone", "until", "count", "misfire"):
             if getattr(body, name) is not None:
@@ -374,6 +382,7 @@ def delivery_options(
 _LATER_FIELDS = {
     "priority": PRIORITY_DEFAULT, "resources": None, "at": None, "every": None, "cron": None,
     "timezone": None, "until": None, "count": None, "misfire": None, "window": None,
+    "after": None,
 }  # fmt: skip
 
 
@@ -409,6 +418,7 @@ async def _create_keyed(
         url=body.url,
         shards=settings.shards,
         options=options,
+        after=[uuid.UUID(i) for i in body.after or ()],
     )
 
 
@@ -425,7 +435,8 @@ async def get_timer(
     timer = await db.timers.get(parsed, tenant=principal.scope) if parsed else None
     if timer is None:
         raise HTTPException(404, f"no timer with id {timer_id!r}")
-    return detail_of(timer, await _waiting_on(db, timer))
+    deps = await db.timers.dependencies(timer.id) if timer.has_deps else None
+    return detail_of(timer, await _waiting_on(db, timer), deps)
 
 
 async def _waiting_on(db: Database, timer: Timer) -> str | None:
@@ -480,7 +491,10 @@ def series_detail(series: Series) -> SeriesDetail:
     )  # fmt: skip
 
 
-def detail_of(timer: Timer, waiting_on: str | None = None) -> TimerDetail:
+def detail_of(
+    timer: Timer, waiting_on: str | None = None,
+    deps: list[tuple[uuid.UUID, TimerState]] | None = None,
+) -> TimerDetail:  # fmt: skip
     """The API's view of a stored timer."""
     last = None
     if timer.fired_at is not None:
@@ -495,6 +509,7 @@ def detail_of(timer: Timer, waiting_on: str | None = None) -> TimerDetail:
         priority=timer.priority, resources=timer.resources, waiting_on=waiting_on,
         request_id=timer.request_id, tenant=timer.tenant, series_id=timer.series_id,
         occurrence=timer.occurrence, deadline_at=timer.deadline_at,
+        after=[Dependency(id=i, status=state) for i, state in deps] if deps else None,
     )  # fmt: skip
 
 

@@ -1,5 +1,5 @@
 -- 0010: when a timer may fire: recurring timers (every / cron), their occurrences, pause and
--- resume; SLA windows.
+-- resume; SLA windows; dependencies.
 
 -- The series an occurrence row belongs to (null for a one-shot timer), and its number in the
 -- series (1 for the schedule's first time; skipped and coalesced times keep their numbers).
@@ -14,6 +14,8 @@ alter table timers add constraint timers_series_check
 alter table timers add column deadline_at timestamptz;
 alter table timers add constraint timers_window_check
     check (deadline_at is null or deadline_at >= due_at);
+-- Whether other timers wait for this one (``after``): its recorded outcome resolves them.
+alter table timers add column dependents boolean not null default false;
 
 -- The window planner reads the pending windowed rows by deadline (earliest deadline first).
 create index timers_window_idx on timers (deadline_at)
@@ -88,3 +90,16 @@ create table schedules (
 create index schedules_next_idx on schedules (next_at) where state = 'active';
 -- Listing a tenant's series.
 create index schedules_tenant_idx on schedules (tenant, id);
+
+-- Dependencies: a timer (timer_id, in its bucket) is sent only once every timer it names in
+-- ``after`` (dep_id, in dep_bucket) was delivered; if one of them ends failed, dead or
+-- cancelled, it fails at once (and so do its own dependents). Resolved when a dependency's
+-- outcome is recorded; a blocked timer waits with its slot at 'infinity', out of every claim.
+create table timer_deps (
+    timer_id   uuid        not null,
+    bucket     timestamptz not null,
+    dep_id     uuid        not null,
+    dep_bucket timestamptz not null,
+    primary key (timer_id, dep_id)
+);
+create index timer_deps_dep_idx on timer_deps (dep_id);

@@ -74,7 +74,9 @@ select id, state, due_at, run_at, url, attempts, created_at, fired_at, finished_
        greatest(ceil(extract(epoch from due_at - coalesce(%(now)s::timestamptz, now()))), 0)::bigint
            as time_left,
        max_attempts, round_start, delivery, payload, headers, timeout_ms, priority, resources,
-       waiting_on, request_id, tenant, series_id, occurrence, deadline_at
+       waiting_on, request_id, tenant, series_id, occurrence, deadline_at,
+       exists (select 1 from timer_deps d where d.timer_id = timers.id
+                                           and d.bucket = timers.bucket) as has_deps
 from timers
 where id = %(id)s and bucket = %(bucket)s
   and (%(tenant)s::text is null or tenant = %(tenant)s::text);
@@ -84,7 +86,7 @@ where id = %(id)s and bucket = %(bucket)s
 -- cancel holds (SKIP LOCKED), and a cancel that waited for a claim's lock then sees the row in
 -- flight. Returns the state found and whether this call cancelled it; no row if no such timer.
 with target as (
-    select t.id, t.bucket, t.state from timers t
+    select t.id, t.bucket, t.state, t.dependents from timers t
     where t.id = %(id)s and t.bucket = %(bucket)s
       and (%(tenant)s::text is null or t.tenant = %(tenant)s::text)
     for update
@@ -97,7 +99,9 @@ with target as (
     where t.id = %(id)s and t.bucket = %(bucket)s and target.state = 'pending'
     returning t.id
 )
-select target.state as found, exists (select 1 from cancelled) as cancelled from target;
+select target.state as found, exists (select 1 from cancelled) as cancelled,
+       target.dependents
+from target;
 
 -- name: bucket_keys_due
 -- The oldest (slot, shard) keys with pending rows due by now + lookahead. A loose index scan:
@@ -373,19 +377,28 @@ with outcome as (
       -- use each remaining partition's primary key
       and t.id = any(%(id)s::uuid[])
       and t.bucket between %(first_bucket)s::timestamptz and %(last_bucket)s::timestamptz
-    returning t.id, t.bucket, t.attempts
+    returning t.id, t.bucket, t.attempts, t.state, t.dependents
 ), released as (
     -- the resource holds of the rows recorded (%(held)s lists only rows that named any, so
     -- the usual batch with none costs nothing here)
     delete from resource_holds h
     where h.timer_id = any(%(held)s::uuid[])
       and h.timer_id in (select id from recorded)
+), noted as (
+    -- one attempt row per recorded outcome (a refused record writes none)
+    insert into timer_attempts (timer_id, bucket, attempt, at, status, latency_ms, error,
+                                dispatcher)
+    select rec.id, rec.bucket, rec.attempts, r.fired_at, r.status, r.latency_ms, r.error,
+           %(owner)s
+    from recorded rec join outcome r on r.id = rec.id and r.bucket = rec.bucket
+    on conflict do nothing
 )
--- one attempt row per recorded outcome (a refused record writes none)
-insert into timer_attempts (timer_id, bucket, attempt, at, status, latency_ms, error, dispatcher)
-select rec.id, rec.bucket, rec.attempts, r.fired_at, r.status, r.latency_ms, r.error, %(owner)s
-from recorded rec join outcome r on r.id = rec.id and r.bucket = rec.bucket
-on conflict do nothing;
+-- how many were recorded, and those with dependents (``after``) whose outcome is final:
+-- the recorder resolves their dependents next
+select (select count(*) from recorded) as recorded,
+       coalesce((select array_agg(id) from recorded
+                 where dependents and state in ('delivered', 'failed', 'dead')), '{}')
+           as resolve;
 
 -- name: lease_release
 -- Gives back leased rows that were never sent, undoing their attempt count, and their resource

@@ -42,7 +42,7 @@ async def test_get_answers_the_same_shape_counting_down(client: httpx.AsyncClien
         "request_id",  # the create's X-Request-ID (issue 11)
         "tenant",  # whose it is (issue 10)
         "kind", "series_id", "occurrence",  # once, or an occurrence of a series (issue 9)
-        "deadline_at",  # the end of an SLA window (issue 9)
+        "deadline_at", "after",  # an SLA window's end, dependencies (issue 9)
     }  # fmt: skip
     assert (body["status"], body["attempts"], body["last_result"]) == ("pending", 0, None)
     assert (body["max_attempts"], body["delivery"], body["payload"]) == (8, "at_least_once", None)
