@@ -16,7 +16,7 @@ from api.batcher import CreateBatcher
 from api.limits import BodyLimit
 from api.observe import Observer, ProcessMetrics
 from api.request_ids import RequestIds
-from api.routes import batch, dashboard, health, history, metrics, timers
+from api.routes import backlog, batch, dashboard, health, history, metrics, timers
 from api.schemas import TimerBatch, TimerCreate
 from db import logs
 from db.database import Database
@@ -90,6 +90,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(dashboard.router)
+    app.include_router(backlog.router)
     _document(app)
     return app
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -16,11 +15,13 @@ from rich.text import Text
 
 from db import embedded
 from db.access import valid_tenant
+from db.backlog import step_for, window_seconds
 from db.caps import GLOBAL, HOST, TENANT
 from db.database import Database
 from db.models import BacklogStep, Cap, Circuit, Overdue, PlanRow
 from db.settings import get_settings
 from db.targets import host_of
+from db.windows import yds_curve
 
 T = TypeVar("T")
 
@@ -33,18 +34,12 @@ _BAR = 40
 
 def parse_window(text: str) -> int:
     """'90s', '10m', '2h', '1d' -> seconds."""
-    match = re.fullmatch(r"(\d+)([smhd])", text.strip())
-    if not match or int(match.group(1)) == 0:
-        raise typer.BadParameter("give a positive number and a unit: 90s, 10m, 2h or 1d")
-    return int(match.group(1)) * _UNITS[match.group(2)]
-
-
-def step_for(window_seconds: int) -> int:
-    """A histogram step that gives at most about 60 rows for the window."""
-    for step in (1, 5, 10, 30, 60, 300, 600, 1800, 3600, 21600, 86400):
-        if window_seconds / step <= 60:
-            return step
-    return 86400
+    seconds = window_seconds(text)
+    if seconds is None:
+        raise typer.BadParameter(
+            "give a positive number and a unit: 90s, 10m, 2h or 1d (at most 366 days)"
+        )
+    return seconds
 
 
 def run_db(action: Callable[[Database], Awaitable[T]]) -> T:
@@ -72,14 +67,15 @@ def backlog(
     window: str = typer.Option("60s", help="How far ahead to look: 90s, 10m, 2h, 1d."),
 ) -> None:
     """Pending timers per second, minute or hour ahead, with the overdue count and age."""
-    window_seconds = parse_window(window)
-    step = step_for(window_seconds)
+    seconds = parse_window(window)
+    step = step_for(seconds)
 
-    async def read(db: Database) -> tuple[list[BacklogStep], Overdue]:
-        steps = await db.backlog.histogram(window_seconds=window_seconds, step_seconds=step)
-        return steps, await db.backlog.overdue()
+    async def read(db: Database) -> tuple[list[BacklogStep], Overdue, list[tuple[datetime, int]]]:
+        steps = await db.backlog.histogram(window_seconds=seconds, step_seconds=step)
+        lookahead = get_settings().wake_within_ms / 1000
+        return steps, await db.backlog.overdue(), await db.windows.work(lookahead_seconds=lookahead)
 
-    histogram, overdue = run_db(read)
+    histogram, overdue, work = run_db(read)
     steps = [(s.at, s.pending) for s in histogram]
     table = Table(title=f"pending timers, next {window} in steps of {step} s")
     table.add_column("due from (UTC)")
@@ -98,6 +94,23 @@ def backlog(
         Text(f"  oldest overdue: {_age(overdue.oldest_age_seconds)}"),
         Text(f"  in flight: {overdue.in_flight:,}  total ahead: {sum(n for _, n in steps):,}"),
     )
+    if work:
+        _windowed(work)
+
+
+def _windowed(work: list[tuple[datetime, int]]) -> None:
+    """The windowed work released and its planned send rate ahead (the smoothed curve)."""
+    now = datetime.now(UTC)
+    table = Table(title=f"windowed timers: {sum(n for _, n in work):,} released, planned rate")
+    table.add_column("until (UTC)")
+    table.add_column("sends/s", justify="right")
+    table.add_column("", min_width=_BAR)
+    curve = yds_curve(now, work)
+    peak = max((r for _, r in curve), default=0.0)
+    for until, rate in curve:
+        bar = "█" * max(1, round(_BAR * rate / peak)) if peak else ""
+        table.add_row(until.strftime("%Y-%m-%d %H:%M:%S"), f"{rate:,.2f}", bar)
+    console.print(table)
 
 
 def dispatchers() -> None:

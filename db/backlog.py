@@ -4,8 +4,31 @@ CLI, /metrics and the dashboard. Each reads every partition, so each runs with a
 
 from __future__ import annotations
 
+import re
+
 from db.connection import PoolOwner
 from db.models import BacklogStep, Overdue
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# The longest backlog window shown: the horizon and a day.
+MAX_WINDOW_SECONDS = 366 * 86400
+
+
+def window_seconds(text: str) -> int | None:
+    """'90s', '10m', '2h', '1d' as seconds (at most MAX_WINDOW_SECONDS); None if not one."""
+    match = re.fullmatch(r"(\d{1,6})([smhd])", text.strip())
+    if not match or int(match.group(1)) == 0:
+        return None
+    seconds = int(match.group(1)) * _UNITS[match.group(2)]
+    return seconds if seconds <= MAX_WINDOW_SECONDS else None
+
+
+def step_for(window: int) -> int:
+    """A histogram step that gives at most about 60 steps for the window."""
+    for step in (1, 5, 10, 30, 60, 300, 600, 1800, 3600, 21600, 86400):
+        if window / step <= 60:
+            return step
+    return 86400
 
 
 class BacklogStore(PoolOwner):
