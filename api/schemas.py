@@ -44,6 +44,7 @@ MAX_PAYLOAD_DEPTH = 32
 MAX_CRON_LENGTH = 200
 MAX_WINDOW_SECONDS = 7 * 86_400
 MAX_AFTER = 32
+MAX_EVERY_SECONDS = 3650 * 86_400
 MAX_RESOURCES = 16
 RESOURCE_NAME = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 PRIORITY_MIN, PRIORITY_MAX, PRIORITY_DEFAULT = 1, 10, 5
@@ -211,8 +212,8 @@ class TimerCreate(BaseModel):
     )
     every: int | str | None = Field(
         default=None,
-        description="Recurring: repeat every this many whole seconds (at least 1), or an ISO 8601"
-        " duration such as 'PT15M'. The first occurrence is at the delay or `at`.",
+        description="Recurring: repeat every this many whole seconds (1 to 10 years), or an ISO "
+        "8601 duration such as 'PT15M'. The first occurrence is at the delay or `at`.",
     )
     cron: str | None = Field(
         default=None,
@@ -296,6 +297,8 @@ class TimerCreate(BaseModel):
             return None
         if isinstance(value, bool) or not isinstance(value, int | str):
             raise ValueError("must be whole seconds (a number) or an ISO 8601 duration string")
+        if isinstance(value, int) and not 1 <= value <= MAX_WINDOW_SECONDS:
+            raise ValueError(f"must be from 1 second to {MAX_WINDOW_SECONDS} seconds (7 days)")
         length = timedelta(seconds=value) if isinstance(value, int) else iso_duration(value)
         if length is None:
             raise ValueError(
@@ -324,8 +327,8 @@ class TimerCreate(BaseModel):
         if isinstance(value, bool):
             _refuse_period()
         if isinstance(value, int):
-            if value < 1:
-                raise ValueError("must be at least 1 second")
+            if not 1 <= value <= MAX_EVERY_SECONDS:
+                raise ValueError(f"must be from 1 to {MAX_EVERY_SECONDS} seconds (10 years)")
             return value
         if isinstance(value, str):
             period = iso_duration(value)
@@ -335,8 +338,10 @@ class TimerCreate(BaseModel):
                     "(weeks, days, hours, minutes, seconds; months and years have no fixed "
                     "length: use cron)"
                 )
-            if period < timedelta(seconds=1):
-                raise ValueError("must be an ISO 8601 duration of at least one second ('PT1S')")
+            if not timedelta(seconds=1) <= period <= timedelta(seconds=MAX_EVERY_SECONDS):
+                raise ValueError(
+                    "must be an ISO 8601 duration from one second ('PT1S') to 10 years"
+                )
             return value
         _refuse_period()
 

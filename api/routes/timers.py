@@ -553,8 +553,11 @@ async def cancel_timer(timer_id: str, db: DatabaseDep, principal: PrincipalDep) 
 
 
 _SERIES_ONLY: dict[int | str, dict[str, Any]] = {
-    404: {"description": "No recurring timer has this id (a one-shot timer cannot pause)."},
-    409: {"description": "The series has ended or was cancelled."},
+    404: {"description": "No timer has this id."},
+    409: {
+        "description": "The series has ended or was cancelled, or the id is a one-shot "
+        "timer's (only recurring timers pause and resume)."
+    },
 }
 
 
@@ -580,6 +583,10 @@ async def _pause_or_resume(
     settings: Settings | None = None,
 ) -> SeriesDetail:  # fmt: skip
     series_id = parse_series_id(timer_id)
+    if series_id is None:
+        once = parse_timer_id(timer_id)
+        if once is not None and await db.timers.get(once, tenant=principal.scope) is not None:
+            raise HTTPException(409, f"timer {timer_id} is a one-shot timer, not a recurring one")
     state = None
     if series_id is not None and settings is not None:
         state = await db.schedules.resume(

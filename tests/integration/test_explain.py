@@ -118,4 +118,7 @@ async def test_get_by_id_touches_exactly_one_partition(db: Database) -> None:
         db, query("timer_get"), {"id": created.id, "bucket": bucket, "now": None, "tenant": None}
     )
     touched = [n["Relation Name"] for n in nodes if "Relation Name" in n]
-    assert touched == [partition_of(bucket)]
+    # one partition of timers, and whether it waits for other timers (issue 9's ``after``)
+    # from timer_deps by its primary key
+    assert touched == [partition_of(bucket), "timer_deps"], touched
+    assert any(n.get("Index Name") == "timer_deps_pkey" for n in nodes), nodes

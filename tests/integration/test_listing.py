@@ -84,7 +84,14 @@ async def test_listing_dead_letters_reads_the_state_index(
         await conn.execute("set enable_seqscan = off")  # the tables are tiny; ask for the plan
         cur = await conn.execute(
             "explain (format text) " + query("timer_list"),
-            {"states": ["dead"], "limit": 10, "after": None, "after_bucket": None, "tenant": None},
+            {
+                "states": ["dead"],
+                "limit": 10,
+                "after": None,
+                "after_bucket": None,
+                "tenant": None,
+                "once_only": False,
+            },
         )
         plan = "\n".join(str(r[0]) for r in await cur.fetchall())
     assert "state_id_idx" in plan, plan

@@ -185,8 +185,9 @@ async def test_a_cron_series_and_an_at_timer_and_listing_by_kind(
     assert recurring[0]["kind"] == "recurring" and recurring[0]["status"] == "active"
     ones = (await client.get("/timer", params={"kind": "once"})).json()["items"]
     assert [i["id"] for i in ones] == [once.json()["id"]]
-    # a one-shot timer cannot pause; an unknown series is a 404 like any unknown id
-    assert (await client.post(f"/timer/{once.json()['id']}/pause")).status_code == 404
+    # a one-shot timer cannot pause (409); an unknown series is a 404 like any unknown id
+    assert (await client.post(f"/timer/{once.json()['id']}/pause")).status_code == 409
+    assert (await client.post(f"/timer/{uuid.uuid4()}/resume")).status_code == 404
     other = str(uuid.UUID(cron.json()["id"])).replace(cron.json()["id"][-4:], "0000")
     assert (await client.get(f"/timer/{other}")).status_code == 404
 

@@ -63,9 +63,16 @@ async def test_every_transition_the_queries_make_is_a_defined_one(
     retried = await make_timer(delay_ms=0, url=f"{sink.url}/busy", max_attempts=5)
     cancelled = await make_timer(delay_ms=60_000)
     held = await make_timer(delay_ms=0, url=f"{sink.url}/ok", resources=("r",))
+    # a timer waiting for the one that is cancelled below fails at once (issue 9's after)
+    waiting = await db.timers.insert_idempotent(
+        key=None, fingerprint="", delay_ms=0, url=f"{sink.url}/ok", shards=16,
+        after=[cancelled.id],
+    )  # fmt: skip
     dispatcher = await start_dispatcher()
     await dispatcher.wait_recorded(5, timeout=10)
     assert (await db.timers.cancel(cancelled.id)) is not None
+    found = await db.timers.get(waiting.timer_id)
+    assert found is not None and found.state == "failed", found
     for timer in (failed, dead):
         assert (await db.timers.requeue(timer.id)) is not None
     # A lease given back unsent (a clean stop), one deferred for an open circuit, one reaped.
