@@ -371,20 +371,27 @@ class ScheduleStore(PoolOwner):
     ) -> int:  # fmt: skip
         """The schedule pass: makes the occurrences due by now + lookahead of every series
         it can lock (db/recurrence.py ``plan_emission`` decides which, misfires included) and
-        moves the series on, in one transaction. Returns the occurrence rows made."""
-        async with self.connection() as conn, conn.transaction():
-            return await self._make(
-                conn, None, lookahead_seconds=lookahead_seconds, shards=shards, wake_ms=wake_ms,
-                now=now,
-            )  # fmt: skip
+        moves the series on, SERIES_PER_PASS series a transaction, until none is due.
+        Returns the occurrence rows made."""
+        made = 0
+        while True:
+            async with self.connection() as conn, conn.transaction():
+                taken, rows = await self._make(
+                    conn, None, lookahead_seconds=lookahead_seconds, shards=shards,
+                    wake_ms=wake_ms, now=now,
+                )  # fmt: skip
+            made += rows
+            if taken < SERIES_PER_PASS:
+                return made
 
     async def _make(
         self, conn: Any, series_id: uuid.UUID | None, *, lookahead_seconds: float,
         shards: int, wake_ms: int | None, now: datetime | None,
-    ) -> int:  # fmt: skip
-        """The pass inside the caller's transaction, over every due series it can lock or
-        (``series_id``) one: a series just made or resumed, whose first occurrence may be due
-        before the dispatchers' next pass."""
+    ) -> tuple[int, int]:  # fmt: skip
+        """The pass inside the caller's transaction, over up to SERIES_PER_PASS due series it
+        can lock or (``series_id``) one: a series just made or resumed, whose first
+        occurrence may be due before the dispatchers' next pass. Returns the series taken and
+        the occurrence rows made."""
         cur = conn.cursor(row_factory=class_row(_Due))
         await cur.execute(
             query("schedule_due"),
@@ -393,7 +400,7 @@ class ScheduleStore(PoolOwner):
         )  # fmt: skip
         due: list[_Due] = await cur.fetchall()
         if not due:
-            return 0
+            return 0, 0
         db_now = due[0].db_now
         found = await conn.execute(
             query("occurrence_unsent"), {"ids": [d.id for d in due], "now": now}
@@ -440,4 +447,4 @@ class ScheduleStore(PoolOwner):
                 {"id": [m[0] for m in moved], "next_n": [m[1] for m in moved],
                  "next_at": [m[2] for m in moved], "made": [m[3] for m in moved], "now": now},
             )  # fmt: skip
-        return len(made)
+        return len(due), len(made)

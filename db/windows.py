@@ -95,10 +95,11 @@ class WindowStore(PoolOwner):
             )
             work = [(r[0], int(r[1])) for r in await cur.fetchall()]
             end = db_now + timedelta(seconds=ahead_seconds)
-            if not work:
-                await conn.execute(query("window_pacer_set"), {"planned_until": end})
+            if not work:  # nothing planned: the next work starts from its plan's now
+                await conn.execute(query("window_pacer_set"), {"planned_until": start})
                 return WindowPlan(0.0, 0)
-            rate = yds_rate(db_now, work)
+            # the work not planned yet goes after what is planned already: from ``start``
+            rate = yds_rate(start, work)
             span = max(0.0, (end - start).total_seconds())
             # Rows whose deadline comes before the plan after next could reach the claims
             # unplanned (they take a row a lookahead before its run_at, the deadline): they

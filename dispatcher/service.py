@@ -75,8 +75,10 @@ class Dispatcher:
         )  # fmt: skip
         self.lookahead_seconds = self.claimer.lookahead_seconds
         self.schedules = SchedulePass(db, settings, lookahead_seconds=self.lookahead_seconds)
+        # windowed sends are planned a tick beyond the next one, so that each is claimed a
+        # tick before its instant (a claim slowed down by the database does not bunch them)
         self.windows = WindowPass(
-            db, lookahead_seconds=self.lookahead_seconds, ahead_seconds=settings.tick_seconds
+            db, lookahead_seconds=self.lookahead_seconds, ahead_seconds=settings.tick_seconds + 1
         )
         self.stats = SendStats(db)
         self.recorder = Recorder(

@@ -188,7 +188,7 @@ with clock as (
     -- future rows at one priority is never walked to reach the due rows of the next
     select c.id, c.bucket, c.priority, c.run_at
     from generate_series(10, 1, -1) as p(priority),
-         lateral (select t.id, t.bucket, t.priority, t.run_at from timers t
+         lateral (select t.id, t.bucket, t.priority, t.run_at, t.deadline_at from timers t
                   where t.state = 'pending' and t.resources is null and t.priority >= 1
                     and t.priority = p.priority
                     and not (t.tenant = any(%(capped_tenants)s::text[])
@@ -204,7 +204,8 @@ with clock as (
                     and t.bucket <= coalesce(%(now)s::timestamptz, now()) + interval '1 second'
                   order by t.run_at
                   limit %(batch)s) as c
-    order by c.priority desc, c.run_at
+    -- timers without an SLA window first: a windowed one may still wait, within its window
+    order by c.deadline_at is not null, c.priority desc, c.run_at
     limit %(batch)s
 ), picked as (
     -- ids as an array, not a join (see bucket_claim), under ranked's stable bucket bound

@@ -44,7 +44,8 @@ async def test_a_windowed_herd_is_spread_evenly_to_its_deadline_beside_exact_tim
         due = due_ms_of(uuid.UUID(json.loads(r.body)["id"])) / 1000
         assert due <= r.at <= due + 30.0, r.at - due  # never early, never past the deadline
     per_second = Counter(int(r.at - created_at) for r in received)
-    # after the first second, every second within 10% of 1,200 / 30 s = 40/s
+    # after the first second, every second within 10% of 1,200 / 30 s = 40/s (the stream
+    # ends half a second before the deadline, its guard: the last second is a half one)
     steady = [per_second.get(s, 0) for s in range(1, 29)]
     assert all(36 <= c <= 44 for c in steady), str(sorted(per_second.items()))
     late_ms = sorted(
@@ -67,3 +68,23 @@ async def test_windows_are_validated_and_shown(client: httpx.AsyncClient) -> Non
         refused = await client.post("/timer", json={"url": "https://example.com/w", "window": bad})
         assert refused.status_code == 422, (bad, refused.text)
         assert [e["field"] for e in refused.json()["errors"]] == ["window"]
+
+
+async def test_the_backlog_shows_the_released_windowed_work_and_its_planned_rate(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    # nothing plans them here (no dispatcher): 600 due now within 60 s, 100 within 10 s
+    await db.timers.insert([0] * 600, ["https://example.com/a"] * 600, shards=settings.shards,
+                           options=[DeliveryOptions(window_ms=60_000)] * 600)  # fmt: skip
+    await db.timers.insert([0] * 100, ["https://example.com/b"] * 100, shards=settings.shards,
+                           options=[DeliveryOptions(window_ms=10_000)] * 100)  # fmt: skip
+    shown = (await client.get("/backlog", params={"window": "2m"})).json()
+    windowed = shown["windowed"]
+    assert windowed["released"] == 700
+    # the rule: 700 by the later deadline (about 59.5 s away) beats 100 by the earlier (9.5 s)
+    assert 11.5 <= windowed["rate_now"] <= 12.5, windowed
+    steps = windowed["planned"]
+    assert len(steps) == 1 and steps[0]["per_second"] == windowed["rate_now"]
+    assert shown["overdue"] == 0  # a windowed timer within its window is not overdue
+    refused = await client.get("/backlog", params={"window": "soon"})
+    assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "window"
