@@ -25,7 +25,7 @@ from db.models import DeliveryOptions
 from db.query_loader import query
 from db.recurrence import Misfire, Schedule, ScheduleError, plan_emission
 from db.targets import host_of
-from db.timers import QuotaExceeded
+from db.timers import QuotaExceeded, earlier_create, record_create
 
 log = logging.getLogger(__name__)
 
@@ -122,28 +122,8 @@ class Series:
 
 @dataclass(frozen=True, slots=True)
 class _Due:
-    id: uuid.UUID
-    every_ms: int | None
-    cron: str | None
-    time_zone: str
-    first_at: datetime
-    until_at: datetime | None
-    max_count: int | None
-    misfire: Misfire
-    next_n: int
-    next_at: datetime
-    db_now: datetime
+    """A series as the schedule pass, a pause and a resume read it (under a row lock)."""
 
-    @property
-    def schedule(self) -> Schedule:
-        return Schedule(
-            first_at=self.first_at, every_ms=self.every_ms, cron=self.cron,
-            timezone=self.time_zone, until=self.until_at, count=self.max_count,
-        )  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class _Locked:
     id: uuid.UUID
     state: str
     every_ms: int | None
@@ -156,6 +136,13 @@ class _Locked:
     next_n: int
     next_at: datetime | None
     db_now: datetime
+
+    @property
+    def schedule(self) -> Schedule:
+        return Schedule(
+            first_at=self.first_at, every_ms=self.every_ms, cron=self.cron,
+            timezone=self.time_zone, until=self.until_at, count=self.max_count,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,9 +203,7 @@ class ScheduleStore(PoolOwner):
         async def once() -> CreatedSeries:
             async with self.connection() as conn, conn.transaction():
                 if key is not None:
-                    await conn.execute(query("idempotency_lock"), {"key": key})
-                    cur = await conn.execute(query("idempotency_get"), {"key": key})
-                    earlier = await cur.fetchone()
+                    earlier = await earlier_create(conn, key)
                     if earlier is not None:
                         found = await self.get(earlier[1], conn=conn)
                         return CreatedSeries(
@@ -255,11 +240,7 @@ class ScheduleStore(PoolOwner):
                     },
                 )  # fmt: skip
                 if key is not None:
-                    await conn.execute(
-                        query("idempotency_record"),
-                        {"key": key, "fingerprint": fingerprint, "timer_id": series_id,
-                         "timer_ids": None},
-                    )  # fmt: skip
+                    await record_create(conn, key, fingerprint, series_id)
                 if wake_ms is not None:  # due within the claim window: made now
                     await self._make(
                         conn, series_id, lookahead_seconds=wake_ms / 1000, shards=shards,
@@ -325,7 +306,7 @@ class ScheduleStore(PoolOwner):
     ) -> str | None:  # fmt: skip
         async def op() -> str | None:
             async with self.connection() as conn, conn.transaction():
-                cur = conn.cursor(row_factory=class_row(_Locked))
+                cur = conn.cursor(row_factory=class_row(_Due))
                 await cur.execute(
                     query("schedule_lock"), {"id": series_id, "tenant": tenant, "now": None}
                 )
@@ -345,12 +326,10 @@ class ScheduleStore(PoolOwner):
                 else:
                     if found.state != "paused":
                         return found.state
-                    assert found.next_at is not None
-                    schedule = Schedule(
-                        first_at=found.first_at, every_ms=found.every_ms, cron=found.cron,
-                        timezone=found.time_zone, until=found.until_at, count=found.max_count,
-                    )  # fmt: skip
-                    following = schedule.resume_after(found.next_n, found.next_at, found.db_now)
+                    assert found.next_at is not None  # kept through the pause
+                    following = found.schedule.resume_after(
+                        found.next_n, found.next_at, found.db_now
+                    )
                     if following is None:
                         change["state"] = "ended"
                     else:
@@ -412,6 +391,7 @@ class ScheduleStore(PoolOwner):
         skipped: list[tuple[uuid.UUID, int, int]] = []
         moved: list[tuple[uuid.UUID, int, datetime | None, int]] = []
         for series in due:
+            assert series.next_at is not None  # active
             try:
                 emission = plan_emission(
                     series.schedule, next_n=series.next_n, next_at=series.next_at,

@@ -131,6 +131,29 @@ def _replayed(ids: Sequence[uuid.UUID], at: datetime) -> list[CreatedTimer]:
     ]
 
 
+async def earlier_create(
+    conn: psycopg.AsyncConnection[TupleRow], key: str
+) -> tuple[str, uuid.UUID, list[uuid.UUID] | None] | None:
+    """Inside a keyed create's transaction: locks the key until the commit and returns what an
+    earlier request with it made (its fingerprint, its timer or series, a batch's timers), or
+    None if none did."""
+    await conn.execute(query("idempotency_lock"), {"key": key})
+    cur = await conn.execute(query("idempotency_get"), {"key": key})
+    row = await cur.fetchone()
+    return (row[0], row[1], row[2]) if row is not None else None
+
+
+async def record_create(
+    conn: psycopg.AsyncConnection[TupleRow], key: str, fingerprint: str, made: uuid.UUID,
+    batch: list[uuid.UUID] | None = None,
+) -> None:  # fmt: skip
+    """Remembers what a keyed create made, in its transaction."""
+    await conn.execute(
+        query("idempotency_record"),
+        {"key": key, "fingerprint": fingerprint, "timer_id": made, "timer_ids": batch},
+    )
+
+
 class DependencyRefused(Exception):
     """A timer named in ``after`` cannot be waited for; the message says which and why."""
 
@@ -245,9 +268,7 @@ class TimerStore(PoolOwner):
         async def once() -> IdempotentCreate:
             async with self.connection() as conn, conn.transaction():
                 if key is not None:
-                    await conn.execute(query("idempotency_lock"), {"key": key})
-                    cur = await conn.execute(query("idempotency_get"), {"key": key})
-                    earlier = await cur.fetchone()
+                    earlier = await earlier_create(conn, key)
                     if earlier is not None:
                         return IdempotentCreate(
                             timer_id=earlier[1], replayed=True, conflict=earlier[0] != fingerprint
@@ -263,15 +284,7 @@ class TimerStore(PoolOwner):
                 if after:
                     await block_on(conn, row[1], deps)
                 if key is not None:
-                    await conn.execute(
-                        query("idempotency_record"),
-                        {
-                            "key": key,
-                            "fingerprint": fingerprint,
-                            "timer_id": row[1],
-                            "timer_ids": None,
-                        },
-                    )
+                    await record_create(conn, key, fingerprint, row[1])
             return IdempotentCreate(timer_id=row[1], replayed=False, conflict=False)
 
         return await self._inserting(once, ahead_ms=delay_ms, now=None)
@@ -299,9 +312,7 @@ class TimerStore(PoolOwner):
         async def once() -> BatchCreate:
             async with self.connection() as conn, conn.transaction():
                 if key is not None:
-                    await conn.execute(query("idempotency_lock"), {"key": key})
-                    cur = await conn.execute(query("idempotency_get"), {"key": key})
-                    earlier = await cur.fetchone()
+                    earlier = await earlier_create(conn, key)
                     if earlier is not None:
                         if earlier[0] != fingerprint or earlier[2] is None:
                             return BatchCreate([], replayed=True, conflict=True)
@@ -317,15 +328,7 @@ class TimerStore(PoolOwner):
                 )
                 if key is not None:
                     ids = [c.id for c in created]
-                    await conn.execute(
-                        query("idempotency_record"),
-                        {
-                            "key": key,
-                            "fingerprint": fingerprint,
-                            "timer_id": ids[0],
-                            "timer_ids": ids,
-                        },
-                    )
+                    await record_create(conn, key, fingerprint, ids[0], ids)
             return BatchCreate(created, replayed=False, conflict=False)
 
         return await self._inserting(once, ahead_ms=max(delays_ms, default=0), now=now)

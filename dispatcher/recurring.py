@@ -8,50 +8,30 @@ skipped by the others share the series between them.
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime
 
-from db.connection import DatabaseUnavailable
 from db.database import Database
 from db.settings import Settings
+from dispatcher.passes import TickPass
 
-log = logging.getLogger(__name__)
 
-
-class SchedulePass:
+class SchedulePass(TickPass):
     """``due()`` once a tick; ``await run()`` in the claim loop makes what is due."""
 
     def __init__(self, db: Database, settings: Settings, *, lookahead_seconds: float) -> None:
+        super().__init__(
+            self._make, failed="the schedule pass failed; recurring timers wait until it works",
+            works="the schedule pass works again",
+        )  # fmt: skip
         self.db = db
         self.settings = settings
         self.lookahead_seconds = lookahead_seconds
-        self._due = True  # the first pass runs at start
-        self._failing = False  # logged once per episode, not once per tick
         self.made_total = 0
 
-    def due(self) -> None:
-        """A tick: the next claim pass makes occurrences first."""
-        self._due = True
-
-    async def run(self, *, now: datetime | None = None) -> int:
-        """Makes the occurrences due by now + lookahead (once per tick); returns how many."""
-        if not self._due and now is None:
-            return 0
-        self._due = False
-        try:
-            made = await self.db.schedules.advance(
-                lookahead_seconds=self.lookahead_seconds, shards=self.settings.shards,
-                wake_ms=self.settings.wake_within_ms, now=now,
-            )  # fmt: skip
-        except DatabaseUnavailable:
-            raise  # the outage is logged once by the pool
-        except Exception:
-            if not self._failing:
-                log.exception("the schedule pass failed; recurring timers wait until it works")
-            self._failing = True
-            return 0
-        if self._failing:
-            log.warning("the schedule pass works again")
-            self._failing = False
+    async def _make(self, now: datetime | None) -> int:
+        made = await self.db.schedules.advance(
+            lookahead_seconds=self.lookahead_seconds, shards=self.settings.shards,
+            wake_ms=self.settings.wake_within_ms, now=now,
+        )  # fmt: skip
         self.made_total += made
         return made

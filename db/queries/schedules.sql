@@ -61,7 +61,7 @@ for update;
 -- The schedule pass: active series whose next occurrence falls due by now + lookahead, under
 -- row locks that other dispatchers' passes skip (one pass makes a series' occurrences at a
 -- time, and its transaction moves the series on in the same commit).
-select s.id, s.every_ms, s.cron, s.time_zone, s.first_at, s.until_at, s.max_count,
+select s.id, s.state, s.every_ms, s.cron, s.time_zone, s.first_at, s.until_at, s.max_count,
        s.misfire, s.next_n, s.next_at, coalesce(%(now)s::timestamptz, now()) as db_now
 from schedules s
 where s.state = 'active'
