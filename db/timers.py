@@ -166,7 +166,9 @@ async def lock_dependencies(
 ) -> list[tuple[uuid.UUID, datetime, str]]:
     """The timers a create waits for, locked to its commit: (id, bucket, state) each;
     DependencyRefused when one is not a one-shot timer of this tenant."""
-    cur = await conn.execute(query("deps_lock"), named_rows([(i, bucket_of(i)) for i in after]))
+    cur = await conn.execute(
+        query("deps_lock"), named_rows([(i, bucket_of(i)) for i in after]), prepare=True
+    )
     found = {r[0]: r for r in await cur.fetchall()}
     for timer_id in after:
         row = found.get(timer_id)
@@ -194,7 +196,7 @@ async def block_on(
         **named_rows([(d[0], d[1]) for d in deps]), "timer_id": timer_id,
         "timer_bucket": bucket, "reason": None if failure else reason,
     }  # fmt: skip
-    await conn.execute(query("deps_insert"), params)
+    await conn.execute(query("deps_insert"), params, prepare=True)
     if failure is not None:
         await conn.execute(
             query("deps_fail_new"),
@@ -600,7 +602,7 @@ class TimerStore(PoolOwner):
         the maintenance job's ``resolve_stuck``)."""
         todo = list(ids)
         while todo:
-            found = await self.rows("deps_resolve", {"id": todo})
+            found = await self.rows("deps_resolve", {"id": todo}, generic=True)
             todo = list(found[0][0]) if found else []
 
     async def resolve_stuck(self) -> int:

@@ -29,6 +29,10 @@ from db.query_loader import query
 MIN_LEFT_SECONDS = 0.001
 # Rows one plan gives instants to at most.
 MAX_PER_PLAN = 50_000
+# The statements over timers here run prepared from their first run (psycopg prepares a
+# statement on its fifth otherwise): until then each run is planned over every partition,
+# 100 ms and more at the default horizon, which made the first seconds of a windowed stream
+# uneven (bench.windows).
 
 
 def yds_rate(now: datetime, work: Sequence[tuple[datetime, int]]) -> float:
@@ -92,7 +96,7 @@ class WindowStore(PoolOwner):
             start, db_now = row  # where the last plan's sends end, or now
             cur = await conn.execute(
                 query("window_work"), {"now": now, "lookahead": lookahead_seconds}, prepare=True
-            )
+            )  # see MAX_PER_PLAN's note
             work = [(r[0], int(r[1])) for r in await cur.fetchall()]
             end = db_now + timedelta(seconds=ahead_seconds)
             if not work:  # nothing planned: the next work starts from its plan's now
@@ -114,6 +118,7 @@ class WindowStore(PoolOwner):
                     query("window_pick"),
                     {"now": now, "lookahead": lookahead_seconds, "n": count, "start": start,
                      "step": step},
+                    prepare=True,  # its generic plan from the first run (see MAX_PER_PLAN's note)
                 )  # fmt: skip
             # the next plan goes on where these sends end; what is less than one send is
             # carried over as time, not as a fraction

@@ -96,6 +96,17 @@ def _hot_statements(now: datetime, timer_id: uuid.UUID) -> dict[str, dict[str, A
             "owner": "plans",
         },
         "lease_reap": {"dead_after_seconds": 30.0, "now": None},
+        # run every tick (issue 9): the window plan, the schedule pass; and dependents
+        "window_work": {"now": None, "lookahead": 2.5},
+        "window_pick": {"now": None, "lookahead": 2.5, "n": 40, "start": now, "step": 0.05},
+        "occurrence_unsent": {"ids": [timer_id], "now": None},
+        "occurrence_skip": {
+            "series_id": [timer_id],
+            "occurrence": [1],
+            "into_n": [2],
+            "now": None,
+        },  # fmt: skip
+        "deps_resolve": {"id": [timer_id]},
     }
 
 
