@@ -218,6 +218,11 @@ async def _configure(conn: psycopg.AsyncConnection[TupleRow]) -> None:
     # at 365 days, whose estimate makes its default choose such custom plans). Measured in
     # docs/benchmarks.md; tests/integration/test_plans.py holds it.
     await conn.execute("set plan_cache_mode = force_generic_plan")
+    # ... from their first run, not their 5th: until psycopg prepares a statement, every run
+    # of it is planned afresh over every partition, so the first few claims of each pooled
+    # connection took 100 ms and more, and a stream starting on a fresh dispatcher ran at a
+    # third of its rate for several seconds (bench.windows).
+    conn.prepare_threshold = 0
 
 
 def make_pool(conninfo: str, *, max_size: int, name: str, timeout: float = 1.0) -> Pool:
