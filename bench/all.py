@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import uvloop
 
-from bench import creates, firing, herd, lateness, memory
+from bench import creates, firing, herd, lateness, memory, windows
 
 
 async def main() -> None:
@@ -16,6 +16,7 @@ async def main() -> None:
     await lateness.main(20, 1000)
     await herd.main(100_000, 60_000)
     await memory.main(1_000_000)
+    await windows.main(2400, 120)
 
 
 if __name__ == "__main__":

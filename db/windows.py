@@ -85,10 +85,13 @@ class WindowStore(PoolOwner):
         return [(r[0], int(r[1])) for r in rows]
 
     async def plan(
-        self, *, lookahead_seconds: float, ahead_seconds: float, now: datetime | None = None
-    ) -> WindowPlan:
+        self, *, lookahead_seconds: float, ahead_seconds: float, now: datetime | None = None,
+        hold: bool = False,
+    ) -> WindowPlan:  # fmt: skip
         """Plans the windowed sends of the fleet up to now + ``ahead_seconds``, from where the
-        last plan (of any dispatcher) ended, at the YDS rate of the work released now."""
+        last plan (of any dispatcher) ended, at the YDS rate of the work released now.
+        ``hold``: the global cap binds: timers without a window take its tokens first, so only
+        the windowed rows that cannot wait any longer are planned."""
         async with self.connection() as conn, conn.transaction():
             cur = await conn.execute(query("window_pacer_lock"), {"now": now})
             row = await cur.fetchone()
@@ -111,7 +114,8 @@ class WindowStore(PoolOwner):
             near = end + timedelta(seconds=ahead_seconds + lookahead_seconds + 1)
             must = sum(c for d, c in work if d <= near)
             total = sum(c for _, c in work)
-            count = min(max(math.floor(rate * span), must), total, MAX_PER_PLAN)
+            paced = 0 if hold else math.floor(rate * span)
+            count = min(max(paced, must), total, MAX_PER_PLAN)
             step = 1 / rate  # the rate is positive: there is work
             if count:
                 await conn.execute(

@@ -78,8 +78,9 @@ class Dispatcher:
         # windowed sends are planned a tick beyond the next one, so that each is claimed a
         # tick before its instant (a claim slowed down by the database does not bunch them)
         self.windows = WindowPass(
-            db, lookahead_seconds=self.lookahead_seconds, ahead_seconds=settings.tick_seconds + 1
-        )
+            db, lookahead_seconds=self.lookahead_seconds, ahead_seconds=settings.tick_seconds + 1,
+            cap_binding=lambda: self.planner.cap_binding,
+        )  # fmt: skip
         self.stats = SendStats(db)
         self.recorder = Recorder(
             db, settings, owner=self.id, retry_soon_seconds=self.lookahead_seconds,

@@ -105,7 +105,7 @@ def _hot_statements(now: datetime, timer_id: uuid.UUID) -> dict[str, dict[str, A
             "occurrence": [1],
             "into_n": [2],
             "now": None,
-        },  # fmt: skip
+        },
         "deps_resolve": {"id": [timer_id]},
     }
 

@@ -88,3 +88,25 @@ async def test_the_backlog_shows_the_released_windowed_work_and_its_planned_rate
     assert shown["overdue"] == 0  # a windowed timer within its window is not overdue
     refused = await client.get("/backlog", params={"window": "soon"})
     assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "window"
+
+
+async def test_under_a_binding_cap_exact_timers_take_the_tokens_before_windowed_ones(
+    db: Database, sink: Sink, start_dispatcher: StartDispatcher, settings: Settings
+) -> None:
+    await db.caps.set(scope="global", per_minute=240)  # 4/s
+    # windowed work that alone fits the cap (40 in 60 s: 0.7/s) ...
+    await db.timers.insert([0] * 40, [f"{sink.url}/w"] * 40, shards=settings.shards,
+                           options=[DeliveryOptions(window_ms=60_000)] * 40)  # fmt: skip
+    await start_dispatcher()
+    await sink.wait_for(2, timeout=10)
+    # ... then a herd of exact timers that makes the cap bind for 5 s
+    exact = await db.timers.insert([300] * 20, [f"{sink.url}/e"] * 20, shards=settings.shards)
+    due = exact[0].due_at.timestamp()
+    await sink.wait_until(lambda: sum(r.path == "/e" for r in sink.received) == 20, timeout=15)
+    last = max(r.at for r in sink.received if r.path == "/e")
+    between = [r.path for r in sink.received if due <= r.at <= last]
+    # while the cap binds, the windowed timers wait (at most the one or two a dispatcher had
+    # claimed before the herd was due go in between)
+    assert between.count("/w") <= 2, between
+    # and then they go on (their deadlines are the herd test's matter, above)
+    await sink.wait_until(lambda: sink.received[-1].path == "/w", timeout=10)
