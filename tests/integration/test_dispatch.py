@@ -317,12 +317,15 @@ async def test_a_slow_commit_does_not_make_sends_late(
     # whose flush is slow. Sends are timed from before the claim's commit, so they stay on time
     # (they used to be late by the commit's duration).
     async with db.pool.connection() as conn:
-        await conn.execute("""
+        await conn.execute(
+            """
             create function slow_commit() returns trigger language plpgsql as $$
             begin perform pg_sleep(0.3); return null; end $$;
             create constraint trigger slow_commit after update on timers
             deferrable initially deferred for each row execute function slow_commit();
-        """)  # fmt: skip
+        """,
+            prepare=False,
+        )  # several statements: pooled connections prepare by default
     timers = [await make_timer(delay_ms=3000 + 150 * i) for i in range(3)]
     await start_dispatcher()
     await sink.wait_for(3, timeout=15)

@@ -49,13 +49,16 @@ async def test_every_transition_the_queries_make_is_a_defined_one(
 ) -> None:
     # Record every state change, in this test's database only.
     async with db.pool.connection() as conn:
-        await conn.execute("""
+        await conn.execute(
+            """
             create table seen (before text, after text);
             create function note_state() returns trigger language plpgsql as $$
             begin insert into seen values (old.state, new.state); return null; end $$;
             create trigger note_state after update on timers for each row
             when (old.state is distinct from new.state) execute function note_state();
-        """)  # fmt: skip
+        """,
+            prepare=False,
+        )  # several statements: pooled connections prepare by default
     sink.status_for = lambda r: {"/ok": 200, "/gone": 404}.get(r.path, 503)
     delivered = await make_timer(delay_ms=0, url=f"{sink.url}/ok")
     failed = await make_timer(delay_ms=0, url=f"{sink.url}/gone")
