@@ -88,16 +88,18 @@ async def test_the_selectors_example_capture_first_then_clean_and_upgrade_togeth
 ) -> None:
     sink.status_for = lambda r: Reply(delay=1.0)
     delay = await _same_second(db)
-    # Created lowest priority first: capture is due last, by a few milliseconds.
+    # Created lowest priority first: capture is due last, by a few milliseconds (the 2 ms
+    # steps keep the order when two inserts fall within one millisecond of the clock).
     clean = (await _insert(db, f"{sink.url}/clean", [delay], priority=1, resources=("disk",)))[0]
-    upgrade = (await _insert(db, f"{sink.url}/upgrade", [delay], priority=3, resources=("proc",)))[
-        0
-    ]
+    upgrade = (
+        await _insert(db, f"{sink.url}/upgrade", [delay + 2], priority=3, resources=("proc",))
+    )[0]
     capture = (
         await _insert(
-            db, f"{sink.url}/capture", [delay], priority=9, resources=("camera", "disk", "proc")
+            db, f"{sink.url}/capture", [delay + 4], priority=9,
+            resources=("camera", "disk", "proc"),
         )
-    )[0]
+    )[0]  # fmt: skip
     assert clean.due_at < upgrade.due_at < capture.due_at
     assert clean.due_at.replace(microsecond=0) == capture.due_at.replace(microsecond=0)
     dispatcher = await start_dispatcher()
