@@ -60,16 +60,22 @@ async def api(url: str, **env: str) -> tuple[harness.Proc, str]:
         },
     )
     base = f"http://127.0.0.1:{port}"
+    await wait_healthy(base, "api")
+    return proc, base
+
+
+async def wait_healthy(base: str, what: str) -> None:
+    """Polls ``base``/healthz until it answers 200 (15 s at most)."""
     async with aiohttp.ClientSession() as session:
         for _ in range(300):
             try:
                 async with session.get(f"{base}/healthz") as r:
                     if r.status == 200:
-                        return proc, base
+                        return
             except aiohttp.ClientError:
                 pass
             await asyncio.sleep(0.05)
-    raise RuntimeError("api did not start")
+    raise RuntimeError(f"{what} did not start")
 
 
 def raw_inserts(url: str, count: int) -> float:
@@ -109,16 +115,8 @@ async def validate_only() -> tuple[harness.Proc, str]:
     port = harness.free_port()
     proc = harness.Proc([sys.executable, "-m", "bench.validate_only", str(port)])
     base = f"http://127.0.0.1:{port}"
-    async with aiohttp.ClientSession() as session:
-        for _ in range(300):
-            try:
-                async with session.get(f"{base}/healthz") as r:
-                    if r.status == 200:
-                        return proc, base
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-    raise RuntimeError("the validate-only endpoint did not start")
+    await wait_healthy(base, "the validate-only endpoint")
+    return proc, base
 
 
 def wrk_rate(base: str, seconds: float, connections: int) -> float:

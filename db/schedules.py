@@ -371,7 +371,6 @@ class ScheduleStore(PoolOwner):
         can lock or (``series_id``) one: a series just made or resumed, whose first
         occurrence may be due before the dispatchers' next pass. Returns the series taken and
         the occurrence rows made."""
-        # prepared from their first run, like the window plan's statements (db/windows.py)
         cur = conn.cursor(row_factory=class_row(_Due))
         await cur.execute(
             query("schedule_due"),
@@ -383,7 +382,7 @@ class ScheduleStore(PoolOwner):
             return 0, 0
         db_now = due[0].db_now
         found = await conn.execute(
-            query("occurrence_unsent"), {"ids": [d.id for d in due], "now": now}, prepare=True
+            query("occurrence_unsent"), {"ids": [d.id for d in due], "now": now}
         )
         unsent: dict[uuid.UUID, list[tuple[int, datetime]]] = {}
         for row_id, n, at in await found.fetchall():
@@ -414,7 +413,6 @@ class ScheduleStore(PoolOwner):
                 query("occurrence_skip"),
                 {"series_id": [s[0] for s in skipped], "occurrence": [s[1] for s in skipped],
                  "into_n": [s[2] for s in skipped], "now": now},
-                prepare=True,
             )  # fmt: skip
         if made:
             await conn.execute(
@@ -422,13 +420,11 @@ class ScheduleStore(PoolOwner):
                 {"series_id": [m[0] for m in made], "occurrence": [m[1] for m in made],
                  "due_ms": [m[2] for m in made], "shards": shards, "now": now,
                  "wake_ms": wake_ms},
-                prepare=True,
             )  # fmt: skip
         if moved:
             await conn.execute(
                 query("schedule_advance"),
                 {"id": [m[0] for m in moved], "next_n": [m[1] for m in moved],
                  "next_at": [m[2] for m in moved], "made": [m[3] for m in moved], "now": now},
-                prepare=True,
             )  # fmt: skip
         return len(due), len(made)

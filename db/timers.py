@@ -166,9 +166,7 @@ async def lock_dependencies(
 ) -> list[tuple[uuid.UUID, datetime, str]]:
     """The timers a create waits for, locked to its commit: (id, bucket, state) each;
     DependencyRefused when one is not a one-shot timer of this tenant."""
-    cur = await conn.execute(
-        query("deps_lock"), named_rows([(i, bucket_of(i)) for i in after]), prepare=True
-    )
+    cur = await conn.execute(query("deps_lock"), named_rows([(i, bucket_of(i)) for i in after]))
     found = {r[0]: r for r in await cur.fetchall()}
     for timer_id in after:
         row = found.get(timer_id)
@@ -196,7 +194,7 @@ async def block_on(
         **named_rows([(d[0], d[1]) for d in deps]), "timer_id": timer_id,
         "timer_bucket": bucket, "reason": None if failure else reason,
     }  # fmt: skip
-    await conn.execute(query("deps_insert"), params, prepare=True)
+    await conn.execute(query("deps_insert"), params)
     if failure is not None:
         await conn.execute(
             query("deps_fail_new"),

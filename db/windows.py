@@ -98,8 +98,8 @@ class WindowStore(PoolOwner):
             assert row is not None
             start, db_now = row  # where the last plan's sends end, or now
             cur = await conn.execute(
-                query("window_work"), {"now": now, "lookahead": lookahead_seconds}, prepare=True
-            )  # see MAX_PER_PLAN's note
+                query("window_work"), {"now": now, "lookahead": lookahead_seconds}
+            )
             work = [(r[0], int(r[1])) for r in await cur.fetchall()]
             end = db_now + timedelta(seconds=ahead_seconds)
             if not work:  # nothing planned: the next work starts from its plan's now
@@ -122,7 +122,6 @@ class WindowStore(PoolOwner):
                     query("window_pick"),
                     {"now": now, "lookahead": lookahead_seconds, "n": count, "start": start,
                      "step": step},
-                    prepare=True,  # its generic plan from the first run (see MAX_PER_PLAN's note)
                 )  # fmt: skip
             # the next plan goes on where these sends end; what is less than one send is
             # carried over as time, not as a fraction
