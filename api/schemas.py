@@ -667,6 +667,14 @@ class RequeueRequest(BaseModel):
             raise ValueError("must be an RFC 3339 date-time string")
         return _datetime.validate_python(value)
 
+    @field_validator("url_prefix")
+    @classmethod
+    def _storable(cls, value: str | None) -> str | None:
+        # PostgreSQL text holds neither NUL nor a lone surrogate: refused here, not a 500.
+        if value is not None:
+            _check_text(value)
+        return value
+
     status: list[DeadLetterState] = Field(
         default=["dead", "failed"], min_length=1, description="Which final states to requeue."
     )

@@ -193,3 +193,7 @@ async def test_bulk_requeue_takes_a_filtered_set_or_all(
     assert {await _state(db, i) for i in ids.values()} == {"pending"}
     refused = await client.post("/timer/requeue", json={"status": ["delivered"]})
     assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "status"
+    # PostgreSQL text cannot hold NUL: a 422 naming the field, never a 500 (found by fuzzing)
+    refused = await client.post("/timer/requeue", json={"url_prefix": "http://a\u0000"})
+    assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "url_prefix"
+    assert "NUL" in refused.json()["errors"][0]["reason"]
