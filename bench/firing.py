@@ -1,36 +1,22 @@
 """Firing throughput: N overdue timers, one then two dispatchers, webhooks/s end to end.
 
-Also measures, in the same run, the raw rate of aiohttp POSTs to the same sink with the same
-concurrency: the ceiling that any Python sender on this machine meets first.
-A fourth run has one timer in ten name one of 100 resources.
-Run: ``python -m bench.firing [N]``.
+Also measures, in the same run, the ceiling: raw POSTs per second to the same sink from one
+process through the dispatcher's own HTTP client (pycurl's CurlMulti, dispatcher/curl.py) with
+as many in flight as a dispatcher sends to one host (TIMERHOOK_HOST_CONCURRENCY, 128), and
+through aiohttp (the client before it) for reference. A fourth run has one timer in ten name
+one of 100 resources. Run: ``python -m bench.firing [N]``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import sys
-import time
 
-import aiohttp
 import uvloop
 
 from bench import harness
+from bench.clients import aiohttp_posts, curl_posts
 
-
-async def raw_posts(sink: str, count: int, concurrency: int) -> float:
-    """POSTs per second from one aiohttp session with ``concurrency`` in flight."""
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        sem = asyncio.Semaphore(concurrency)
-
-        async def one() -> None:
-            async with sem, session.post(f"{sink}/hook", data=b'{"x": 1}') as r:
-                await r.read()
-
-        start = time.perf_counter()
-        await asyncio.gather(*(one() for _ in range(count)))
-        return count / (time.perf_counter() - start)
+IN_FLIGHT = 128  # the default per-host limit of a dispatcher
 
 
 async def fire(
@@ -53,7 +39,8 @@ async def fire(
 
 async def main(count: int) -> None:
     async with harness.database() as url, harness.sink() as sink:
-        raw = await raw_posts(sink, min(count, 30_000), 64)
+        raw = await curl_posts(sink, min(count, 30_000), IN_FLIGHT, guarded=False)
+        raw_aiohttp = await aiohttp_posts(sink, min(count, 30_000), IN_FLIGHT)
         one = await fire(url, sink, count, 1)
         two = await fire(url, sink, count, 2)
         # One timer in ten names one of 100 resources (never two holders in flight at once).
@@ -62,14 +49,17 @@ async def main(count: int) -> None:
         "timers": count,
         "one_dispatcher_per_s": round(one),
         "two_dispatchers_per_s": round(two),
-        "raw_aiohttp_posts_per_s": round(raw),
+        "two_vs_one": round(two / one, 2),
+        "raw_client_posts_per_s": round(raw),
+        "raw_aiohttp_posts_per_s": round(raw_aiohttp),
         "one_vs_raw": round(one / raw, 2),
         "one_dispatcher_10pct_resources_per_s": round(held),
     }
     harness.report("firing", figures)
     print(
         f"SUMMARY firing: 1 dispatcher {one:,.0f}/s, 2 dispatchers {two:,.0f}/s, "
-        f"raw aiohttp {raw:,.0f}/s (1 dispatcher = {one / raw:.0%} of raw); "
+        f"raw client (pycurl) {raw:,.0f}/s (1 dispatcher = {one / raw:.0%} of it; aiohttp "
+        f"{raw_aiohttp:,.0f}/s); "
         f"1 dispatcher with 10% of timers holding one of 100 resources {held:,.0f}/s"
     )
 

@@ -212,7 +212,7 @@ def plan(
     limit: int = typer.Option(50, min=1, max=1000, help="How many rows to show at most."),
 ) -> None:
     """The next pass: what would be sent now, what is held back and why (priority first)."""
-    from dispatcher.planner import plan_pass  # the dispatcher's rules (it imports aiohttp)
+    from dispatcher.planner import plan_pass  # the dispatcher's rules (it imports pycurl)
 
     settings = get_settings()
     lookahead = settings.tick_seconds + 1.5

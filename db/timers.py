@@ -6,7 +6,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
@@ -115,6 +115,21 @@ def named_rows(rows: Sequence[tuple[uuid.UUID, datetime]]) -> dict[str, object]:
         "first_bucket": min(buckets),
         "last_bucket": max(buckets),
     }
+
+
+def array_literal(items: Iterable[str]) -> str:
+    """A PostgreSQL array's text form from its elements' (already quoted where needed)."""
+    return "{" + ",".join(items) + "}"
+
+
+def _number_or_null(value: float | None) -> str:
+    return "NULL" if value is None else repr(value)
+
+
+def _quoted_or_null(text: str | None) -> str:
+    if text is None:
+        return "NULL"
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _replayed(ids: Sequence[uuid.UUID], at: datetime) -> list[CreatedTimer]:
@@ -576,14 +591,20 @@ class TimerStore(PoolOwner):
         it recorded (a row whose lease was taken back is not)."""
         if not outcomes:
             return 0
+        # The arrays go as text literals joined in C: psycopg's list dumper walks each
+        # element in Python, which was an eighth of the dispatcher's CPU at full speed.
+        buckets = [o.bucket for o in outcomes]
         params = {
-            **named_rows([(o.id, o.bucket) for o in outcomes]),
-            "state": [o.state for o in outcomes],
-            "status": [o.status for o in outcomes],
-            "error": [o.error for o in outcomes],
-            "fired_at": [o.fired_at for o in outcomes],
-            "latency_ms": [o.latency_ms for o in outcomes],
-            "retry_in": [o.retry_in for o in outcomes],
+            "id": array_literal(map(str, (o.id for o in outcomes))),
+            "bucket": array_literal(b.isoformat() for b in buckets),
+            "first_bucket": min(buckets),
+            "last_bucket": max(buckets),
+            "state": array_literal(o.state for o in outcomes),
+            "status": array_literal(_number_or_null(o.status) for o in outcomes),
+            "error": array_literal(_quoted_or_null(o.error) for o in outcomes),
+            "fired_at": array_literal(o.fired_at.isoformat() for o in outcomes),
+            "latency_ms": array_literal(_number_or_null(o.latency_ms) for o in outcomes),
+            "retry_in": array_literal(_number_or_null(o.retry_in) for o in outcomes),
             "held": [o.id for o in outcomes if o.held],
             "owner": owner,
         }

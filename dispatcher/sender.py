@@ -3,20 +3,19 @@ timer has one), and says what happened in terms the retry policy understands."""
 
 from __future__ import annotations
 
-import asyncio
 import functools
+import ipaddress
 import json
 import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import aiohttp
 from standardwebhooks.webhooks import Webhook
 
 from db.models import ClaimedTimer
-from db.targets import netloc_address, netloc_of, netloc_problem, refused_reason
-from dispatcher.guard import GuardedResolver, Networks, TargetRefused
+from db.targets import Networks, host_of, netloc_address, netloc_of, netloc_problem, refused_reason
+from dispatcher.curl import CurlClient
 from dispatcher.retry import Failure, parse_retry_after
 
 log = logging.getLogger(__name__)
@@ -27,6 +26,19 @@ ERROR_CHARS = 500
 # Of a failed answer's body, at most this much is read (into the error text); the rest of it
 # is never read, so a huge or endless body cannot stall a send. A 2xx body is not read at all.
 BODY_READ_CAP = 256
+
+
+_BASE_HEADERS = [
+    f"User-Agent: {USER_AGENT}", "Content-Type: application/json",
+    "Expect:",  # no 100-continue round trip before a large body
+]  # fmt: skip
+
+
+def _with_own(own: dict[str, str]) -> list[str]:
+    """The base headers with a timer's own (which replace a base one of the same name)."""
+    names = {name.lower() for name in own}
+    base = [h for h in _BASE_HEADERS if h.split(":", 1)[0].lower() not in names]
+    return base + [f"{name}: {value}" for name, value in own.items()]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +71,8 @@ def body_of(timer: ClaimedTimer) -> bytes:
 
 
 class Sender:
-    """One aiohttp session for all sends of a dispatcher; open with ``await start()``."""
+    """One libcurl multi handle (dispatcher/curl.py) for all sends of a dispatcher; open with
+    ``await start()``."""
 
     def __init__(
         self,
@@ -71,89 +84,82 @@ class Sender:
         allowed_networks: Networks = (),
     ) -> None:
         self._allowed = allowed_networks
-        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        self._timeout_seconds = timeout_seconds
         self._signers = [Webhook(secret) for secret in signing_secrets or []]
         # Tenants with secrets of their own: their webhooks are signed with those only.
         self._tenant_signers: dict[str, list[Webhook]] = {}
         self._tenant_secrets: dict[str, str] = {}
         self._concurrency = concurrency
         self._allow_private = allow_private
-        self._session: aiohttp.ClientSession | None = None
+        self._client: CurlClient | None = None
         self._refused = functools.lru_cache(maxsize=4096)(self._refused_uncached)
 
     async def start(self) -> None:
-        """Creates the session; the resolver guards targets unless private ones are allowed."""
-        connector = aiohttp.TCPConnector(
-            limit=self._concurrency,
-            limit_per_host=0,
-            resolver=None if self._allow_private else GuardedResolver(allowed=self._allowed),
-            ttl_dns_cache=30,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=self._timeout,
-            headers={"User-Agent": USER_AGENT, "Content-Type": "application/json"},
+        """Opens the client; every connection's address is checked unless private targets
+        are allowed."""
+        self._client = CurlClient(
+            connections=self._concurrency,
+            body_cap=BODY_READ_CAP,
+            guard=None if self._allow_private else self._guard,
         )
 
     async def close(self) -> None:
-        """Closes the session and its connections."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        """Ends the client and its connections."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def _guard(self, url: str, address: str) -> str | None:
+        """Why libcurl may not connect to the address a URL's host resolved to, or None."""
+        reason = refused_reason(ipaddress.ip_address(address), self._allowed)
+        if reason is None:
+            return None
+        return (
+            f"target refused: {host_of(url)} resolves to {reason} "
+            "(TIMERHOOK_ALLOW_PRIVATE_TARGETS=1 allows)"
+        )
 
     async def send(self, timer: ClaimedTimer) -> Result:
         """POSTs the webhook once; never raises for the target's or the network's failures."""
-        assert self._session is not None, "Sender.start() was not awaited"
+        assert self._client is not None, "Sender.start() was not awaited"
         started = time.monotonic()
         refused = self._refused(netloc_of(timer.url))
         if refused is not None:
-            return self._failed(timer, started, None, refused, refused=True, connected=False)
+            return self._failed(started, None, refused, refused=True, connected=False)
         body = body_of(timer)
-        headers = dict(timer.headers) if timer.headers else {}
+        headers = _BASE_HEADERS if not timer.headers else _with_own(timer.headers)
         # the row's id: one per occurrence of a series, the same on every retry of it
-        headers["Idempotency-Key"] = str(timer.id)
-        headers["Timerhook-Attempt"] = str(timer.attempts)
+        headers = [*headers, f"Idempotency-Key: {timer.id}", f"Timerhook-Attempt: {timer.attempts}"]
         if timer.request_id is not None:
-            headers["Timerhook-Request-Id"] = timer.request_id
+            headers.append(f"Timerhook-Request-Id: {timer.request_id}")
         signers = (
             self._tenant_signers.get(timer.tenant, self._signers)
             if self._tenant_signers
             else self._signers
         )
         if signers:
-            headers.update(self._signature(timer, body, signers))
-        timeout = self._timeout
-        if timer.timeout_ms is not None:
-            timeout = aiohttp.ClientTimeout(total=timer.timeout_ms / 1000)
+            headers += [f"{k}: {v}" for k, v in self._signature(timer, body, signers).items()]
+        seconds = self._timeout_seconds if timer.timeout_ms is None else timer.timeout_ms / 1000
         started = time.monotonic()
-        try:
-            async with self._session.post(
-                timer.url, data=body, headers=headers, allow_redirects=False, timeout=timeout
-            ) as response:
-                status = response.status
-                latency = (time.monotonic() - started) * 1000
-                if 200 <= status < 300:
-                    return Result(status, None, latency)
-                # Only the start of a failed answer's body is read, for the error text.
-                excerpt = await _excerpt(response)
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        except aiohttp.ClientConnectorError as exc:
-            if isinstance(exc.os_error, TargetRefused):
-                return self._failed(
-                    timer, started, None, str(exc.os_error), refused=True, connected=False
-                )
-            return self._failed(timer, started, None, f"{type(exc).__name__}: {exc}",
-                                connected=False)  # fmt: skip
-        except aiohttp.ConnectionTimeoutError:
-            return self._failed(timer, started, None, "timeout while connecting", connected=False)
-        except TimeoutError:
-            return self._failed(timer, started, None, f"timeout after {timeout.total} s")
-        except (aiohttp.ClientError, ValueError, OSError) as exc:
-            return self._failed(timer, started, None, f"{type(exc).__name__}: {exc}")
-        except asyncio.CancelledError:
-            raise
-        error = f"HTTP {status}" + (f": {excerpt}" if excerpt else "")
-        return self._failed(timer, started, status, error, retry_after=retry_after)
+        reply = await self._client.post(timer.url, body, headers, max(1, round(seconds * 1000)))
+        status = reply.status
+        if status is not None:
+            if 200 <= status < 300:
+                return Result(status, None, (time.monotonic() - started) * 1000)
+            excerpt = " ".join(
+                reply.excerpt.decode("utf-8", "replace").replace("\x00", " ").split()
+            )
+            error = f"HTTP {status}" + (f": {excerpt}" if excerpt else "")
+            retry_after = parse_retry_after(reply.retry_after)
+            return self._failed(started, status, error, retry_after=retry_after)
+        if reply.refused is not None:
+            return self._failed(started, None, reply.refused, refused=True, connected=False)
+        if reply.timed_out:
+            if not reply.connected:
+                return self._failed(started, None, "timeout while connecting", connected=False)
+            return self._failed(started, None, f"timeout after {seconds} s")
+        error = f"{reply.error or 'transfer failed'} (curl error {reply.error_code})"
+        return self._failed(started, None, error, connected=reply.connected)
 
     def _refused_uncached(self, netloc: str) -> str | None:
         """Why a URL with this netloc may not be sent to at all, before any connection: a
@@ -195,19 +201,10 @@ class Sender:
 
     @staticmethod
     def _failed(
-        timer: ClaimedTimer, started: float, status: int | None, error: str, *,
+        started: float, status: int | None, error: str, *,
         connected: bool = True, refused: bool = False, retry_after: float | None = None,
     ) -> Result:  # fmt: skip
         latency = (time.monotonic() - started) * 1000
         # Logged by the recorder, which knows what the failure makes of the timer.
         failure = Failure(status, connected=connected, refused=refused, retry_after=retry_after)
         return Result(status, error[:ERROR_CHARS], latency, failure)
-
-
-async def _excerpt(response: aiohttp.ClientResponse) -> str:
-    """The start of an answer's body as one line of text (BODY_READ_CAP bytes at most)."""
-    try:
-        raw = await asyncio.wait_for(response.content.read(BODY_READ_CAP), 1.0)
-    except (TimeoutError, aiohttp.ClientError):
-        return ""
-    return " ".join(raw.decode("utf-8", "replace").split())

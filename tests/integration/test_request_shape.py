@@ -77,6 +77,20 @@ async def test_only_the_start_of_a_failed_answer_is_read(
     assert len(error) <= len("HTTP 400: ") + BODY_READ_CAP
 
 
+async def test_a_failed_answer_with_quotes_backslashes_and_nul_is_recorded_as_sent(
+    client: httpx.AsyncClient, sink: Sink, start_dispatcher: StartDispatcher
+) -> None:
+    # The recorder sends its arrays as text literals: quoting must survive any answer text,
+    # and NUL (which PostgreSQL text cannot hold) must not make the record fail.
+    sink.status_for = lambda r: Reply(400, body=b'say "no", {x} \\ back\x00slash\nNULL')
+    created = (await client.post("/timer", json={"seconds": 0, "url": f"{sink.url}/h"})).json()
+    dispatcher = await start_dispatcher()
+    await dispatcher.wait_recorded(1, timeout=10)
+    detail = (await client.get(f"/timer/{created['id']}")).json()
+    assert detail["status"] == "failed"
+    assert detail["last_result"]["error"] == 'HTTP 400: say "no", {x} \\ back slash NULL'
+
+
 def _claimed(url: str) -> ClaimedTimer:
     now = datetime.now(UTC)
     return ClaimedTimer(

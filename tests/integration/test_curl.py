@@ -1,0 +1,85 @@
+"""The libcurl client on the event loop (dispatcher/curl.py) against the real loopback sink:
+keep-alive under concurrency, a cancelled send that frees its handle and its connection, and
+close() leaving no socket behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+
+import pytest
+
+from dispatcher.curl import CurlClient
+from tests.support.sink import Reply, Sink
+
+
+def _sockets() -> int:
+    """Sockets this process holds open."""
+    found = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+        except OSError:
+            continue  # closed while listing
+    return found
+
+
+async def test_concurrent_posts_reuse_their_connections(sink: Sink) -> None:
+    client = CurlClient(connections=8, body_cap=256)
+    try:
+        replies = await asyncio.gather(*(
+            client.post(f"{sink.url}/k{i}", f'{{"n": {i}}}'.encode(), [f"X-N: {i}"], 5000)
+            for i in range(200)
+        ))  # fmt: skip
+    finally:
+        client.close()
+    assert [r.status for r in replies] == [200] * 200
+    assert sorted(r.body for r in sink.received) == sorted(
+        f'{{"n": {i}}}'.encode() for i in range(200)
+    )
+    assert all(r.headers["X-N"] == r.path[2:] for r in sink.received)
+
+
+async def test_a_cancelled_send_frees_its_handle_and_connection(sink: Sink) -> None:
+    sink.status_for = lambda r: Reply(200, delay=3.0) if r.path == "/slow" else 200
+    before = _sockets()
+    client = CurlClient(connections=4, body_cap=256)
+    slow = asyncio.create_task(client.post(f"{sink.url}/slow", b"{}", [], 10_000))
+    while not sink.received:  # noqa: ASYNC110 - the sink has no event to wait on
+        await asyncio.sleep(0.01)
+    slow.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await slow
+    replies = await asyncio.gather(*(client.post(f"{sink.url}/ok", b"{}", [], 5000)
+                                     for _ in range(10)))  # fmt: skip
+    assert [r.status for r in replies] == [200] * 10
+    client.close()
+    await asyncio.sleep(0.05)
+    assert _sockets() == before
+
+
+async def test_a_transfer_past_its_timeout_is_not_connected_only_when_it_never_connected(
+    sink: Sink,
+) -> None:
+    sink.status_for = lambda r: Reply(200, delay=2.0)
+    # A listener whose accept queue is full and never drained: Linux drops further SYNs, so a
+    # connect to it hangs until the timeout runs out.
+    with socket.socket() as full:
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        fillers = [socket.socket() for _ in range(3)]
+        for f in fillers:
+            f.setblocking(False)
+            f.connect_ex(full.getsockname())
+        client = CurlClient(connections=2, body_cap=256)
+        try:
+            slow = await client.post(f"{sink.url}/slow", b"{}", [], 300)
+            port = full.getsockname()[1]
+            hanging = await client.post(f"http://127.0.0.1:{port}/", b"{}", [], 300)
+        finally:
+            client.close()
+            for f in fillers:
+                f.close()
+    assert slow.timed_out and slow.status is None and slow.connected
+    assert hanging.timed_out and not hanging.connected, hanging
