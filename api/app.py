@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -26,6 +27,17 @@ log = logging.getLogger(__name__)
 
 # A companion started and stopped with the app (the dispatcher, in ``timerhook serve``).
 Companion = tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]
+
+
+# FastAPI's built-in OpenTelemetry middleware looks up the OpenTelemetry providers (and the
+# environment) on every request even when nothing is configured: a few percent of a create.
+# timerhook's telemetry is Prometheus and JSON logs, so it is off (for FastAPI versions that
+# have it).
+NO_OTEL: dict[str, Any] = (
+    {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters
+    else {}
+)
 
 
 def create_app(
@@ -75,6 +87,7 @@ def create_app(
         version="0.1.0",
         summary="Webhook timers: call this URL in 4 hours, once, on time.",
         lifespan=lifespan,
+        **NO_OTEL,
     )
     app.state.metrics = ProcessMetrics()
     app.add_middleware(
@@ -84,6 +97,8 @@ def create_app(
     )
     app.add_middleware(RequestIds)  # outermost: every answer carries the id, a 413 too
     problems.install(app, body_limit=settings.body_limit)
+    # First, so that it matches before the routers (see create_endpoint).
+    app.router.routes.append(timers.CREATE_ROUTE)
     app.include_router(batch.router)
     app.include_router(timers.router)
     app.include_router(history.router)

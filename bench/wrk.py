@@ -51,8 +51,8 @@ def post(
         script.write("\n".join(lines) + "\n")
     try:
         out = subprocess.run(
-            [ensure(), f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "-s", script.name,
-             url],
+            [ensure(), f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
+             "-s", script.name, url],  # wrk takes whole seconds
             capture_output=True, text=True, check=True, timeout=seconds + 60,
         ).stdout  # fmt: skip
     finally:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, ParamSpec, TypeVar
 
@@ -245,6 +246,20 @@ def make_pool(conninfo: str, *, max_size: int, name: str, timeout: float = 1.0) 
     )  # fmt: skip
     pool.outage = Outage(name)
     return pool
+
+
+def model_row(cls: type[T]) -> Callable[[Any], Callable[[Sequence[Any]], T]]:
+    """psycopg's ``class_row`` for a hot query: when the columns are the dataclass's first
+    fields in order, rows are built positionally (no mapping of names per row)."""
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+
+    def factory(cur: Any) -> Callable[[Sequence[Any]], T]:
+        columns = [c.name for c in cur.description or ()]
+        if columns == names[: len(columns)]:
+            return lambda values: cls(*values)
+        return lambda values: cls(**dict(zip(columns, values, strict=True)))
+
+    return factory
 
 
 class PoolOwner:

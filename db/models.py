@@ -136,7 +136,7 @@ class DueKey:
     shard: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ClaimedTimer:
     """A row leased to this dispatcher, to be sent at run_at."""
 

@@ -17,7 +17,7 @@ from psycopg.rows import TupleRow, class_row
 
 from db.access import take_create_quota
 from db.bulk import copy_timers
-from db.connection import TRANSIENT, DatabaseUnavailable, PoolOwner
+from db.connection import TRANSIENT, DatabaseUnavailable, PoolOwner, model_row
 from db.ids import bucket_of, due_at_of, due_ms_of, lock_key
 from db.models import (
     NO_CAPPED,
@@ -81,21 +81,26 @@ def insert_params(
     wake_ms: int | None = None,
 ) -> dict[str, object]:
     opts = options or [_PLAIN] * len(delays_ms)
+    # Arrays as text literals joined in C (see array_literal): psycopg's list dumper walks
+    # each element in Python, and this runs for every create.
+    text, number = _quoted_or_null, _number_or_null
     return {
-        "delay_ms": list(delays_ms),
-        "url": list(urls),
-        "payload": [o.payload for o in opts],
-        "headers": [o.headers for o in opts],
-        "timeout_ms": [o.timeout_ms for o in opts],
-        "max_attempts": [o.max_attempts for o in opts],
-        "delivery": [o.delivery for o in opts],
-        "priority": [o.priority for o in opts],
-        "resources": [" ".join(o.resources) if o.resources else None for o in opts],
-        "request_id": [o.request_id for o in opts],
-        "tenant": [o.tenant for o in opts],
-        "host": [host_of(u) for u in urls],
-        "at_ms": [o.at_ms for o in opts],
-        "window_ms": [o.window_ms for o in opts],
+        "delay_ms": array_literal(map(str, delays_ms)),
+        "url": array_literal(map(text, urls)),
+        "payload": array_literal(text(o.payload) for o in opts),
+        "headers": array_literal(text(o.headers) for o in opts),
+        "timeout_ms": array_literal(number(o.timeout_ms) for o in opts),
+        "max_attempts": array_literal(number(o.max_attempts) for o in opts),
+        "delivery": array_literal(text(o.delivery) for o in opts),
+        "priority": array_literal(number(o.priority) for o in opts),
+        "resources": array_literal(
+            text(" ".join(o.resources) if o.resources else None) for o in opts
+        ),
+        "request_id": array_literal(text(o.request_id) for o in opts),
+        "tenant": array_literal(text(o.tenant) for o in opts),
+        "host": array_literal(text(host_of(u)) for u in urls),
+        "at_ms": array_literal(number(o.at_ms) for o in opts),
+        "window_ms": array_literal(number(o.window_ms) for o in opts),
         "shards": shards,
         "now": now,
         "wake_ms": wake_ms,
@@ -490,7 +495,7 @@ class TimerStore(PoolOwner):
 
         async def op() -> Claim:
             async with self.connection() as conn, conn.transaction():
-                cur = conn.cursor(row_factory=class_row(ClaimedTimer))
+                cur = conn.cursor(row_factory=model_row(ClaimedTimer))
                 await cur.execute(query(name), params, prepare=generic or None)
                 rows = await cur.fetchall()
                 answered_at = time.monotonic()
@@ -542,7 +547,7 @@ class TimerStore(PoolOwner):
                     )
                 rows: list[ClaimedTimer] = []
                 if choice.chosen:
-                    claimed = conn.cursor(row_factory=class_row(ClaimedTimer))
+                    claimed = conn.cursor(row_factory=model_row(ClaimedTimer))
                     await claimed.execute(
                         query("timer_claim_held"),
                         {

@@ -255,3 +255,15 @@ async def test_an_idempotency_key_matches_a_body_that_spells_out_the_defaults(
     assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
     other = await client.post("/timer", json={"url": URL, "priority": 6}, headers=headers)
     assert other.status_code == 422 and "Idempotency-Key" in other.json()["detail"]
+
+
+@pytest.mark.parametrize(("key", "why"), [("", "at least 1"), ("k" * 256, "at most 255")])
+async def test_an_idempotency_key_outside_1_to_255_characters_is_refused_naming_it(
+    client: httpx.AsyncClient, key: str, why: str
+) -> None:
+    refused = await client.post("/timer", json={"url": URL}, headers={"Idempotency-Key": key})
+    assert refused.status_code == 422, refused.text
+    [error] = refused.json()["errors"]
+    assert error["field"] == "idempotency-key" and why in error["reason"], error
+    listed = (await client.get("/timer")).json()["items"]
+    assert listed == []  # nothing was written
