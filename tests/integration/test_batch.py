@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -42,12 +43,16 @@ async def test_a_batch_creates_every_timer_in_order_as_post_timer_would(
         {"url": f"{URL}/2", "hours": 1, "payload": {"order": 7}, "headers": {"X-Trace": "t"}},
         {"url": f"{URL}/3", "minutes": 2, "priority": 9, "resources": ["db", "cache"],
          "max_attempts": 3, "delivery": "at_most_once", "timeout_seconds": 2.5},
+        # text that COPY's format must escape (backslash, tab, newline) and a window
+        {"url": f"{URL}/4", "seconds": 5, "window": 60,
+         "payload": {"t": "tab\tnew\nline\r \\ back \"q\" \\N é 😀", "n": [1.5, None]},
+         "headers": {"X-Odd": "a\\b \"c\"\t\\N"}},
     ]  # fmt: skip
     response = await client.post("/timer/batch", json={"timers": timers})
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "application/json"
     created = response.json()["timers"]
-    assert [c["time_left"] for c in created] == [30, 3600, 120]
+    assert [c["time_left"] for c in created] == [30, 3600, 120, 5]
     for answer, asked in zip(created, timers, strict=True):
         timer_id = parse_timer_id(answer["id"])
         assert timer_id is not None  # a timerhook id: version 7, its due time inside
@@ -57,11 +62,15 @@ async def test_a_batch_creates_every_timer_in_order_as_post_timer_would(
         # Every timer of the batch carries the batch request's id.
         assert batch_view["request_id"] == response.headers["x-request-id"]
         # Stored exactly as the same timer made by POST /timer (ids, times, requests aside).
+        for view in (batch_view, single_view):
+            if view.get("deadline_at") is not None:  # a window: its deadline follows due_at
+                deadline = datetime.fromisoformat(view.pop("deadline_at"))
+                assert deadline - datetime.fromisoformat(view["due_at"]) == timedelta(seconds=60)
         for field in ("id", "due_at", "next_attempt_at", "time_left", "request_id"):
             batch_view.pop(field)
             single_view.pop(field)
         assert batch_view == single_view
-    assert await db.timers.counts() == {"pending": 6}
+    assert await db.timers.counts() == {"pending": 8}
 
 
 async def test_due_times_come_from_the_database_clock_and_ids_name_their_partition(
