@@ -11,6 +11,7 @@ under wrk (64 connections), as in bench.creates. Run: ``python -m bench.scaling 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
@@ -66,8 +67,9 @@ class Meter:
         self.pg0 = postgres_cpu()
         self.busy0 = machine_busy()
 
-    def stop(self) -> dict[str, float]:
-        seconds = time.perf_counter() - self.t0
+    def stop(self, span: float | None = None) -> dict[str, float]:
+        """Cores used: CPU seconds over ``span`` seconds (default: since start())."""
+        seconds = span or (time.perf_counter() - self.t0)
         own = sum(tree_cpu(p) for p in self.pids) - self.own0
         pg_now = postgres_cpu()
         pg = sum(cpu - self.pg0.get(pid, 0.0) for pid, cpu in pg_now.items())
@@ -82,13 +84,17 @@ class Meter:
 async def dispatchers(url: str, sink: str, count: int, n: int) -> dict[str, float]:
     """``count`` overdue timers drained by ``n`` dispatcher processes."""
     await harness.sink_reset(sink)
-    harness.insert_due(url, count, first_ms=-60_000, spread_ms=30_000, target=f"{sink}/hook")
     procs = [harness.dispatcher(url) for _ in range(n)]
-    meter = Meter()
-    meter.start([p.popen.pid for p in procs])
     try:
+        # started and registered first, then the backlog: the CPU measured is the firing's
+        await harness.wait_dispatchers(url, n)
+        await asyncio.sleep(1.0)
+        harness.insert_due(url, count, first_ms=-60_000, spread_ms=30_000, target=f"{sink}/hook")
+        meter = Meter()
+        meter.start([p.popen.pid for p in procs])
         stats = await harness.wait_count(sink, count, timeout=300)
-        cpu = meter.stop()
+        # over the span the webhooks arrived in (the first claim waits up to a tick)
+        cpu = meter.stop(stats["last"] - stats["first"])
     finally:
         for p in procs:
             p.stop()

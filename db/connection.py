@@ -154,6 +154,18 @@ class Pool(AsyncConnectionPool):
         self.outage.recovered()
         return conn
 
+    async def _get_ready_connection(self, timeout: float | None) -> Any:
+        # Last in, first out: the connection given back last is handed out again, so the hot
+        # statements run on few connections, each of which has them prepared already. At the
+        # 365-day horizon a statement's first run on a connection plans it over every
+        # partition (50 to 170 ms); psycopg_pool's own order (first in, first out) rotates
+        # every statement through every connection and paid that once per connection, which
+        # made the first seconds of a dispatcher late. The least recently used connection
+        # stays first, where the pool's shrinking takes idle ones from.
+        if len(self._pool) > 1:
+            self._pool.rotate(1)
+        return await super()._get_ready_connection(timeout)
+
     async def _add_connection(
         self, attempt: AttemptWithBackoff | None, growing: bool = False
     ) -> None:
