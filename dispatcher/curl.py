@@ -143,6 +143,7 @@ class CurlClient:
         self._active: dict[pycurl.Curl, _Transfer] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._watched: dict[int, int] = {}  # fd -> pycurl.POLL_* being watched
+        self._closed = False
         multi = self._multi = pycurl.CurlMulti()
         multi.setopt(pycurl.M_SOCKETFUNCTION, self._on_socket)
         multi.setopt(pycurl.M_TIMERFUNCTION, self._on_timer)
@@ -168,10 +169,14 @@ class CurlClient:
             if self._active.pop(curl, None) is not None:  # cancelled before it ended
                 self._multi.remove_handle(curl)
             transfer.reset()
-            self._free.append(transfer)
+            if self._closed:
+                curl.close()  # ended by close(): the handle is not needed again
+            else:
+                self._free.append(transfer)
 
     def close(self) -> None:
         """Ends every transfer and closes every connection."""
+        self._closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

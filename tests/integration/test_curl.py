@@ -83,3 +83,18 @@ async def test_a_transfer_past_its_timeout_is_not_connected_only_when_it_never_c
                 f.close()
     assert slow.timed_out and slow.status is None and slow.connected
     assert hanging.timed_out and not hanging.connected, hanging
+
+
+async def test_close_ends_the_transfers_in_flight_and_leaves_no_socket(sink: Sink) -> None:
+    sink.status_for = lambda r: Reply(200, delay=3.0)
+    before = _sockets()
+    client = CurlClient(connections=4, body_cap=256)
+    sends = [asyncio.create_task(client.post(f"{sink.url}/s{i}", b"{}", [], 10_000))
+             for i in range(3)]  # fmt: skip
+    while len(sink.received) < 3:  # noqa: ASYNC110 - the sink has no event to wait on
+        await asyncio.sleep(0.01)
+    client.close()
+    ended = await asyncio.gather(*sends, return_exceptions=True)
+    assert all(isinstance(e, asyncio.CancelledError) for e in ended), ended
+    await asyncio.sleep(0.05)
+    assert _sockets() == before
