@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import re
+from functools import lru_cache
 from http import HTTPStatus
 from typing import Any
 
@@ -166,11 +168,31 @@ def document_errors(operation: dict[str, Any], *, method: str, path: str) -> Non
                 }
 
 
+_HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
+
+
+@lru_cache(maxsize=1)
+def _documented(paths: tuple[str, ...]) -> list[tuple[re.Pattern[str], str]]:
+    """Each documented path template as a pattern over request paths."""
+    return [(re.compile(re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(p)) + "$"), p) for p in paths]
+
+
 def _allowed_methods(request: Request) -> list[str]:
+    """Every method the path takes. FastAPI keeps an included router's routes inside it
+    (not in ``app.routes``), so the operations come from the OpenAPI schema, which lists
+    them all; the app's own routes (docs, the create route) are matched directly."""
     methods: set[str] = set()
     for route in request.app.routes:
         if isinstance(route, Route) and route.matches(request.scope)[0] != Match.NONE:
             methods |= route.methods or set()
+    paths = request.app.openapi().get("paths", {})
+    path = request.url.path
+    # as OpenAPI matches: a concrete path before the templates (/timer/requeue is not an id)
+    found = [path] if path in paths else [t for r, t in _documented(tuple(paths)) if r.match(path)]
+    for template in found:
+        methods |= {m.upper() for m in paths[template] if m in _HTTP_METHODS}
+    if "GET" in methods:
+        methods.add("HEAD")  # Starlette answers HEAD wherever it answers GET
     return sorted(methods)
 
 

@@ -149,3 +149,18 @@ async def test_a_lost_database_is_a_503_problem_never_a_500(
         assert response.headers["content-type"] == "application/problem+json"
         assert response.headers["retry-after"] == "1"
     assert (await client.get("/healthz")).status_code == 200  # the process itself is alive
+
+
+async def test_a_method_a_path_does_not_take_is_a_405_naming_every_method_it_takes(
+    client: httpx.AsyncClient,
+) -> None:
+    # Routes of included routers live inside them, not in app.routes: Allow was empty.
+    for method, path, allowed in (
+        ("OPTIONS", "/timer", "GET, HEAD, POST"),
+        ("PUT", "/timer", "GET, HEAD, POST"),
+        ("PUT", f"/timer/{uuid.uuid4()}", "DELETE, GET, HEAD"),
+    ):
+        response = await client.request(method, path)
+        assert response.status_code == 405, (method, path)
+        assert response.headers["allow"] == allowed, (method, path)
+        assert response.headers["content-type"] == "application/problem+json"
