@@ -26,6 +26,7 @@ from tenacity import (
 )
 
 from db.query_loader import query
+from db.warmth import Warmth, cursor_class
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,7 @@ class Pool(AsyncConnectionPool):
     away, and keeping an Outage up to date from its connection attempts."""
 
     outage: Outage
+    warmth: Warmth
 
     async def _connect(self, timeout: float | None = None) -> Any:
         try:
@@ -222,7 +224,7 @@ async def _retrying(op: Callable[[], Awaitable[T]], *, budget: float, attempts: 
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-async def _configure(conn: psycopg.AsyncConnection[TupleRow]) -> None:
+async def _configure(conn: psycopg.AsyncConnection[TupleRow], warmth: Warmth) -> None:
     # Every timestamp leaves the database in UTC, whatever the server's TimeZone.
     await conn.execute("set timezone = 'UTC'")
     # Statements run often (psycopg prepares a statement on its 5th run on a connection) keep
@@ -236,6 +238,9 @@ async def _configure(conn: psycopg.AsyncConnection[TupleRow]) -> None:
     # connection took 100 ms and more, and a stream starting on a fresh dispatcher ran at a
     # third of its rate for several seconds (bench.windows).
     conn.prepare_threshold = 0
+    # A new connection plans the pool's hot statements before it serves (db/warmth.py).
+    conn.cursor_factory = cursor_class(warmth)
+    await warmth.replay(conn)
 
 
 def make_pool(conninfo: str, *, max_size: int, name: str, timeout: float = 1.0) -> Pool:
@@ -243,13 +248,18 @@ def make_pool(conninfo: str, *, max_size: int, name: str, timeout: float = 1.0) 
 
     ``timeout`` bounds how long an operation waits for a connection (TIMERHOOK_DB_TIMEOUT_SECONDS):
     while the database is away, requests get their 503 within it instead of hanging."""
+    warmth = Warmth(name)
+
+    async def configure(conn: psycopg.AsyncConnection[TupleRow]) -> None:
+        await _configure(conn, warmth)
+
     pool = Pool(
         conninfo,
         min_size=1,
         max_size=max_size,
         open=False,
         name=name,
-        configure=_configure,
+        configure=configure,
         timeout=timeout,
         reconnect_timeout=10 * 365 * 86_400.0,
         kwargs={
@@ -257,6 +267,7 @@ def make_pool(conninfo: str, *, max_size: int, name: str, timeout: float = 1.0) 
         },
     )  # fmt: skip
     pool.outage = Outage(name)
+    pool.warmth = warmth
     return pool
 
 

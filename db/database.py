@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 
 from db.access import KeyStore, TenantStore
@@ -48,6 +50,22 @@ class Database:
     async def open(self) -> None:
         """Opens the pool and waits for a first connection (fails fast if unreachable)."""
         await self.pool.open(wait=True, timeout=30.0)
+
+    async def warm(self, connections: int, *, timeout: float = 30.0) -> bool:
+        """Opens pooled connections up to ``connections`` (at most the pool's size) and keeps
+        them, each of them planning the statements rehearsed so far before it serves
+        (db/warmth.py), rather than one at a time under the first load and again after an
+        idle spell; waits until they are in the pool (False if not within ``timeout``). The
+        pool opens them side by side; nothing else may hold a connection meanwhile."""
+        size = min(connections, self.pool.max_size)
+        if size > self.pool.min_size:
+            await self.pool.resize(min_size=size, max_size=self.pool.max_size)
+        deadline = time.monotonic() + timeout
+        while self.pool.get_stats().get("pool_available", 0) < size:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
 
     async def not_ready(self) -> str | None:
         """Why this process cannot serve (the database does not answer, or its schema is not

@@ -503,6 +503,14 @@ class TimerStore(PoolOwner):
 
         return await self.retrying(op, what=name)
 
+    async def held_due(
+        self, *, lookahead_seconds: float, limit: int = 1000, now: datetime | None = None
+    ) -> list[HeldCandidate]:
+        """The due rows that name resources, as the resource pass reads them (without its
+        lock: a read, for the pass's rehearsal)."""
+        params = {"lookahead": lookahead_seconds, "limit": limit, "now": now}
+        return await self.fetch_all("held_candidates", HeldCandidate, params)
+
     async def claim_held(
         self,
         choose: Callable[[list[HeldCandidate], dict[str, uuid.UUID]], Awaitable[HeldChoice]],

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 
 from db.caps import GLOBAL
 from db.database import Database
@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 # How many (slot, shard) keys one pass looks at.
 KEYS_PER_PASS = 64
+# The key ``rehearse`` claims: long before any partition, so it leases nothing.
+REHEARSAL_KEY = DueKey(datetime(2000, 1, 1, tzinfo=UTC), 0)
 
 
 class Claimer:
@@ -68,6 +70,20 @@ class Claimer:
         # Per priority (index p - 1), the run_at where the last ranked claim stopped.
         self._resume: list[datetime | None] = [None] * 10
         self._now: datetime | None = None
+
+    async def rehearse(self) -> None:
+        """Runs a pass's reads and a key claim that leases nothing (a key in 2000): called
+        in a ``db.warmth.rehearsal`` at start, so that they are planned before the first
+        timer comes."""
+        await self.db.timers.held_due(lookahead_seconds=self.held_lookahead_seconds)
+        await self.db.timers.due_keys(
+            limit=KEYS_PER_PASS, lookahead_seconds=self.lookahead_seconds,
+            capped=self.planner.capped,
+        )  # fmt: skip
+        await self.db.timers.claim(
+            REHEARSAL_KEY, owner=self.owner, batch=self.settings.batch_size,
+            lease_seconds=self.settings.lease_seconds, capped=self.planner.capped,
+        )  # fmt: skip
 
     async def drain(self, *, now: datetime | None = None) -> int:
         """One pass: claims what it may (by ``now``, default the database clock); returns how

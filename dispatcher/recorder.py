@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 
 from db.connection import DatabaseUnavailable
 from db.database import Database
@@ -180,6 +180,15 @@ class Recorder:
             except DatabaseUnavailable as exc:
                 # Kept for the next flush; the outage is logged once by the pool.
                 log.debug("recording outcomes failed, will retry: %s", exc)
+
+    async def rehearse(self) -> None:
+        """Records one outcome for a timer that does not exist: called in a
+        ``db.warmth.rehearsal`` at start, so the record is planned before the first send."""
+        now = datetime.now(UTC)
+        outcome = SendOutcome(
+            uuid.uuid4(), now.replace(microsecond=0), "delivered", 200, None, now, 1.0
+        )
+        await self.db.timers.record([outcome], owner=self.owner)
 
     async def flush(self) -> None:
         """Writes every buffered outcome, deferral and note."""

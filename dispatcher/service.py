@@ -16,6 +16,7 @@ from db.connection import DatabaseUnavailable
 from db.database import Database
 from db.models import CappedStream, Claim, ClaimedTimer
 from db.settings import Settings
+from db.warmth import rehearsal
 from dispatcher.claimer import Claimer
 from dispatcher.clock import ClockMap, sleep_until
 from dispatcher.hosts import host_of
@@ -30,6 +31,11 @@ from dispatcher.windows import WindowPass
 __all__ = ["Dispatcher", "run_until_signalled", "sleep_until"]
 
 log = logging.getLogger(__name__)
+
+
+# How many pooled connections a dispatcher keeps open and warm from its start: the claim
+# loop, the recorder and the maintenance jobs that meet at a tick (db/warmth.py).
+WARM_CONNECTIONS = 4
 
 
 def new_dispatcher_id(host: str) -> str:
@@ -114,14 +120,25 @@ class Dispatcher:
     # -- life cycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Registers, opens the HTTP session and starts the stages and maintenance jobs."""
-        await self.db.dispatchers.register(
-            dispatcher_id=self.id, host=self.settings.hostname, pid=os.getpid()
-        )
+        """Plans its statements ahead, registers, opens the HTTP session and starts the
+        stages and maintenance jobs."""
         await self.db.partitions.ensure(horizon_days=self.settings.horizon_days)
         if self.settings.max_per_minute:
             await self.db.caps.seed(scope=GLOBAL, per_minute=self.settings.max_per_minute)
         await self._refresh()
+        # A pass's statements and the record are planned now, not when the first timer
+        # comes, on the connections a tick needs; connections added later plan them before
+        # they serve (db/warmth.py).
+        with rehearsal():
+            await self.windows.rehearse()
+            await self.claimer.rehearse()
+            await self.recorder.rehearse()
+        if not await self.db.warm(WARM_CONNECTIONS):
+            log.warning("the pool did not open %d connections within 30 s", WARM_CONNECTIONS)
+        # Registered once it can claim on time: what waits for a dispatcher waits for that.
+        await self.db.dispatchers.register(
+            dispatcher_id=self.id, host=self.settings.hostname, pid=os.getpid()
+        )
         await self.sender.start()
         self._drain_task = asyncio.create_task(self._drain_loop(), name=f"drain-{self.id}")
         self.recorder.start()

@@ -29,6 +29,10 @@ class WindowPass(TickPass):
         self.cap_binding = cap_binding  # the global cap binds: exact timers go first
         self.last = WindowPlan(0.0, 0)
 
+    async def rehearse(self) -> None:
+        """Reads the work a plan reads (in a ``db.warmth.rehearsal`` at start)."""
+        await self.db.windows.work(lookahead_seconds=self.lookahead_seconds)
+
     async def _plan(self, now: datetime | None) -> int:
         self.last = await self.db.windows.plan(
             lookahead_seconds=self.lookahead_seconds,

@@ -31,10 +31,12 @@ async def test_a_windowed_herd_is_spread_evenly_to_its_deadline_beside_exact_tim
         [0] * 1200, [f"{sink.url}/w"] * 1200, shards=settings.shards,
         options=[DeliveryOptions(window_ms=30_000)] * 1200,
     )  # fmt: skip
-    # exact timers beside them, one every 250 ms over the same 30 s
+    # exact timers beside them, one every 250 ms over the same 30 s, made as POST /timer
+    # makes them: those due within the claim window wake the dispatchers at their commit
     await db.timers.insert(
-        [250 * i for i in range(1, 120)], [f"{other_sink.url}/e"] * 119, shards=settings.shards
-    )
+        [250 * i for i in range(1, 120)], [f"{other_sink.url}/e"] * 119, shards=settings.shards,
+        wake_within_ms=settings.wake_within_ms,
+    )  # fmt: skip
     created_at = windowed[0].due_at.timestamp()
     received = await sink.wait_for(1200, timeout=45)
     await other_sink.wait_for(119, timeout=10)
