@@ -88,6 +88,8 @@ async def copy_timers(
             run_ms = max(due_ms, due_ms + o.window_ms - 1000)
             run_at = _instant(run_ms)
             slot = _instant(-(-run_ms // 1000) * 1000)
+        # resource names are letters, digits, '.', '_', ':' and '-' (api/schemas.py): an
+        # array literal needs no quoting for them
         resources = "{" + ",".join(o.resources) + "}" if o.resources else NULL
         lines.append("\t".join((
             str(timer_id), bucket, due_at, run_at, slot, str(shard(shards)), _text(url),

@@ -60,6 +60,8 @@ class Database:
         size = min(connections, self.pool.max_size)
         if size > self.pool.min_size:
             await self.pool.resize(min_size=size, max_size=self.pool.max_size)
+        # Polled: psycopg_pool's own wait() is for a pool just opened and closes it on a
+        # timeout, where a slow warm-up should only be reported.
         deadline = time.monotonic() + timeout
         while self.pool.get_stats().get("pool_available", 0) < size:
             if time.monotonic() > deadline:

@@ -24,7 +24,6 @@ import contextlib
 import contextvars
 import logging
 import time
-import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -56,15 +55,11 @@ class Warmth:
     def __init__(self, name: str) -> None:
         self.name = name
         self.runs: dict[str, Mapping[str, Any]] = {}
-        self._warm: weakref.WeakSet[psycopg.AsyncConnection[TupleRow]] = weakref.WeakSet()
 
     async def replay(self, conn: psycopg.AsyncConnection[TupleRow]) -> int:
-        """Runs every noted statement once on ``conn`` (unless it ran them already); returns
-        how many ran. One that fails (the connection aside) is passed over: the next real run
-        plans it instead."""
-        if conn in self._warm or not self.runs:
-            return 0
-        self._warm.add(conn)
+        """Runs every noted statement once on ``conn`` (a new connection: the pool's
+        ``configure``); returns how many ran. One that fails (the connection aside) is passed
+        over: the next real run plans it instead."""
         started = time.monotonic()
         done = 0
         for text, params in list(self.runs.items()):

@@ -20,11 +20,11 @@ would have reached.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import certifi
 import pycurl
 
 __all__ = ["CurlClient", "Guard", "Reply"]
@@ -35,6 +35,8 @@ Guard = Callable[[str, str], str | None]
 _TIMEOUT: int = pycurl.E_OPERATION_TIMEDOUT
 _WRITE_ERROR: int = pycurl.E_WRITE_ERROR
 _SOCKET_BAD: int = pycurl.SOCKET_BAD
+# HTTPS is verified against certifi's bundle (a runtime dependency), not the system's.
+_CA_BUNDLE = certifi.where()
 _NOT_CONNECTED = frozenset({
     pycurl.E_COULDNT_RESOLVE_HOST, pycurl.E_COULDNT_RESOLVE_PROXY, pycurl.E_COULDNT_CONNECT,
 })  # fmt: skip
@@ -86,10 +88,7 @@ class _Transfer:
         curl.setopt(pycurl.DNS_CACHE_TIMEOUT, 30)
         curl.setopt(pycurl.WRITEFUNCTION, self._write)
         curl.setopt(pycurl.HEADERFUNCTION, self._header)
-        with contextlib.suppress(ImportError):
-            import certifi
-
-            curl.setopt(pycurl.CAINFO, certifi.where())
+        curl.setopt(pycurl.CAINFO, _CA_BUNDLE)
         if guard is not None:
             curl.setopt(pycurl.OPENSOCKETFUNCTION, self._open_socket)
 
