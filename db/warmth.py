@@ -10,7 +10,8 @@ of a claim: the first timers after a start arrived 300 to 600 ms late (bench.sho
 
 So a dispatcher runs its claim path once at start, in a ``rehearsal``: store calls chosen
 to change nothing (the key query, a claim of a key in 2000, the record of an outcome for a
-timer that does not exist, the reads of the resource and window passes). Their hot
+timer that does not exist, the reads of the resource and window passes, a reap limited to
+no row). Their hot
 statements are planned then, on the first connection, and noted with their arguments
 (psycopg prepares a statement per text and argument types, so the same arguments give the
 same prepared statement); every connection the pool adds runs the noted statements once

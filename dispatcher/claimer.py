@@ -6,6 +6,10 @@ One pass (``drain``) makes three kinds of claim, each a short transaction:
    ``choose_held`` under a fleet-wide advisory lock, leased together with their holds.
 2. **Key claims** (no cap binding): the oldest due (slot, shard) keys, a tick plus 1.5 s ahead,
    each under ``pg_try_advisory_xact_lock`` so dispatchers share a herd instead of fighting.
+   The live dispatchers split the keys between them (``share``): each claims its own keys
+   first and another's only once that one should have claimed it (half a second into the
+   lookahead: a dead or slow peer's keys still go on time), so two dispatchers do not claim
+   every key in the same order, each finding half of them taken or drained by the other.
 3. **Ranked claims** (a cap binds): only rows already due, highest priority first across every
    key, as many as the cap granted tokens for.
 4. **The capped pass**: rows of a tenant or host with a cap of its own never go through 2 or 3
@@ -22,7 +26,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from db.caps import GLOBAL
 from db.database import Database
@@ -36,6 +40,9 @@ log = logging.getLogger(__name__)
 KEYS_PER_PASS = 64
 # The key ``rehearse`` claims: long before any partition, so it leases nothing.
 REHEARSAL_KEY = DueKey(datetime(2000, 1, 1, tzinfo=UTC), 0)
+# Another dispatcher's key is claimed once it is due within the lookahead less this margin
+# (seconds): its owner's pass has had that long to take it.
+HELP_MARGIN_SECONDS = 0.5
 
 
 class Claimer:
@@ -70,6 +77,18 @@ class Claimer:
         # Per priority (index p - 1), the run_at where the last ranked claim stopped.
         self._resume: list[datetime | None] = [None] * 10
         self._now: datetime | None = None
+        # (this dispatcher's rank, how many are alive): the key claims' split of the keys
+        self.share = (0, 1)
+
+    def set_peers(self, peers: list[str]) -> None:
+        """The live dispatchers' ids (in id order, from the registry at each heartbeat):
+        the keys are split between them. Not among them yet (or any more): every key is
+        this dispatcher's."""
+        self.share = (peers.index(self.owner), len(peers)) if self.owner in peers else (0, 1)
+
+    def _owns(self, key: DueKey) -> bool:
+        rank, size = self.share
+        return size == 1 or (int(key.slot.timestamp()) + key.shard) % size == rank
 
     async def rehearse(self) -> None:
         """Runs a pass's reads and a key claim that leases nothing (a key in 2000): called
@@ -152,8 +171,18 @@ class Claimer:
                 limit=KEYS_PER_PASS, lookahead_seconds=self.lookahead_seconds,
                 capped=self.planner.capped, now=now,
             )  # fmt: skip
+            # Its own keys first; with none left in this list, the others' that their owners
+            # should have taken by now. After its own, the list is read again: the keys the
+            # others drained meanwhile are gone from it.
+            mine = [k for k in keys if self._owns(k)]
+            if not mine:
+                # newest first: a live owner works from its oldest, so the two meet once
+                helped = (now or datetime.now(UTC)) + timedelta(
+                    seconds=self.lookahead_seconds - HELP_MARGIN_SECONDS
+                )
+                mine = [k for k in reversed(keys) if k.slot <= helped]
             progress = 0
-            for key in keys:
+            for key in mine:
                 if self._stopping():
                     break
                 progress += await self._claim_key(key, now)
@@ -165,7 +194,7 @@ class Claimer:
             if self.capped or self.planner.cap_binding:
                 self.capped = True
                 break
-            if progress == 0 or len(keys) < KEYS_PER_PASS:
+            if progress == 0 or (len(keys) < KEYS_PER_PASS and len(mine) == len(keys)):
                 break
         return claimed
 

@@ -95,7 +95,7 @@ class Dispatcher:
         self.maintenance = Maintenance(
             db, settings, self.planner, owner=self.id, tick=self._on_tick,
             counters=lambda: (self.in_flight, self.sent_total, self.failed_total),
-            stats=self.stats, refresh=self._refresh,
+            stats=self.stats, refresh=self._refresh, peers=self.claimer.set_peers,
         )  # fmt: skip
         # Every claimed row not yet recorded: waiting for its time or its host, or being sent.
         self._claimed: dict[asyncio.Task[None], ClaimedTimer] = {}
@@ -126,19 +126,21 @@ class Dispatcher:
         if self.settings.max_per_minute:
             await self.db.caps.seed(scope=GLOBAL, per_minute=self.settings.max_per_minute)
         await self._refresh()
-        # A pass's statements and the record are planned now, not when the first timer
+        # A pass's statements, the record and the reap are planned now, not when the first timer
         # comes, on the connections a tick needs; connections added later plan them before
         # they serve (db/warmth.py).
         with rehearsal():
             await self.windows.rehearse()
             await self.claimer.rehearse()
             await self.recorder.rehearse()
+            await self.maintenance.rehearse()
         if not await self.db.warm(WARM_CONNECTIONS):
             log.warning("the pool did not open %d connections within 30 s", WARM_CONNECTIONS)
         # Registered once it can claim on time: what waits for a dispatcher waits for that.
         await self.db.dispatchers.register(
             dispatcher_id=self.id, host=self.settings.hostname, pid=os.getpid()
         )
+        await self.maintenance.learn_peers()  # the split of the keys, then every heartbeat
         await self.sender.start()
         self._drain_task = asyncio.create_task(self._drain_loop(), name=f"drain-{self.id}")
         self.recorder.start()

@@ -21,6 +21,12 @@ returning now() as db_now;
 update dispatchers set stopped_at = now(), heartbeat_at = now(), in_flight = 0
 where id = %(id)s;
 
+-- name: dispatcher_peers
+-- The ids of the live dispatchers (the fleet that shares the key claims), in id order.
+select id from dispatchers
+where stopped_at is null and heartbeat_at >= now() - %(dead_after_seconds)s * interval '1 second'
+order by id;
+
 -- name: dispatcher_list
 -- The registry with liveness judged by the database clock.
 select id, host, pid, started_at, heartbeat_at, stopped_at, in_flight, sent_total, failed_total,

@@ -369,8 +369,14 @@ with outcome as (
         lease_until = null,
         waiting_on = null
     from outcome r
-    where t.id = r.id and t.bucket = r.bucket and t.state = 'inflight'
-      and t.lease_owner = %(owner)s
+    -- In flight and leased to this owner, said through the lease columns: timers_lease_check
+    -- makes "lease_owner = owner and lease_until is not null" mean state = 'inflight'. Said
+    -- as state = 'inflight', it matched timers_inflight_idx's predicate, and the generic plan
+    -- walked every in-flight row of the partition (every dispatcher's) through that index,
+    -- testing each against the whole id array: 2 ms and more per batch of 500, growing
+    -- with the fleet. Without it, the ids are looked up in the primary key.
+    where t.id = r.id and t.bucket = r.bucket
+      and t.lease_owner = %(owner)s and t.lease_until is not null
       -- the ids and the buckets' range again, beside the join: a join key alone prunes no
       -- partition before execution (nor does "= any" of an array parameter), so every
       -- partition (368 at the default horizon) was set up and scanned for in-flight rows at
@@ -380,10 +386,11 @@ with outcome as (
       and t.bucket between %(first_bucket)s::timestamptz and %(last_bucket)s::timestamptz
     returning t.id, t.bucket, t.attempts, t.state, t.dependents
 ), released as (
-    -- the resource holds of the rows recorded (%(held)s lists only rows that named any, so
-    -- the usual batch with none costs nothing here)
+    -- the resource holds of the rows recorded (%(held)s lists only rows that named any; the
+    -- usual batch names none, and the cardinality test skips the whole join then)
     delete from resource_holds h
-    where h.timer_id = any(%(held)s::uuid[])
+    where cardinality(%(held)s::uuid[]) > 0
+      and h.timer_id = any(%(held)s::uuid[])
       and h.timer_id in (select id from recorded)
 ), noted as (
     -- one attempt row per recorded outcome (a refused record writes none)
@@ -460,6 +467,9 @@ with clock as (
     from timers t, clock
     where t.state = 'inflight'
       and (t.lease_until < clock.now or t.lease_owner in (select id from dead))
+    -- at most %(limit)s a call (the caller calls again while a call reaps that many); 0 reaps
+    -- nothing, which is how a dispatcher plans this statement at start (db/warmth.py)
+    limit %(limit)s
     for update of t skip locked
 ), reaped as (
     update timers t

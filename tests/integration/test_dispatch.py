@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from db.database import Database
+from db.models import DueKey
 from db.settings import Settings
 from dispatcher.retry import ceiling
 from dispatcher.service import Dispatcher
@@ -283,6 +284,24 @@ async def test_leases_of_a_dead_dispatcher_are_reaped_at_once(
     assert await _state(db, timer.id) == ("pending", 1, None, None)
 
 
+async def test_a_reap_takes_at_most_its_limit_and_none_at_zero(
+    db: Database, make_timer: MakeTimer
+) -> None:
+    """A dispatcher plans the reap at start with a limit of 0 (db/warmth.py): that reaps
+    nothing, even with a dead owner's leases there; a limit bounds what one call takes."""
+    timers = [await make_timer(delay_ms=0) for _ in range(3)]
+    await db.dispatchers.register(dispatcher_id="ghost", host="h", pid=1)
+    for key in await db.timers.due_keys(limit=10, lookahead_seconds=1):
+        await db.timers.claim(key, owner="ghost", batch=10, lease_seconds=3600)
+    later = datetime.now(UTC) + timedelta(seconds=11)  # its heartbeat is now 11 s stale
+    assert await db.timers.reap(dead_after_seconds=10, now=later, limit=0) == []
+    assert [await _state(db, t.id) for t in timers] == [("inflight", 1, None, None)] * 3
+    first = await db.timers.reap(dead_after_seconds=10, now=later, limit=2)
+    rest = await db.timers.reap(dead_after_seconds=10, now=later, limit=2)
+    assert (len(first), len(rest)) == (2, 1)
+    assert {r.id for r in first + rest} == {t.id for t in timers}
+
+
 async def test_an_expired_lease_is_reaped_even_if_its_owner_looks_alive(
     db: Database, make_timer: MakeTimer
 ) -> None:
@@ -333,3 +352,35 @@ async def test_a_slow_commit_does_not_make_sends_late(
         [received] = sink.for_id(timer.id)
         late = received.at - timer.due_at.timestamp()
         assert 0 <= late < 0.15, late
+
+
+async def test_live_dispatchers_split_the_keys_and_take_a_peers_once_it_is_late(
+    db: Database, sink: Sink, start_dispatcher: Callable[..., Awaitable[Dispatcher]]
+) -> None:
+    """Each live dispatcher claims its own (slot, shard) keys first; another's only once its
+    owner should have claimed it (the lookahead less HELP_MARGIN_SECONDS before the slot), so
+    that two do not each try every key, and a dead peer's keys still go on time."""
+    created = await db.timers.insert([60_000] * 64, [f"{sink.url}/hook"] * 64, shards=16)
+    async with db.pool.connection() as conn:
+        cur = await conn.execute("select distinct slot from timers")
+        [(slot,)] = await cur.fetchall()  # one slot, up to 16 keys
+    dispatcher = await start_dispatcher()
+    await db.dispatchers.register(dispatcher_id="peer", host="h", pid=1)
+    await dispatcher.maintenance.learn_peers()
+    assert dispatcher.claimer.share[1] == 2
+
+    async def leased() -> list[tuple[datetime, int]]:
+        async with db.pool.connection() as conn:
+            cur = await conn.execute(
+                "select slot, shard from timers where lease_owner = %s", (dispatcher.id,)
+            )
+            return [(r[0], r[1]) for r in await cur.fetchall()]
+
+    # 2.2 s before the slot: inside the claim lookahead, not yet late for the peer
+    mine = await dispatcher.drain(now=slot - timedelta(seconds=2.2))
+    first = await leased()
+    assert 0 < mine < 64 and len(first) == mine
+    assert all(dispatcher.claimer._owns(DueKey(s, shard)) for s, shard in first)
+    # 1.5 s before it the peer's keys are late: this dispatcher takes them too
+    rest = await dispatcher.drain(now=slot - timedelta(seconds=1.5))
+    assert mine + rest == len(created) and len(await leased()) == len(created)

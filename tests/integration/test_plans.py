@@ -110,17 +110,26 @@ def _hot_statements(now: datetime, timer_id: uuid.UUID) -> dict[str, dict[str, A
     }
 
 
+async def _prepared_name(conn: psycopg.AsyncConnection[Any]) -> str | None:
+    """The name of the statement psycopg prepared last. The lookup itself is left out: a
+    pooled connection prepares every statement (prepare_threshold 0), this one too, just
+    before it runs, so at its first run it would find itself."""
+    cur = await conn.execute(
+        "select name from pg_prepared_statements where not from_sql"
+        " and statement not like '%pg_prepared_statements%'"
+        " order by prepare_time desc limit 1"
+    )
+    (statement,) = await cur.fetchone() or (None,)
+    return str(statement) if statement is not None else None
+
+
 async def _planning_ms(
     conn: psycopg.AsyncConnection[Any], name: str, params: dict[str, Any]
 ) -> float:
     """The median planning time of three runs of the statement as psycopg prepared it."""
     text = query(name)
     await conn.execute(text, params, prepare=True)
-    cur = await conn.execute(
-        "select name from pg_prepared_statements where not from_sql"
-        " order by prepare_time desc limit 1"
-    )
-    (statement,) = await cur.fetchone() or (None,)
+    statement = await _prepared_name(conn)
     assert statement is not None, f"{name} was not prepared"
     names = _parameter_names(text)
     arguments = ", ".join(["%s"] * len(names))
@@ -171,11 +180,7 @@ async def _explained(
     names = _parameter_names(text)
     async with conn.transaction(force_rollback=True):
         await conn.execute(text, params, prepare=True)
-        cur = await conn.execute(
-            "select name from pg_prepared_statements where not from_sql"
-            " order by prepare_time desc limit 1"
-        )
-        (statement,) = await cur.fetchone() or (None,)
+        statement = await _prepared_name(conn)
         explain = (
             f"explain (analyze, format json) execute {statement}({', '.join(['%s'] * len(names))})"
         )
@@ -222,3 +227,44 @@ async def test_a_claim_and_a_record_read_only_the_rows_they_name_at_the_default_
             assert len(scans) <= 4, f"{name} set up {len(scans)} partition scans"
             read = sum(s["Actual Rows"] * s["Actual Loops"] for s in scans)
             assert read <= 2 * named, f"{name} read {read} rows of timers for {named} rows"
+
+
+async def test_a_record_reads_no_other_in_flight_rows_at_the_default_horizon(
+    horizon_db: Database,
+) -> None:
+    """The record names its rows by owner and lease, not by state: said as state =
+    'inflight', its generic plan walked every in-flight row of the partition (every
+    dispatcher's) through the in-flight index and tested each against the whole id array, a
+    cost that grew with the fleet. Now it looks the ids up in the primary key: recording 200
+    rows beside 2,800 rows another dispatcher holds reads the 200 and no more."""
+    created = await horizon_db.timers.insert([0] * 3000, ["http://127.0.0.1:9/h"] * 3000, shards=1)
+    mine = [t.id for t in created[:200]]
+    theirs = [t.id for t in created[200:]]
+    async with horizon_db.pool.connection() as conn:
+        # statistics as autovacuum leaves them in production: taken while few rows were in
+        # flight, so the in-flight index looks small to the planner
+        await conn.execute("analyze timers")
+        cur = await conn.execute("select now()")
+        (now,) = await cur.fetchone() or (None,)
+        for owner, ids in (("plans", mine), ("another", theirs)):
+            await conn.execute(
+                "update timers set state = 'inflight', lease_owner = %s, attempts = 1,"
+                " lease_until = now() + interval '30 seconds' where id = any(%s)",
+                (owner, ids),
+            )
+        n = len(mine)
+        record = {
+            **_hot_statements(now, mine[0])["timer_record"],
+            **named_rows([(i, bucket_of(i)) for i in mine]), "state": ["delivered"] * n,
+            "status": [200] * n, "error": [None] * n, "fired_at": [now] * n,
+            "latency_ms": [1.0] * n, "retry_in": [None] * n,
+        }  # fmt: skip
+        plan = await _explained(conn, "timer_record", record)
+    scans = list(_scans(plan))
+    read = sum(
+        (s["Actual Rows"] + s.get("Rows Removed by Filter", 0)) * s["Actual Loops"] for s in scans
+    )
+    assert read == n, f"the record read {read} rows of timers to record {n}"
+    assert all(s.get("Index Name", "").endswith("_pkey") for s in scans), [
+        (s.get("Node Type"), s.get("Index Name")) for s in scans
+    ]

@@ -57,10 +57,11 @@ def server_url() -> Iterator[str]:
         with PostgresContainer("postgres:17-alpine", driver=None) as container:
             yield container.get_connection_url()
         return
-    from db.embedded import get_server  # imported through db, which quiets its warning
+    from db.embedded import get_server, size_lock_table  # through db: quiets its warning
 
     with tempfile.TemporaryDirectory(prefix="timerhook-test-pg-") as folder:
         server = get_server(Path(folder) / "pgdata", cleanup_mode="delete")
+        size_lock_table(server)  # as the embedded server users run (db/embedded.py)
         # Tests do not need crash durability; they need speed.
         server.psql(
             "alter system set fsync = off; alter system set synchronous_commit = off;"
