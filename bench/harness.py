@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 import psycopg
 
 from db.database import Database
-from db.embedded import get_server
+from db.embedded import get_server, size_lock_table
 from db.migrate import migrate
 
 # Every bench runs at the default horizon users run (about 368 partitions), so that figures
@@ -46,6 +47,7 @@ async def database() -> AsyncIterator[str]:
     """A fresh embedded PostgreSQL with the schema and partitions; yields its URL."""
     with tempfile.TemporaryDirectory(prefix="timerhook-bench-") as folder:
         server = get_server(Path(folder) / "pgdata", cleanup_mode="delete")
+        size_lock_table(server)  # as timerhook's own embedded server (db/embedded.py)
         url = str(server.get_uri())
 
         async def prepare() -> None:
@@ -170,10 +172,13 @@ def insert_due(
     target: str,
     resource_every: int = 0,
     resource_names: int = 100,
+    wake: bool = False,
 ) -> None:
     """Inserts ``count`` timers due from now + first_ms over spread_ms, straight in SQL; with
-    ``resource_every`` = k, every k-th one names one of ``resource_names`` resources."""
-    with psycopg.connect(url, autocommit=True) as conn:
+    ``resource_every`` = k, every k-th one names one of ``resource_names`` resources. With
+    ``wake``, the insert commits with the notification POST /timer sends for timers due soon
+    (db/listen.py), so every running dispatcher starts on them at once, not at its next tick."""
+    with psycopg.connect(url, autocommit=wake is False) as conn:
         conn.execute(
             """
             with clock as (select ceil(extract(epoch from now()) * 1000)::bigint as now_ms),
@@ -203,6 +208,112 @@ def insert_due(
                 "names": resource_names,
             },
         )
+        if wake:
+            conn.execute("select pg_notify('timerhook_due', '')")
+            conn.commit()
+
+
+def clear_timers(url: str) -> None:
+    """Empties the timers and their attempts, so that each measured run starts from the same
+    tables (no earlier run's rows for it to update around, nor autovacuum to catch up on)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("truncate timers, timer_attempts, resource_holds")
+
+
+def _cpu(proc: psutil.Process) -> float:
+    try:
+        times = proc.cpu_times()
+    except psutil.Error:
+        return 0.0
+    return float(times.user + times.system)
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a live process and its live descendants."""
+    root = psutil.Process(pid)
+    return _cpu(root) + sum(_cpu(child) for child in root.children(recursive=True))
+
+
+def postgres_cpu() -> dict[int, float]:
+    """CPU seconds of every live postgres process, by pid."""
+    found = {}
+    for proc in psutil.process_iter(["name"]):
+        if proc.info["name"] == "postgres":
+            found[proc.pid] = _cpu(proc)
+    return found
+
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine has been busy (all cores), from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class Meter:
+    """CPU used between start() and stop() by some processes, PostgreSQL and the machine."""
+
+    def start(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.t0 = time.perf_counter()
+        self.own0 = sum(tree_cpu(p) for p in pids)
+        self.pg0 = postgres_cpu()
+        self.busy0 = machine_busy()
+
+    def stop(self, span: float | None = None) -> dict[str, float]:
+        """Cores used: CPU seconds over ``span`` seconds (default: since start())."""
+        seconds = span or (time.perf_counter() - self.t0)
+        own = sum(tree_cpu(p) for p in self.pids) - self.own0
+        pg_now = postgres_cpu()
+        pg = sum(cpu - self.pg0.get(pid, 0.0) for pid, cpu in pg_now.items())
+        busy = machine_busy() - self.busy0
+        return {
+            "timerhook_cores": round(own / seconds, 2),
+            "postgres_cores": round(pg / seconds, 2),
+            "machine_cores": round(busy / seconds, 2),
+        }
+
+
+# Timers fired through running dispatchers before a measured backlog (about 3 s of firing).
+WARM_UP = 30_000
+
+
+async def fire_backlog(
+    url: str, sink: str, count: int, dispatchers: int, *, resource_every: int = 0
+) -> tuple[float, dict[str, float]]:
+    """Webhooks per second while ``dispatchers`` running processes drain ``count`` overdue
+    timers, with the cores used meanwhile (``Meter``: theirs, PostgreSQL's, the machine's).
+
+    Each run starts from empty tables, with its dispatchers started, warm and registered
+    before the backlog appears (as POST /timer makes it: the commit wakes them), so that a
+    run measures firing, not process start-up (docs/benchmarks.md gives that on its own). A
+    first backlog (WARM_UP timers, not measured) goes through them before: a pool adds a
+    connection under load when its periodic jobs meet the claims and the recorder (planning
+    the hot statements on it, about 0.6 s of PostgreSQL's CPU), so the measured run sees
+    steady firing, not a process's first seconds."""
+    await sink_reset(sink)
+    clear_timers(url)
+    procs = [dispatcher(url) for _ in range(dispatchers)]
+    try:
+        await wait_dispatchers(url, dispatchers)
+        insert_due(url, WARM_UP, first_ms=-60_000, spread_ms=30_000, target=f"{sink}/hook",
+                   wake=True)  # fmt: skip
+        await wait_count(sink, WARM_UP, timeout=60)
+        await sink_reset(sink)
+        insert_due(
+            url, count, first_ms=-60_000, spread_ms=30_000, target=f"{sink}/hook",
+            resource_every=resource_every, wake=True,
+        )  # fmt: skip
+        meter = Meter()
+        meter.start([p.popen.pid for p in procs])
+        stats = await wait_count(sink, count, timeout=300)
+        span = stats["last"] - stats["first"]
+        cores = meter.stop(span)
+    finally:
+        for p in procs:
+            p.stop()
+    assert stats["unique"] == count and stats["duplicates"] == 0, stats
+    return count / span, cores
 
 
 def percentile(values: list[float], q: float) -> float:

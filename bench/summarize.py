@@ -89,6 +89,9 @@ def main() -> None:
         ("one dispatcher, webhooks/s end to end", "one_dispatcher_per_s"),
         ("two dispatchers, webhooks/s end to end", "two_dispatchers_per_s"),
         ("two dispatchers / one", "two_vs_one"),
+        ("cores the machine kept busy, one dispatcher", "machine_cores_one"),
+        ("cores the machine kept busy, two dispatchers", "machine_cores_two"),
+        ("two / one the cores hold at one dispatcher's CPU per webhook", "two_vs_one_ceiling"),
         ("raw client (pycurl CurlMulti, the dispatcher's), POSTs/s to the same sink, 128 in "
          "flight", "raw_client_posts_per_s"),
         ("one dispatcher / raw client", "one_vs_raw"),
