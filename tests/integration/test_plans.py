@@ -24,7 +24,7 @@ from db.database import Database
 from db.ids import bucket_of, lock_key
 from db.query_loader import query
 from db.settings import Settings
-from db.timers import insert_params, named_rows
+from db.timers import REAP_LIMIT, insert_params, named_rows
 from tests.support import postgres
 
 HORIZON_DAYS = Settings.model_fields["horizon_days"].default
@@ -95,7 +95,7 @@ def _hot_statements(now: datetime, timer_id: uuid.UUID) -> dict[str, dict[str, A
             "held": [],
             "owner": "plans",
         },
-        "lease_reap": {"dead_after_seconds": 30.0, "now": None},
+        "lease_reap": {"dead_after_seconds": 30.0, "now": None, "limit": REAP_LIMIT},
         # run every tick (issue 9): the window plan, the schedule pass; and dependents
         "window_work": {"now": None, "lookahead": 2.5},
         "window_pick": {"now": None, "lookahead": 2.5, "n": 40, "start": now, "step": 0.05},
