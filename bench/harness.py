@@ -178,7 +178,7 @@ def insert_due(
     ``resource_every`` = k, every k-th one names one of ``resource_names`` resources. With
     ``wake``, the insert commits with the notification POST /timer sends for timers due soon
     (db/listen.py), so every running dispatcher starts on them at once, not at its next tick."""
-    with psycopg.connect(url, autocommit=wake is False) as conn:
+    with psycopg.connect(url, autocommit=not wake) as conn:
         conn.execute(
             """
             with clock as (select ceil(extract(epoch from now()) * 1000)::bigint as now_ms),

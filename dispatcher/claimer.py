@@ -174,15 +174,15 @@ class Claimer:
             # Its own keys first; with none left in this list, the others' that their owners
             # should have taken by now. After its own, the list is read again: the keys the
             # others drained meanwhile are gone from it.
-            mine = [k for k in keys if self._owns(k)]
-            if not mine:
+            taken = [k for k in keys if self._owns(k)]
+            if not taken:
                 # newest first: a live owner works from its oldest, so the two meet once
-                helped = (now or datetime.now(UTC)) + timedelta(
+                late = (now or datetime.now(UTC)) + timedelta(
                     seconds=self.lookahead_seconds - HELP_MARGIN_SECONDS
                 )
-                mine = [k for k in reversed(keys) if k.slot <= helped]
+                taken = [k for k in reversed(keys) if k.slot <= late]
             progress = 0
-            for key in mine:
+            for key in taken:
                 if self._stopping():
                     break
                 progress += await self._claim_key(key, now)
@@ -194,7 +194,7 @@ class Claimer:
             if self.capped or self.planner.cap_binding:
                 self.capped = True
                 break
-            if progress == 0 or (len(keys) < KEYS_PER_PASS and len(mine) == len(keys)):
+            if progress == 0 or (len(keys) < KEYS_PER_PASS and len(taken) == len(keys)):
                 break
         return claimed
 
