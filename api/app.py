@@ -51,6 +51,7 @@ def create_app(
         db = Database(
             database_url, max_size=settings.pool_size, name="api",
             timeout=settings.db_timeout_seconds,
+            statement_timeout=settings.statement_timeout_seconds,
         )  # fmt: skip
         await db.open()
         app.state.db = db

@@ -26,6 +26,9 @@ from db.connection import BUSY_WAIT_SECONDS, DatabaseUnavailable, deadline
 from db.database import Database
 from db.models import CreatedTimer, DeliveryOptions
 
+# How much longer than its oldest create's deadline a batch's INSERT may take (seconds).
+INSERT_GRACE_SECONDS = 0.4
+
 log = logging.getLogger(__name__)
 
 _PLAIN = DeliveryOptions()
@@ -142,8 +145,10 @@ class CreateBatcher:
             for p in batch:
                 p.taken = True
             try:
-                # A pooled connection is waited for only as long as the oldest create may wait.
-                with deadline(min(p.deadline for p in batch)):
+                # A pooled connection and the INSERT are waited for only as long as the oldest
+                # create may wait, and a little more (its answer is due within the database
+                # timeout plus half a second, a frozen database included).
+                with deadline(min(p.deadline for p in batch) + INSERT_GRACE_SECONDS):
                     created = await self._insert(batch)
             except Exception as exc:
                 for p in batch:

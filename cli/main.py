@@ -90,7 +90,8 @@ def _serve(settings: Settings, url: str, *, with_dispatcher: bool) -> None:
         async def start() -> None:
             db = Database(
                 url, max_size=settings.pool_size, name="dispatcher",
-                timeout=settings.db_timeout_seconds,
+                timeout=settings.dispatcher_db_timeout,
+                statement_timeout=settings.statement_timeout_seconds,
             )  # fmt: skip
             await db.open()
             dispatcher = Dispatcher(db, settings)
@@ -175,7 +176,8 @@ def dispatcher(
             loop.add_signal_handler(sig, stop.set)
         async with Database(
             url, max_size=settings.pool_size, name="dispatcher",
-            timeout=settings.db_timeout_seconds,
+            timeout=settings.dispatcher_db_timeout,
+            statement_timeout=settings.statement_timeout_seconds,
         ) as db:  # fmt: skip
             await run_until_signalled(Dispatcher(db, settings), stop)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import dataclasses
@@ -9,6 +10,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
 import psycopg
@@ -66,10 +68,68 @@ CONNECT_OPTIONS = {
 # connection is in use (the pool's timeout applies once the database is known to be away).
 BUSY_WAIT_SECONDS = 10.0
 
+# Server-side bounds of every pooled connection, and the client-side bound of an operation
+# that names no tighter deadline (TIMERHOOK_STATEMENT_TIMEOUT_SECONDS): a statement, a
+# transaction left idle, unacknowledged data on the socket (a partition mid-query: the kernel
+# would retransmit for about 15 minutes).
+DEFAULT_STATEMENT_TIMEOUT = 60.0
+TCP_USER_TIMEOUT_MS = 10_000
+# After the first cancel at a deadline, the second follows this much later (seconds).
+SECOND_CANCEL_DELAY = 0.01
+
 # When the current operation must be done by (monotonic): set by ``deadline``.
 _DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "timerhook_db_deadline", default=None
 )
+
+
+class NoAnswer(DatabaseUnavailable):
+    """The database did not answer within the operation's deadline."""
+
+
+class _HardDeadline:
+    """Cancels the task running a block at ``at`` (monotonic), and once more a moment
+    later, then raises NoAnswer from the block. psycopg answers a first cancel of a running
+    query by asking the server to cancel it and waiting up to 10 s for that; a frozen server
+    never answers, and the second cancel makes psycopg close the connection at once (the pool
+    then discards it). A cancel that did not come from the deadline passes through."""
+
+    def __init__(self, at: float, what: str) -> None:
+        self._at = at
+        self._what = what
+        self._fired = 0
+        self._inside = False
+        self._task: asyncio.Task[object] | None = None
+        self._handle: asyncio.TimerHandle | None = None
+
+    async def __aenter__(self) -> None:
+        self._task = asyncio.current_task()
+        self._inside = True
+        loop = asyncio.get_running_loop()
+        self._handle = loop.call_later(max(0.0, self._at - time.monotonic()), self._fire)
+
+    def _fire(self) -> None:
+        if not self._inside or self._task is None:
+            return
+        self._fired += 1
+        self._task.cancel()
+        if self._fired == 1:
+            self._handle = asyncio.get_running_loop().call_later(SECOND_CANCEL_DELAY, self._fire)
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._inside = False
+        if self._handle is not None:
+            self._handle.cancel()
+        if not self._fired or self._task is None:
+            return
+        for _ in range(self._fired):
+            self._task.uncancel()
+        if self._task.cancelling() == 0 and (
+            kind is None or issubclass(kind, asyncio.CancelledError)
+        ):
+            raise NoAnswer(f"{self._what}: no answer from the database within the deadline")
 
 
 @contextlib.contextmanager
@@ -146,6 +206,7 @@ class Pool(AsyncConnectionPool):
 
     outage: Outage
     warmth: Warmth
+    statement_timeout: float
 
     async def _connect(self, timeout: float | None = None) -> Any:
         try:
@@ -187,6 +248,17 @@ class _NoReconnectNoise(logging.Filter):
 
 
 logging.getLogger("psycopg.pool").addFilter(_NoReconnectNoise())
+
+
+class _NoCutNoise(logging.Filter):
+    """psycopg warns for every connection a deadline closed (``_HardDeadline``'s second
+    cancel); the Outage says it once instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("query cancellation interrupted")
+
+
+logging.getLogger("psycopg").addFilter(_NoCutNoise())
 
 
 async def retry_transient(
@@ -243,11 +315,20 @@ async def _configure(conn: psycopg.AsyncConnection[TupleRow], warmth: Warmth) ->
     await warmth.replay(conn)
 
 
-def make_pool(conninfo: str, *, max_size: int, name: str, timeout: float = 1.0) -> Pool:
+def make_pool(
+    conninfo: str, *, max_size: int, name: str, timeout: float = 1.0,
+    statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT,
+) -> Pool:  # fmt: skip
     """An unopened pool of autocommit connections; open it with ``await pool.open()``.
 
-    ``timeout`` bounds how long an operation waits for a connection (TIMERHOOK_DB_TIMEOUT_SECONDS):
-    while the database is away, requests get their 503 within it instead of hanging."""
+    ``timeout`` bounds an operation (TIMERHOOK_DB_TIMEOUT_SECONDS), its wait for a connection
+    and its statements alike: while the database is away or frozen, requests get their 503
+    within it instead of hanging. ``statement_timeout`` bounds every statement and idle
+    transaction on the server, and on the client an operation that names no deadline."""
+    bound_ms = round(statement_timeout * 1000)
+    server_bounds = (
+        f"-c statement_timeout={bound_ms} -c idle_in_transaction_session_timeout={bound_ms}"
+    )
     warmth = Warmth(name)
 
     async def configure(conn: psycopg.AsyncConnection[TupleRow]) -> None:
@@ -264,10 +345,12 @@ def make_pool(conninfo: str, *, max_size: int, name: str, timeout: float = 1.0) 
         reconnect_timeout=10 * 365 * 86_400.0,
         kwargs={
             "application_name": f"timerhook-{name}", "autocommit": True, **CONNECT_OPTIONS,
+            "options": server_bounds, "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
         },
     )  # fmt: skip
     pool.outage = Outage(name)
     pool.warmth = warmth
+    pool.statement_timeout = statement_timeout
     return pool
 
 
@@ -294,11 +377,18 @@ class PoolOwner:
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[TupleRow]]:
-        """A pooled autocommit connection. One that broke (the server went away) becomes
-        DatabaseUnavailable, and so does none in time (see _getconn)."""
+        """A pooled autocommit connection, for a block that must be done by the operation's
+        deadline (``deadline``; without one, the statement timeout): past it the block is
+        cancelled, the connection closed, and NoAnswer raised. One that broke (the server went
+        away) becomes DatabaseUnavailable, and so does none in time (see _getconn)."""
         conn = await self._getconn()
+        until = _DEADLINE.get() or time.monotonic() + self.pool.statement_timeout
         try:
-            yield conn
+            async with _HardDeadline(until, self.pool.outage.name):
+                yield conn
+        except NoAnswer as exc:
+            self.outage.failed("query", exc)
+            raise
         except psycopg.OperationalError as exc:
             if not conn.broken:
                 raise  # a statement-level error (a cancel, a lock timeout)
@@ -331,9 +421,19 @@ class PoolOwner:
                     ) from exc
                 deadline = min(now + 0.25, busy_until)
 
-    async def retrying(self, op: Callable[[], Awaitable[T]], *, what: str) -> T:
-        """retry_transient within this pool's timeout."""
-        return await retry_transient(op, what=what, outage=self.outage, budget=self.pool.timeout)
+    async def retrying(
+        self, op: Callable[[], Awaitable[T]], *, what: str, budget: float | None = None
+    ) -> T:
+        """retry_transient within this pool's timeout (or ``budget`` seconds: maintenance
+        that may take longer, as the partitions of the whole horizon do)."""
+        return await retry_transient(
+            op, what=what, outage=self.outage, budget=budget or self.pool.timeout
+        )
+
+    @property
+    def long_budget(self) -> float:
+        """The budget of maintenance work: the statement timeout."""
+        return self.pool.statement_timeout
 
     async def fetch_one(self, name: str, model: type[T], params: Mapping[str, Any]) -> T | None:
         """Runs the named single-statement query (its own transaction) and returns its one row
@@ -379,7 +479,9 @@ class PoolOwner:
 
         return await self.retrying(op, what=name)
 
-    async def run(self, name: str, params: Mapping[str, Any]) -> int:
+    async def run(
+        self, name: str, params: Mapping[str, Any], *, budget: float | None = None
+    ) -> int:
         """Runs the named single-statement query, retried like fetch_one; returns its rowcount."""
 
         async def op() -> int:
@@ -387,4 +489,4 @@ class PoolOwner:
                 cur = await conn.execute(query(name), params)
                 return cur.rowcount
 
-        return await self.retrying(op, what=name)
+        return await self.retrying(op, what=name, budget=budget)

@@ -10,7 +10,7 @@ from db.access import KeyStore, TenantStore
 from db.backlog import BacklogStore
 from db.caps import CapStore
 from db.circuits import CircuitStore
-from db.connection import PoolOwner, make_pool
+from db.connection import DEFAULT_STATEMENT_TIMEOUT, PoolOwner, make_pool
 from db.listen import DueListener
 from db.migrate import latest_version
 from db.query_loader import query
@@ -25,10 +25,14 @@ class Database:
     """One pool and the stores that share it: what api/, dispatcher/ and cli/ hold on to."""
 
     def __init__(
-        self, conninfo: str, *, max_size: int = 8, name: str = "timerhook", timeout: float = 1.0
-    ) -> None:
+        self, conninfo: str, *, max_size: int = 8, name: str = "timerhook", timeout: float = 1.0,
+        statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT,
+    ) -> None:  # fmt: skip
         self.conninfo = conninfo
-        self.pool = make_pool(conninfo, max_size=max_size, name=name, timeout=timeout)
+        self.pool = make_pool(
+            conninfo, max_size=max_size, name=name, timeout=timeout,
+            statement_timeout=statement_timeout,
+        )  # fmt: skip
         self.outage = self.pool.outage
         self._schema = PoolOwner(self.pool)
         self.timers = TimerStore(self.pool)
@@ -43,9 +47,12 @@ class Database:
         self.schedules = ScheduleStore(self.pool)
         self.windows = WindowStore(self.pool)
 
-    def due_listener(self, wake: Callable[[], None]) -> DueListener:
-        """A listener that calls ``wake`` when a timer due soon is created (db/listen.py)."""
-        return DueListener(self.conninfo, wake)
+    def due_listener(
+        self, wake: Callable[[], None], revoke: Callable[[str], None] | None = None
+    ) -> DueListener:
+        """A listener that calls ``wake`` when a timer due soon is created, and ``revoke``
+        with each revocation's payload (db/listen.py)."""
+        return DueListener(self.conninfo, wake, revoke)
 
     async def open(self) -> None:
         """Opens the pool and waits for a first connection (fails fast if unreachable)."""

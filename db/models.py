@@ -158,6 +158,8 @@ class ClaimedTimer:
     tenant: str = "default"
     series_id: uuid.UUID | None = None  # the series of an occurrence (null: a one-shot)
     occurrence: int | None = None
+    # The fencing token of this lease: every record, release and renewal must name it.
+    lease_token: int = 0
 
     @property
     def attempts_left(self) -> int:
@@ -189,6 +191,7 @@ class SendOutcome:
     latency_ms: float | None = None
     retry_in: float | None = None
     held: bool = False  # the row held resources, released when this is recorded
+    token: int = 0  # the lease's fencing token (ClaimedTimer.lease_token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +200,53 @@ class ReapedLease:
 
     id: uuid.UUID
     lease_owner: str
+
+
+@dataclass(frozen=True, slots=True)
+class Renewal:
+    """What a dispatcher's heartbeat found (``lease_renew``): whether it is still registered
+    as alive (False: a peer declared it dead), which of the leases it named are still its
+    own, and how many rows leased to it but not named it gave back unsent."""
+
+    alive: bool
+    owned: list[uuid.UUID]
+    given_back: int
+
+
+@dataclass(frozen=True, slots=True)
+class RevocationState:
+    """Where one revocation stands: the owner's answer ('dropped', 'sending', or None while
+    it has not answered), the timer's state, and whether it is still in flight under the
+    revoked lease."""
+
+    id: uuid.UUID
+    answer: str | None
+    state: TimerState
+    held: bool
+
+    @property
+    def settled(self) -> bool:
+        """Whether its fate is known: answered, or no longer held under that lease."""
+        return self.answer is not None or not self.held
+
+    @property
+    def sent(self) -> bool:
+        """Whether its request went out (or may have): anything but dropped unsent."""
+        return not (self.answer == "dropped" or self.state == "cancelled")
+
+
+@dataclass(frozen=True, slots=True)
+class PeerBeat:
+    """A registered dispatcher that has not stopped: its last heartbeat as the registry holds
+    it (compared for change only, never for age), and whether that is recent by the database
+    clock (the claims' split of the keys counts only those)."""
+
+    id: str
+    heartbeat_at: datetime
+    fresh: bool
+    host: str = ""
+    pid: int = 0
+    pidns: str | None = None  # the PID namespace it runs in (None: not known)
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +310,8 @@ class CancelResult:
     found: TimerState
     cancelled: bool
     dependents: bool = False  # other timers wait for it (``after``)
+    # in flight: the token of the lease whose claim this cancel revoked (its owner answers)
+    revoke_token: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

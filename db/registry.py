@@ -8,7 +8,7 @@ from datetime import datetime
 from psycopg.rows import class_row
 
 from db.connection import PoolOwner
-from db.models import Dispatcher
+from db.models import Dispatcher, PeerBeat
 from db.query_loader import query
 
 log = logging.getLogger(__name__)
@@ -17,9 +17,12 @@ log = logging.getLogger(__name__)
 class DispatcherStore(PoolOwner):
     """Registration, heartbeats and the registry listing."""
 
-    async def register(self, *, dispatcher_id: str, host: str, pid: int) -> None:
+    async def register(
+        self, *, dispatcher_id: str, host: str, pid: int, pidns: str | None = None
+    ) -> None:
         """Adds (or revives) this dispatcher's row."""
-        await self.run("dispatcher_register", {"id": dispatcher_id, "host": host, "pid": pid})
+        params = {"id": dispatcher_id, "host": host, "pid": pid, "pidns": pidns}
+        await self.run("dispatcher_register", params)
 
     async def heartbeat(
         self, *, dispatcher_id: str, in_flight: int, sent_total: int, failed_total: int
@@ -43,13 +46,12 @@ class DispatcherStore(PoolOwner):
         """Marks this dispatcher stopped (a clean shutdown)."""
         await self.run("dispatcher_deregister", {"id": dispatcher_id})
 
-    async def peers(self, *, dead_after_seconds: float) -> list[str]:
-        """The ids of the live dispatchers, in id order."""
-        async with self.connection() as conn:
-            cur = await conn.execute(
-                query("dispatcher_peers"), {"dead_after_seconds": dead_after_seconds}
-            )
-            return [str(row[0]) for row in await cur.fetchall()]
+    async def peers(self, *, dead_after_seconds: float) -> list[PeerBeat]:
+        """The registered dispatchers that have not stopped, in id order, with their last
+        heartbeat (and whether it is recent, for the split of the key claims)."""
+        return await self.fetch_all(
+            "dispatcher_peers", PeerBeat, {"dead_after_seconds": dead_after_seconds}
+        )
 
     async def list(self, *, dead_after_seconds: float) -> list[Dispatcher]:
         """The registry, newest first, with liveness by the database clock."""
@@ -73,7 +75,7 @@ class PartitionStore(PoolOwner):
                 row = await cur.fetchone()
                 return int(row[0]) if row else 0
 
-        made = await self.retrying(op, what="partition_ensure")
+        made = await self.retrying(op, what="partition_ensure", budget=self.long_budget)
         if made:
             log.info("created %d timer partitions", made)
         return made
@@ -88,7 +90,7 @@ class PartitionStore(PoolOwner):
                 )
                 return [str(r[0]) for r in await cur.fetchall()]
 
-        dropped = await self.retrying(op, what="partition_drop")
+        dropped = await self.retrying(op, what="partition_drop", budget=self.long_budget)
         if dropped:
             log.info("dropped %d timer partitions past retention: %s", len(dropped), dropped)
         return dropped

@@ -286,6 +286,14 @@ class ScheduleStore(PoolOwner):
             "schedule_cancel", SeriesCancel, {"id": series_id, "tenant": tenant, "now": None}
         )
 
+    async def revoke(
+        self, series_id: uuid.UUID, *, reason: str | None
+    ) -> list[tuple[uuid.UUID, datetime, int]]:
+        """Revokes the claims of the series' occurrences in flight (``series_revoke``);
+        returns their leases (id, bucket, token) to wait on."""
+        rows = await self.rows("series_revoke", {"id": series_id, "reason": reason})
+        return [(r[0], r[1], int(r[2])) for r in rows]
+
     async def pause(self, series_id: uuid.UUID, *, tenant: str | None = None) -> str | None:
         """Pauses an active series (its unsent occurrences are skipped); returns the state it
         is in now, or None if there is no such series. Pausing a paused one changes nothing."""

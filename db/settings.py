@@ -16,6 +16,9 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The least time a dispatcher allows its claims, records and heartbeats (seconds).
+DISPATCHER_DB_SECONDS = 5.0
+
 
 class Settings(BaseSettings):
     """Configuration of every timerhook process; each field is documented in README.md."""
@@ -137,8 +140,17 @@ class Settings(BaseSettings):
         default=1.0,
         gt=0,
         le=60,
-        description="Longest wait for the database per request or job: past it, API requests "
-        "answer 503 with Retry-After and dispatcher jobs try again at their next run.",
+        description="Longest wait for the database per request, statements included: past "
+        "it, API requests answer 503 with Retry-After (a frozen database too). A dispatcher "
+        "allows its claims and records at least DISPATCHER_DB_SECONDS (5 s), then tries "
+        "again at its next pass.",
+    )
+    statement_timeout_seconds: float = Field(
+        default=60.0,
+        ge=5,
+        le=3600,
+        description="Longest statement or idle transaction, enforced by the server, and the "
+        "client-side bound of maintenance work (partitions for the whole horizon, purges).",
     )
     create_queue_max: int = Field(
         default=5000,
@@ -202,6 +214,13 @@ class Settings(BaseSettings):
         """A create whose timer falls due sooner than this wakes the dispatchers at once: the
         dispatchers' claim window (a tick plus 1.5 s, dispatcher/claimer.py)."""
         return round((self.tick_seconds + 1.5) * 1000)
+
+    @property
+    def dispatcher_db_timeout(self) -> float:
+        """The bound of a dispatcher's claim, record or heartbeat: the database timeout, but
+        at least DISPATCHER_DB_SECONDS, so a commit slowed by load is not abandoned (an
+        abandoned claim's rows wait for the renewal to give them back)."""
+        return max(self.db_timeout_seconds, DISPATCHER_DB_SECONDS)
 
     @property
     def signing_secrets(self) -> list[str]:

@@ -22,7 +22,8 @@ TimerState = Literal["pending", "inflight", "delivered", "failed", "dead", "canc
 #            at_most_once send whose outcome was lost), or a dependency (``after``) that
 #            ended failed, dead or cancelled. Final until requeued.
 # dead:      retryable failures used up max_attempts. Final until requeued.
-# cancelled: called off by its client while pending. Final.
+# cancelled: called off by its client while pending, or while claimed and not yet sent (the
+# claim revoked, its dispatcher dropped it). Final.
 TIMER_STATES: tuple[TimerState, ...] = (
     "pending", "inflight", "delivered", "failed", "dead", "cancelled",
 )  # fmt: skip
@@ -36,7 +37,10 @@ TRANSITIONS: dict[tuple[TimerState, TimerState], str] = {
     ("inflight", "delivered"): "timer_record",
     ("inflight", "failed"): "timer_record (final failure), lease_reap (at_most_once lost)",
     ("inflight", "dead"): "timer_record (out of attempts)",
-    ("inflight", "pending"): "timer_record (retry), lease_release, lease_take_back, lease_reap",
+    ("inflight", "pending"): "timer_record (retry), lease_release, lease_take_back, lease_renew "
+    "(a lease it does not hold, run out), lease_reap",
+    ("inflight", "cancelled"): "revocation_answer (dropped unsent), timer_record (a deleted or "
+    "paused series' occurrence not retried), lease_reap (a revoked claim)",
     ("dead", "pending"): "timer_requeue, timers_requeue",
     ("failed", "pending"): "timer_requeue, timers_requeue",
 }

@@ -49,6 +49,7 @@ class Totals:
     latency: list[int]
     latency_sum: float
     cap_waits: int
+    stale: int = 0  # outcomes refused for a stale lease token (taken over meanwhile)
 
 
 def _array(values: Sequence[int]) -> str:
@@ -64,7 +65,7 @@ class StatsStore(PoolOwner):
 
     async def add(
         self, seconds: Sequence[SecondStats], *, lateness_sum: float, latency_sum: float,
-        cap_waits: int,
+        cap_waits: int, stale: int = 0,
     ) -> None:  # fmt: skip
         """Adds one dispatcher's report (one statement, one commit). Not retried: a report
         whose commit was lost may have been added, and adding it twice would count twice."""
@@ -78,6 +79,7 @@ class StatsStore(PoolOwner):
             "lateness_sum": lateness_sum,
             "latency_sum": latency_sum,
             "cap_waits": cap_waits,
+            "stale": stale,
         }
         for outcome in OUTCOMES:
             params[outcome] = [s.counts[outcome] for s in ordered]
@@ -95,6 +97,7 @@ class StatsStore(PoolOwner):
             counts=dict(zip(OUTCOMES, map(int, row[:4]), strict=True)),
             lateness=list(row[4] or _zeros()), lateness_sum=float(row[5]),
             latency=list(row[6] or _zeros()), latency_sum=float(row[7]), cap_waits=int(row[8]),
+            stale=int(row[9]),
         )  # fmt: skip
 
     async def recent(self, *, seconds: int, now: datetime | None = None) -> list[SecondStats]:
@@ -114,4 +117,6 @@ class StatsStore(PoolOwner):
 
     async def purge(self, *, keep_hours: int, now: datetime | None = None) -> None:
         """Drops the seconds older than ``keep_hours``."""
-        await self.run("send_stats_purge", {"keep_hours": keep_hours, "now": now})
+        await self.run(
+            "send_stats_purge", {"keep_hours": keep_hours, "now": now}, budget=self.long_budget
+        )

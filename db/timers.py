@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -37,8 +38,10 @@ from db.models import (
     PlanRow,
     QuotaRefusal,
     ReapedLease,
+    Renewal,
     RequeueFilter,
     RequeueResult,
+    RevocationState,
     SendOutcome,
     Timer,
     TimerSummary,
@@ -48,6 +51,12 @@ from db.states import TIMER_STATES, TimerState
 from db.targets import host_of
 
 log = logging.getLogger(__name__)
+
+
+# How long a cancel or a pause waits for the dispatchers holding rows it revoked to answer
+# (dropped unsent, or already sent); they answer within milliseconds unless frozen.
+REVOKE_WAIT_SECONDS = 2.0
+REVOKE_POLL_SECONDS = 0.01
 
 
 class QuotaExceeded(Exception):
@@ -383,11 +392,13 @@ class TimerStore(PoolOwner):
     async def purge_dependencies(self, *, retention_days: int) -> int:
         """Forgets what timers older than the retention waited for (once they wait no more)."""
         cutoff = datetime.now(UTC) - timedelta(days=retention_days + 1)
-        return await self.run("deps_purge", {"cutoff": cutoff})
+        return await self.run("deps_purge", {"cutoff": cutoff}, budget=self.long_budget)
 
     async def purge_idempotency(self, *, hours: int, now: datetime | None = None) -> int:
         """Forgets idempotency keys older than ``hours``; returns how many."""
-        return await self.run("idempotency_purge", {"hours": hours, "now": now})
+        return await self.run(
+            "idempotency_purge", {"hours": hours, "now": now}, budget=self.long_budget
+        )
 
     async def get(
         self, timer_id: uuid.UUID, *, tenant: str | None = None, now: datetime | None = None
@@ -409,6 +420,42 @@ class TimerStore(PoolOwner):
         if result is not None and result.cancelled and result.dependents:
             await self.resolve_dependents([timer_id])  # they fail at once, saying why
         return result
+
+    async def revoked(
+        self, rows: Sequence[tuple[uuid.UUID, datetime, int]]
+    ) -> list[RevocationState]:
+        """Where the revocations of these leases (id, bucket, token) stand."""
+        if not rows:
+            return []
+        params = {
+            **named_rows([(i, b) for i, b, _ in rows]), "token": [t for _, _, t in rows],
+        }  # fmt: skip
+        return await self.fetch_all("revocation_state", RevocationState, params)
+
+    async def settle(
+        self, leases: Sequence[tuple[uuid.UUID, datetime, int]], *,
+        wait: float = REVOKE_WAIT_SECONDS,
+    ) -> list[RevocationState]:  # fmt: skip
+        """Waits, ``wait`` seconds at most, until the fate of every revoked lease (id,
+        bucket, token) is known: its owner answered, or it is no longer in flight under that
+        lease. Returns where each stands. Polled: the owners answer in milliseconds."""
+        give_up = time.monotonic() + wait
+        while True:
+            states = await self.revoked(leases)
+            if all(s.settled for s in states) or time.monotonic() >= give_up:
+                return states
+            await asyncio.sleep(REVOKE_POLL_SECONDS)
+
+    async def answer_revocation(self, row: ClaimedTimer, *, owner: str, dropped: bool) -> None:
+        """This dispatcher's answer to the revocation of a row it holds: dropped unsent (the
+        timer cancelled) or its request gone out already."""
+        params = {
+            "id": row.id, "bucket": row.bucket, "token": row.lease_token, "owner": owner,
+            "answer": "dropped" if dropped else "sending",
+        }  # fmt: skip
+        (dependents,), *_ = await self.rows("revocation_answer", params)
+        if dependents:
+            await self.resolve_dependents([row.id])
 
     async def due_keys(
         self,
@@ -604,8 +651,9 @@ class TimerStore(PoolOwner):
         return await self.fetch_all("plan_candidates", PlanRow, params)
 
     async def record(self, outcomes: Sequence[SendOutcome], *, owner: str) -> int:
-        """Records send outcomes and their attempts in one statement; returns how many rows
-        it recorded (a row whose lease was taken back is not)."""
+        """Records send outcomes and their attempts in one statement, each fenced by its
+        lease's token; returns how many rows it recorded (a stale outcome, whose lease was
+        taken over, is not)."""
         if not outcomes:
             return 0
         # The arrays go as text literals joined in C: psycopg's list dumper walks each
@@ -623,6 +671,7 @@ class TimerStore(PoolOwner):
             "latency_ms": array_literal(_number_or_null(o.latency_ms) for o in outcomes),
             "retry_in": array_literal(_number_or_null(o.retry_in) for o in outcomes),
             "held": [o.id for o in outcomes if o.held],
+            "token": array_literal(str(o.token) for o in outcomes),
             "owner": owner,
         }
         # Conditioned on the lease (state and owner), so a repeat changes nothing more.
@@ -630,6 +679,18 @@ class TimerStore(PoolOwner):
         if resolve:
             await self.resolve_dependents(resolve)
         return int(recorded)
+
+    async def recorded_before(self, outcomes: Sequence[SendOutcome]) -> int:
+        """How many of a record's outcomes are written, by it or by an earlier try whose
+        answer was lost (``timer_record_repeats``); the rest are stale."""
+        if not outcomes:
+            return 0
+        params = {
+            **named_rows([(o.id, o.bucket) for o in outcomes]),
+            "fired_at": [o.fired_at for o in outcomes],
+        }
+        (count,), *_ = await self.rows("timer_record_repeats", params)
+        return int(count)
 
     async def resolve_dependents(self, ids: Sequence[uuid.UUID]) -> None:
         """The timers waiting for these (whose outcome is final): released when every one they
@@ -675,11 +736,35 @@ class TimerStore(PoolOwner):
             return 0
         params = {
             **named_rows([(t.id, t.bucket) for t in timers]),
+            "token": [t.lease_token for t in timers],
             "owner": owner,
             "until": until,
             "reason": reason,
         }
         return await self._count("lease_release", params)
+
+    async def renew(
+        self,
+        held: Sequence[tuple[uuid.UUID, datetime, int]],
+        *,
+        owner: str,
+        lease_seconds: float,
+        counters: tuple[int, int, int] = (0, 0, 0),
+    ) -> Renewal:
+        """The heartbeat of ``owner`` (publishing its counters: in flight, sent, failed) and
+        the renewal of the leases it holds (id, bucket, token), in one statement
+        (``lease_renew``)."""
+        in_flight, sent, failed = counters
+        buckets = [bucket for _, bucket, _ in held]
+        params: dict[str, object] = {
+            "owner": owner, "lease_seconds": lease_seconds, "in_flight": in_flight,
+            "sent_total": sent, "failed_total": failed,
+            "id": [i for i, _, _ in held], "bucket": buckets, "token": [t for _, _, t in held],
+            "first_bucket": min(buckets, default=None), "last_bucket": max(buckets, default=None),
+        }  # fmt: skip
+        row = await self.fetch_one("lease_renew", Renewal, params)
+        assert row is not None
+        return row
 
     async def take_back(self, *, owner: str, known: Sequence[uuid.UUID]) -> int:
         """Gives back the rows leased to ``owner`` that it does not hold (``known``): claimed
@@ -691,11 +776,20 @@ class TimerStore(PoolOwner):
         return row.count if row else 0
 
     async def reap(
-        self, *, dead_after_seconds: float, now: datetime | None = None, limit: int = REAP_LIMIT
+        self,
+        *,
+        dead: Sequence[tuple[str, datetime]] = (),
+        now: datetime | None = None,
+        limit: int = REAP_LIMIT,
     ) -> list[ReapedLease]:
-        """Takes back up to ``limit`` rows leased by dead dispatchers or with expired leases:
+        """Declares the ``dead`` peers dead (each with the heartbeat the caller saw unchanged
+        for dead_after_seconds: one that heartbeated since is left alone) and takes back up to
+        ``limit`` rows leased by them or by dispatchers that stopped or are not registered:
         at_least_once rows return to pending, at_most_once rows end failed."""
-        params = {"dead_after_seconds": dead_after_seconds, "now": now, "limit": limit}
+        params = {
+            "dead": [d for d, _ in dead], "seen": [s for _, s in dead], "now": now,
+            "limit": limit,
+        }  # fmt: skip
         return await self.fetch_all("lease_reap", ReapedLease, params)
 
     async def counts(self) -> dict[str, int]:
@@ -759,7 +853,7 @@ class TimerStore(PoolOwner):
                 "now": now,
             }
 
-            done = await self.run("timers_requeue", params)
+            done = await self.run("timers_requeue", params, budget=self.long_budget)
             total += done
             if done < batch:
                 break

@@ -8,10 +8,16 @@ A timer's way through a dispatcher is a pipeline, one module a stage:
   the others wait (``hosts`` holds the per-host gate and the breaker);
 - ``sender``: HTTP out (the address guard, signing, timeouts, body cap);
 - ``recorder``: outcomes buffered and written, retries, holds released, deferrals;
-- ``maintenance``: the tick, heartbeat, lease reaping, circuits, partitions;
-- ``service``: lifecycle and wiring only; ``clock``: the database clock against the local one.
+- ``ownership``: until when the leases held are safe to send under (on the monotonic clock),
+  and which peers are dead by what this process saw of their heartbeats;
+- ``maintenance``: the tick, heartbeat (with the lease renewal), lease reaping, circuits,
+  partitions;
+- ``service``: lifecycle and wiring, and ``_send``, one row's way out in order: its instant,
+  its host, still owned (the last check before the request), sent, recorded;
+  ``clock``: the database clock against the local one.
 
-The claim protocol (states, leases, holds, what happens on each failure) is written once, in
-docs/architecture.md, "The claim protocol"; the states and their transitions are defined in
-db/states.py.
+The claim protocol (states, leases, fencing tokens, renewal, death by observation, revocation,
+what happens on each fault, and why at most one dispatcher sends a given attempt) is written
+once, in docs/architecture.md, "The claim protocol" and "Once"; the states and their
+transitions are defined in db/states.py.
 """

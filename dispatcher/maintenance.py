@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
@@ -20,10 +21,39 @@ from db.connection import DatabaseUnavailable
 from db.database import Database
 from db.settings import Settings
 from db.timers import REAP_LIMIT
+from dispatcher.ownership import PeerWatch
 from dispatcher.planner import Planner
 from dispatcher.stats import SendStats
 
 log = logging.getLogger(__name__)
+
+
+class _SkipCounter(logging.Filter):
+    """APScheduler warns at every run of a job it skips because the last run is still going
+    (waiting out its database deadline while the database is frozen, say): once a tick. They
+    are counted instead, and the heartbeat says how many once (``report_skips``)."""
+
+    skipped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "maximum number of running instances reached" in str(record.getMessage()):
+            _SkipCounter.skipped += 1
+            return False
+        return True
+
+
+logging.getLogger("apscheduler.scheduler").addFilter(_SkipCounter())
+
+
+def report_skips() -> None:
+    """Says once how many job runs were skipped since the last report, if any."""
+    if _SkipCounter.skipped:
+        log.warning(
+            "%d maintenance job runs were skipped: the run before each was still going "
+            "(waiting for the database)", _SkipCounter.skipped,
+        )  # fmt: skip
+        _SkipCounter.skipped = 0
+
 
 # Hours of per-second send statistics kept (the dashboard shows the last 15 minutes).
 STATS_KEEP_HOURS = 24
@@ -40,7 +70,8 @@ class Maintenance:
         *,
         owner: str,
         tick: Callable[[], None],
-        counters: Callable[[], tuple[int, int, int]],
+        renew: Callable[[], Awaitable[None]],
+        watch: PeerWatch,
         stats: SendStats,
         refresh: Callable[[], Awaitable[None]] | None = None,
         peers: Callable[[list[str]], None] = lambda ids: None,
@@ -50,7 +81,9 @@ class Maintenance:
         self.planner = planner
         self.owner = owner
         self._tick = tick
-        self._counters = counters  # in flight, sent, failed
+        self._renew = renew  # the heartbeat, with the renewal of the leases held
+        self._watch = watch
+        self._dead: list[tuple[str, datetime]] = []  # peers seen dead, for the next reap
         self._stats = stats
         self._refresh = refresh or planner.refresh_circuits
         self._peers = peers  # told the live dispatchers' ids at each heartbeat
@@ -107,41 +140,47 @@ class Maintenance:
         await self.reap()
 
     async def heartbeat(self) -> None:
-        """Proves this dispatcher alive, publishes its counters and reports what it sent
-        (db/stats.py)."""
-        in_flight, sent, failed = self._counters()
-        await self._guarded(
-            "heartbeat",
-            lambda: self.db.dispatchers.heartbeat(
-                dispatcher_id=self.owner, in_flight=in_flight, sent_total=sent,
-                failed_total=failed,
-            ),
-        )  # fmt: skip
+        """Proves this dispatcher alive and renews its leases (the service's ``renew``),
+        watches its peers' heartbeats, and reports what it sent (db/stats.py)."""
+        if not await self._guarded("heartbeat", self._renew):
+            self._watch.reset()  # not heartbeating normally: no peer is judged meanwhile
+            return
+        report_skips()
         await self._guarded("fleet read", self.learn_peers)
         await self._guarded("send statistics report", self._stats.report)
         # a fallback only: dependents are resolved when their dependency's outcome is recorded
         await self._guarded("dependency sweep", self.db.timers.resolve_stuck)
 
     async def learn_peers(self) -> None:
-        """Reads which dispatchers are alive, for the split of the key claims."""
-        self._peers(
-            await self.db.dispatchers.peers(dead_after_seconds=self.settings.dead_after_seconds)
-        )
+        """Reads the registry: which dispatchers are alive, for the split of the key claims,
+        and which peers this process has now seen silent for dead_after_seconds."""
+        beats = await self.db.dispatchers.peers(dead_after_seconds=self.settings.dead_after_seconds)
+        self._dead = self._watch.observe(beats, time.monotonic())
+        self._peers([b.id for b in beats if b.fresh])
 
     async def rehearse(self) -> None:
         """Runs the reap's statement reaping nothing (in a ``db.warmth.rehearsal`` at start):
         it reads every partition, so planning it on a connection costs 100 to 250 ms at the
         365-day horizon, which each connection would otherwise pay at its first reap."""
-        await self.db.timers.reap(dead_after_seconds=self.settings.dead_after_seconds, limit=0)
+        await self.db.timers.reap(limit=0)
+        # the heartbeat, before this dispatcher is registered: it renews nothing
+        await self.db.timers.renew([], owner=self.owner, lease_seconds=self.settings.lease_seconds)
 
     async def reap(self) -> None:
-        """Takes back the leases (and resource holds) of dead dispatchers and expired leases."""
+        """Declares the peers seen silent dead, and takes back the leases (and resource
+        holds) of dead and stopped dispatchers."""
 
         async def reap() -> None:
+            dead, self._dead = self._dead, []
             while True:
-                reaped = await self.db.timers.reap(
-                    dead_after_seconds=self.settings.dead_after_seconds
-                )
+                reaped = await self.db.timers.reap(dead=dead)
+                if dead:
+                    log.warning(
+                        "dispatchers %s were silent for %.0f s (heartbeats seen unchanged): "
+                        "declared dead, unless one heartbeated just now",
+                        [d for d, _ in dead], self.settings.dead_after_seconds,
+                    )  # fmt: skip
+                    dead = []  # declared (or alive after all); what is left is theirs now
                 if reaped:
                     owners = sorted({r.lease_owner for r in reaped})
                     log.warning("took back %d in-flight timers from %s", len(reaped), owners)
@@ -168,11 +207,13 @@ class Maintenance:
 
         await self._guarded("partition maintenance", maintain)
 
-    async def _guarded(self, what: str, op: Callable[[], Awaitable[object]]) -> None:
+    async def _guarded(self, what: str, op: Callable[[], Awaitable[object]]) -> bool:
+        """Runs a job's operation; True if it ran through."""
         if self.db.outage.down:
-            return  # logged once by the outage; resume() runs what matters when it ends
+            return False  # logged once by the outage; resume() runs what matters when it ends
         try:
             await op()
+            return True
         except DatabaseUnavailable as exc:
             log.debug("%s failed, will run again: %s", what, exc)  # the outage logs it
         except asyncio.CancelledError:
@@ -181,3 +222,4 @@ class Maintenance:
             log.debug("%s cut short by the dispatcher stopping", what)
         except Exception:
             log.exception("%s failed unexpectedly, will run again", what)
+        return False

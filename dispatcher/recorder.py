@@ -63,8 +63,7 @@ class Recorder:
         self._notes: dict[tuple[uuid.UUID, datetime], str] = {}
         self._deferred: dict[tuple[datetime, str], list[ClaimedTimer]] = {}
         # Outcomes and deferrals taken out of the buffers for a write not yet committed.
-        self._writing = 0
-        self._writing_ids: set[uuid.UUID] = set()
+        self._writing: dict[uuid.UUID, tuple[uuid.UUID, datetime, int]] = {}
         self._wake = asyncio.Event()
         self._running = True
         self._task: asyncio.Task[None] | None = None
@@ -73,13 +72,19 @@ class Recorder:
     def unwritten(self) -> int:
         """Outcomes and deferrals not yet written, counting those whose write is running."""
         deferred = sum(len(rows) for rows in self._deferred.values())
-        return len(self._outcomes) + deferred + self._writing
+        return len(self._outcomes) + deferred + len(self._writing)
 
-    def held_ids(self) -> set[uuid.UUID]:
-        """The rows whose outcome or deferral is not written yet (their lease is still ours)."""
-        ids = {o.id for o, _ in self._outcomes} | self._writing_ids
-        ids.update(row.id for rows in self._deferred.values() for row in rows)
-        return ids
+    def held_leases(self) -> list[tuple[uuid.UUID, datetime, int]]:
+        """The leases (id, bucket, token) of the rows whose outcome or deferral is not written
+        yet: still held, so renewed at each heartbeat."""
+        leases = [(o.id, o.bucket, o.token) for o, _ in self._outcomes]
+        leases += self._writing.values()
+        leases += [
+            (row.id, row.bucket, row.lease_token)
+            for rows in self._deferred.values()
+            for row in rows
+        ]
+        return leases
 
     def start(self) -> None:
         """Starts the flush loop."""
@@ -100,9 +105,12 @@ class Recorder:
 
     # -- what the send path hands in ------------------------------------------------------
 
-    def outcome(self, row: ClaimedTimer, result: Result, fired_at: datetime) -> None:
+    def outcome(
+        self, row: ClaimedTimer, result: Result, fired_at: datetime, *, ended: bool = False
+    ) -> None:
         """Decides what a send's result makes of the row (delivered, a retry, failed, dead)
-        and buffers it."""
+        and buffers it; ``ended``: its series was deleted or paused meanwhile, so a failure
+        that would be retried cancels it instead."""
         retry_at = None
         delay = None
         if result.failure is None:
@@ -116,18 +124,21 @@ class Recorder:
                 cap=self.settings.retry_max_seconds,
             )  # fmt: skip
             state, delay = decision.state, decision.delay
+            if ended and delay is not None:
+                state, delay = "cancelled", None
             if delay is not None:
                 # Counted from now, when the failure became known (Retry-After is relative to
                 # the answer); turned into a database time when recorded, never earlier.
                 retry_at = time.monotonic() + delay
         lateness = (fired_at - row.run_at).total_seconds()
-        self.stats.observe(state if delay is None else "retried", lateness, result, fired_at)
+        counted = "retried" if delay is not None else "failed" if state == "cancelled" else state
+        self.stats.observe(counted, lateness, result, fired_at)
         if state != "delivered" or log.isEnabledFor(logging.DEBUG):
             self._log_attempt(row, result, state, delay, lateness)
         held = row.resources is not None
         outcome = SendOutcome(
             row.id, row.bucket, state, result.status, result.error, fired_at, result.latency_ms,
-            held=held,
+            held=held, token=row.lease_token,
         )  # fmt: skip
         self._outcomes.append((outcome, retry_at))
         if held or len(self._outcomes) >= self.settings.batch_size:
@@ -204,17 +215,18 @@ class Recorder:
             o if retry_at is None else replace(o, retry_in=max(0.0, retry_at - now))
             for o, retry_at in pending
         ]
-        self._writing += len(batch)
-        writing = {o.id for o in batch}
-        self._writing_ids |= writing
+        writing = {o.id: (o.id, o.bucket, o.token) for o in batch}
+        self._writing.update(writing)
         try:
-            await self.db.timers.record(batch, owner=self.owner)
+            recorded = await self.db.timers.record(batch, owner=self.owner)
         except BaseException:
             self._outcomes[:0] = pending  # keep them for the next flush
             raise
         finally:
-            self._writing -= len(batch)
-            self._writing_ids -= writing
+            for row_id in writing:
+                self._writing.pop(row_id, None)
+        if recorded < len(batch):
+            await self._stale(batch, recorded)
         for o in batch:
             self._notes.pop((o.id, o.bucket), None)
         # A retry due before the next tick's claim could see it is claimed now, so that it
@@ -231,18 +243,36 @@ class Recorder:
         while self._deferred:
             # Taken out before the write: rows deferred while it runs start a new list.
             (until, reason), rows = self._deferred.popitem()
-            self._writing += len(rows)
-            writing = {row.id for row in rows}
-            self._writing_ids |= writing
+            writing = {row.id: (row.id, row.bucket, row.lease_token) for row in rows}
+            self._writing.update(writing)
             try:
                 await self.db.timers.release(rows, owner=self.owner, until=until, reason=reason)
             except BaseException:
                 self._deferred.setdefault((until, reason), [])[:0] = rows
                 raise
             finally:
-                self._writing -= len(rows)
-                self._writing_ids -= writing
+                for row_id in writing:
+                    self._writing.pop(row_id, None)
             self._recorded(0)
+
+    async def _stale(self, batch: list[SendOutcome], recorded: int) -> None:
+        """Outcomes the record refused: written already by an earlier try whose answer was
+        lost, or stale, their lease taken over (this dispatcher was declared dead while it
+        paused, and a peer owns the timer now). The stale ones are counted in
+        timerhook_stale_outcomes_total and said once per flush, never dropped silently."""
+        try:
+            written = await self.db.timers.recorded_before(batch)
+        except DatabaseUnavailable:
+            written = recorded  # the rest counted as stale: said rather than lost
+        stale = len(batch) - written
+        if stale <= 0:
+            return
+        self.stats.stale += stale
+        log.warning(
+            "%d send outcomes were not recorded: their leases had been taken over (this "
+            "dispatcher was declared dead while paused); the new owner records those timers",
+            stale,
+        )
 
     async def _flush_notes(self) -> None:
         if not self._notes:

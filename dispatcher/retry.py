@@ -89,16 +89,19 @@ def decide(
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """A Retry-After header as seconds from now: delta-seconds or an HTTP date; None if absent
-    or malformed (then the normal backoff applies)."""
+    """A Retry-After header as seconds from now: delta-seconds (ASCII digits only) or an HTTP
+    date; None if absent or malformed (then the normal backoff applies). Never raises: a
+    header is the receiver's text, and ``str.isdigit`` alone accepts '²' or '٣', which
+    ``float`` refuses."""
     if value is None:
         return None
     text = value.strip()
-    if text.isdigit():
-        return float(text)
+    if text.isascii() and text.isdigit():
+        # a longer number than 12 digits (31,000 years) is capped by the retry's ceiling anyway
+        return float(text) if len(text) <= 12 else 1e12
     try:
         when = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:  # an HTTP date is always GMT
         when = when.replace(tzinfo=UTC)

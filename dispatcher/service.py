@@ -8,8 +8,10 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Coroutine
 from datetime import datetime
+from typing import Any
 
 from db.caps import GLOBAL
 from db.connection import DatabaseUnavailable
@@ -21,10 +23,12 @@ from dispatcher.claimer import Claimer
 from dispatcher.clock import ClockMap, sleep_until
 from dispatcher.hosts import host_of
 from dispatcher.maintenance import Maintenance
+from dispatcher.ownership import Ownership, PeerWatch, pid_namespace
 from dispatcher.planner import CAP_POLL_SECONDS, Planner
 from dispatcher.recorder import Recorder
 from dispatcher.recurring import SchedulePass
-from dispatcher.sender import Sender
+from dispatcher.retry import Failure
+from dispatcher.sender import Result, Sender
 from dispatcher.stats import SendStats
 from dispatcher.windows import WindowPass
 
@@ -74,6 +78,17 @@ class Dispatcher:
         # Set when the database comes back: lost claim answers may have leased rows to us.
         self._take_back_pending = False
         self._wake = asyncio.Event()
+        # Until when the leases held are safe to send under (renewed at every heartbeat), and
+        # which peers are dead by what this process saw of their heartbeats.
+        self.ownership = Ownership(
+            dead_after_seconds=settings.dead_after_seconds, lease_seconds=settings.lease_seconds
+        )
+        self.pidns = pid_namespace()
+        self.watch = PeerWatch(
+            owner=self.id, dead_after_seconds=settings.dead_after_seconds,
+            max_gap=min(settings.dead_after_seconds / 2, 2 * settings.heartbeat_seconds + 1),
+            host=settings.hostname, pidns=self.pidns,
+        )  # fmt: skip
         self.planner = Planner(db, settings, owner=self.id)
         self.claimer = Claimer(
             db, settings, self.planner, owner=self.id, hand_over=self._schedule,
@@ -94,8 +109,8 @@ class Dispatcher:
         )  # fmt: skip
         self.maintenance = Maintenance(
             db, settings, self.planner, owner=self.id, tick=self._on_tick,
-            counters=lambda: (self.in_flight, self.sent_total, self.failed_total),
-            stats=self.stats, refresh=self._refresh, peers=self.claimer.set_peers,
+            renew=self._renew, watch=self.watch, stats=self.stats, refresh=self._refresh,
+            peers=self.claimer.set_peers,
         )  # fmt: skip
         # Every claimed row not yet recorded: waiting for its time or its host, or being sent.
         self._claimed: dict[asyncio.Task[None], ClaimedTimer] = {}
@@ -104,8 +119,12 @@ class Dispatcher:
         self._progress_waiters = 0
         self._drain_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
-        # A timer created due within the claim window wakes the claimer at once.
-        self.listener = db.due_listener(self._wake.set)
+        # Claims revoked by a cancel or a pause (id -> token, monotonic instant heard): a row
+        # is dropped unsent when it is held, or as soon as its claim's answer brings it.
+        self._revoked: dict[uuid.UUID, tuple[int, float]] = {}
+        # A timer created due within the claim window wakes the claimer at once; a revocation
+        # reaches the owner of the row at once.
+        self.listener = db.due_listener(self._wake.set, self._on_revoke)
 
     @property
     def sent_total(self) -> int:
@@ -137,9 +156,7 @@ class Dispatcher:
         if not await self.db.warm(WARM_CONNECTIONS):
             log.warning("the pool did not open %d connections within 30 s", WARM_CONNECTIONS)
         # Registered once it can claim on time: what waits for a dispatcher waits for that.
-        await self.db.dispatchers.register(
-            dispatcher_id=self.id, host=self.settings.hostname, pid=os.getpid()
-        )
+        await self._register()
         await self.maintenance.learn_peers()  # the split of the keys, then every heartbeat
         await self.sender.start()
         self._drain_task = asyncio.create_task(self._drain_loop(), name=f"drain-{self.id}")
@@ -190,6 +207,78 @@ class Dispatcher:
             self.id, self.sent_total, self.failed_total, released,
         )  # fmt: skip
 
+    # -- ownership ----------------------------------------------------------------------
+
+    async def _register(self) -> None:
+        """Registers (or registers again) in the registry: alive from the statement's start."""
+        started = time.monotonic()
+        await self.db.dispatchers.register(
+            dispatcher_id=self.id, host=self.settings.hostname, pid=os.getpid(),
+            pidns=self.pidns,
+        )  # fmt: skip
+        self.ownership.confirmed(started)
+
+    async def _renew(self) -> None:
+        """The heartbeat: proves this dispatcher alive and renews the lease of every row it
+        holds (``lease_renew``). Rows whose lease was taken over are dropped unsent; when a
+        peer declared this dispatcher dead, everything it holds is."""
+        forget = time.monotonic() - self.settings.lease_seconds
+        self._revoked = {k: v for k, v in self._revoked.items() if v[1] > forget}
+        held = self._held_leases()
+        started = time.monotonic()
+        renewal = await self.db.timers.renew(
+            held, owner=self.id, lease_seconds=self.settings.lease_seconds,
+            counters=(self.in_flight, self.sent_total, self.failed_total),
+        )  # fmt: skip
+        if not renewal.alive:
+            await self._declared_dead()
+            return
+        if len(renewal.owned) < len(held):
+            owned = set(renewal.owned)
+            self._drop({row_id for row_id, _, _ in held if row_id not in owned}, "taken over")
+        if renewal.given_back:
+            log.warning(
+                "gave back %d rows leased to this dispatcher that it did not hold (a claim whose "
+                "answer was lost); they go out now", renewal.given_back,
+            )  # fmt: skip
+        self.ownership.confirmed(started)
+
+    async def _declared_dead(self) -> None:
+        """A peer declared this dispatcher dead (it saw the heartbeat unchanged for
+        dead_after_seconds: this process or its host was paused) and took its leases over:
+        nothing held may be sent. Drops it all and registers again."""
+        self.ownership.lost()
+        dropped = self._drop({row.id for row in self._claimed.values()}, "declared dead")
+        log.error(
+            "dispatcher %s was declared dead by a peer (its heartbeat went unseen for %.0f s: "
+            "this process was paused or starved) and its leases were taken over; dropped %d "
+            "rows it held unsent, registering again",
+            self.id, self.settings.dead_after_seconds, dropped,
+        )  # fmt: skip
+        await self._register()
+        self._wake.set()
+
+    def _held_leases(self) -> list[tuple[uuid.UUID, datetime, int]]:
+        """Every lease this dispatcher holds: rows waiting or being sent, and rows whose
+        outcome or deferral is not written yet."""
+        leases = {row.id: (row.id, row.bucket, row.lease_token) for row in self._claimed.values()}
+        for lease in self.recorder.held_leases():
+            leases.setdefault(lease[0], lease)
+        return list(leases.values())
+
+    def _drop(self, ids: set[uuid.UUID], why: str) -> int:
+        """Cancels the rows of ``ids`` that are not being sent yet (no longer this
+        dispatcher's to send); returns how many."""
+        dropped = [
+            task for task, row in self._claimed.items()
+            if row.id in ids and task not in self._sending
+        ]  # fmt: skip
+        for task in dropped:
+            task.cancel()
+        if dropped and why == "taken over":
+            log.warning("dropped %d held rows unsent: their leases were taken over", len(dropped))
+        return len(dropped)
+
     async def _refresh(self) -> None:
         """What other processes may change at run time: host circuits, the caps of tenants
         and hosts, the tenants' signing secrets (every tick)."""
@@ -205,9 +294,7 @@ class Dispatcher:
         self._take_back_pending = True
         self._wake.set()
         self.recorder.wake()
-        task = asyncio.get_running_loop().create_task(self.maintenance.resume())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._spawn(self.maintenance.resume())
 
     # -- claims -------------------------------------------------------------------------
 
@@ -243,8 +330,8 @@ class Dispatcher:
         commit went through while the connection died leased rows whose answer never came:
         without this they would wait for their lease to run out (30 s by default). Run in
         the claim loop, between claims, so no claim's answer is on its way meanwhile."""
-        held = {row.id for row in self._claimed.values()} | self.recorder.held_ids()
-        taken = await self.db.timers.take_back(owner=self.id, known=list(held))
+        held = [row_id for row_id, _, _ in self._held_leases()]
+        taken = await self.db.timers.take_back(owner=self.id, known=held)
         self._take_back_pending = False
         if taken:
             log.warning(
@@ -266,41 +353,112 @@ class Dispatcher:
 
     def _schedule(self, claim: Claim, per_minute: int, stream: CappedStream | None) -> None:
         """Starts a task per claimed row that sends it at its planned instant (paced with the
-        rest of its capped stream, if any)."""
+        rest of its capped stream, if any); a row revoked already is dropped."""
         clock = ClockMap.of(claim)
         for row, deadline in self.planner.deadlines(claim, per_minute, stream):
+            if self._is_revoked(row):
+                self._spawn(self._answer(row, dropped=True))
+                continue
             task = asyncio.create_task(self._send(row, deadline, clock))
             self._claimed[task] = row
+
+    # -- revocations ----------------------------------------------------------------------
+
+    def _on_revoke(self, payload: str) -> None:
+        """A cancel or a pause revoked the claim of a row (NOTIFY timerhook_revoke): dropped
+        now if it is held and not being sent, and the answer written either way."""
+        try:
+            owner, ident, token = payload.split()
+            row_id, lease = uuid.UUID(ident), int(token)
+        except ValueError:
+            log.warning("ignored a malformed revocation %r", payload)
+            return
+        if owner != self.id:
+            return
+        self._revoked[row_id] = (lease, time.monotonic())
+        for task, row in self._claimed.items():
+            if row.id == row_id and row.lease_token == lease:
+                dropped = task not in self._sending
+                if dropped:
+                    task.cancel()
+                self._spawn(self._answer(row, dropped=dropped))
+                return
+
+    def _is_revoked(self, row: ClaimedTimer) -> bool:
+        found = self._revoked.get(row.id)
+        return found is not None and found[0] == row.lease_token
+
+    async def _answer(self, row: ClaimedTimer, *, dropped: bool) -> None:
+        try:
+            await self.db.timers.answer_revocation(row, owner=self.id, dropped=dropped)
+        except DatabaseUnavailable as exc:
+            # The request that revoked answers 409 (not confirmed): never 2xx, then a send.
+            log.warning("could not answer the revocation of timer %s: %s", row.id, exc)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # -- sending ------------------------------------------------------------------------
 
     async def _send(self, row: ClaimedTimer, deadline: float, clock: ClockMap) -> None:
+        """One claimed row's way out, each step in one place: planned (its instant), its host
+        (an open circuit gives it back; else a slot), still owned (checked at the last moment
+        before the request), sent (never raises), recorded (fenced by the lease's token)."""
         task = asyncio.current_task()
         assert task is not None
         try:
             await sleep_until(deadline)
             host = host_of(row.url)
-            planner = self.planner
-            circuit = planner.circuit(host)
-            if circuit is not None:
-                why = f"circuit open for host {host}: {circuit.reason}"
-                self.recorder.defer(row, circuit.until_db, why)
-                return
-            await planner.enter(row, host)
+            while True:
+                circuit = self.planner.circuit(host)
+                if circuit is not None:
+                    why = f"circuit open for host {host}: {circuit.reason}"
+                    self.recorder.defer(row, circuit.until_db, why)
+                    return
+                await self.planner.enter(row, host)
+                if self._is_revoked(row):
+                    self.planner.leave(host)
+                    return  # dropped: the revocation's answer is written by _on_revoke
+                if self.ownership.safe():
+                    break  # no await from here to the request: nothing can change it
+                # Not confirmed alive recently enough to be sure the lease is still ours: wait
+                # for the next heartbeat (which drops the row if it was taken over).
+                self.planner.leave(host)
+                await self.ownership.wait_safe()
             try:
                 self._sending.add(task)
                 sent_mono = time.monotonic()
-                result = await self.sender.send(row)
+                result = await self._attempt(row)
             finally:
-                planner.leave(host)
-            planner.observe(host, result)
-            self.recorder.outcome(row, result, clock.database(sent_mono))
+                self.planner.leave(host)
+            self.planner.observe(host, result)
+            # an occurrence of a series deleted or paused while it was being sent: not retried
+            ended = row.series_id is not None and self._is_revoked(row)
+            self.recorder.outcome(row, result, clock.database(sent_mono), ended=ended)
         finally:
             self._sending.discard(task)
             self._claimed.pop(task, None)
             if self._progress_waiters:  # most sends have no one waiting: skip the lock
                 async with self._progress:
                     self._progress.notify_all()
+
+    async def _attempt(self, row: ClaimedTimer) -> Result:
+        """The send; an exception in it (a bug, something the sender did not foresee) is a
+        failed attempt with its error, counted against max_attempts like a network error,
+        never a row left to wait for its lease."""
+        started = time.monotonic()
+        try:
+            return await self.sender.send(row)
+        except Exception as exc:
+            log.exception("sending timer %s raised; recorded as a failed attempt", row.id)
+            return Result(
+                None, f"internal error while sending: {type(exc).__name__}: {exc}"[:500],
+                # connected: the request may have gone out (the fault can come after the
+                # answer), so an at_most_once timer is not sent again
+                (time.monotonic() - started) * 1000, Failure(None, connected=True),
+            )  # fmt: skip
 
     # -- signals for callers and tests --------------------------------------------------
 

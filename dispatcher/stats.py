@@ -24,6 +24,8 @@ class SendStats:
         self._lateness_sum = 0.0
         self._latency_sum = 0.0
         self.cap_waits = 0
+        # outcomes not recorded because their lease had been taken over (stale tokens)
+        self.stale = 0
 
     def observe(self, outcome: str, lateness: float, result: Result, fired_at: datetime) -> None:
         """Counts one attempt: its outcome, its lateness (due to sent, seconds) and latency."""
@@ -41,22 +43,24 @@ class SendStats:
 
     async def report(self) -> None:
         """Adds what was counted since the last report; kept for the next one if it fails."""
-        if not self._seconds and not self.cap_waits:
+        if not self._seconds and not self.cap_waits and not self.stale:
             return
         seconds, self._seconds = self._seconds, {}
-        sums = (self._lateness_sum, self._latency_sum, self.cap_waits)
+        sums = (self._lateness_sum, self._latency_sum, self.cap_waits, self.stale)
         self._lateness_sum = self._latency_sum = 0.0
-        self.cap_waits = 0
+        self.cap_waits = self.stale = 0
         try:
             await self.db.stats.add(
                 list(seconds.values()), lateness_sum=sums[0], latency_sum=sums[1],
-                cap_waits=sums[2],
+                cap_waits=sums[2], stale=sums[3],
             )  # fmt: skip
         except BaseException:
             self._merge_back(seconds, sums)
             raise
 
-    def _merge_back(self, seconds: dict[int, SecondStats], sums: tuple[float, float, int]) -> None:
+    def _merge_back(
+        self, seconds: dict[int, SecondStats], sums: tuple[float, float, int, int]
+    ) -> None:
         for second, old in seconds.items():
             new = self._seconds.setdefault(second, old)
             if new is not old:
@@ -67,6 +71,7 @@ class SendStats:
         self._lateness_sum += sums[0]
         self._latency_sum += sums[1]
         self.cap_waits += sums[2]
+        self.stale += sums[3]
 
     async def final_report(self) -> None:
         """The last report, at a clean stop; what cannot be written is said once."""

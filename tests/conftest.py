@@ -151,9 +151,12 @@ async def start_dispatcher(
     running: list[tuple[Database, Dispatcher]] = []
 
     async def start(settings_: Settings | None = None, **kwargs: Any) -> Dispatcher:
-        database = Database(database_url, max_size=4, name="dispatcher")
+        chosen = settings_ or settings
+        database = Database(
+            database_url, max_size=4, name="dispatcher", timeout=chosen.dispatcher_db_timeout
+        )
         await database.open()
-        dispatcher = Dispatcher(database, settings_ or settings, **kwargs)
+        dispatcher = Dispatcher(database, chosen, **kwargs)
         await dispatcher.start()
         running.append((database, dispatcher))
         return dispatcher

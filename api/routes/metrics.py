@@ -67,6 +67,12 @@ def cluster_metrics(
         "timerhook_cap_waits", "Claim passes that found a cap without tokens and waited.",
         value=totals.cap_waits,
     )  # fmt: skip
+    yield CounterMetricFamily(
+        "timerhook_stale_outcomes",
+        "Send outcomes not recorded because their lease had been taken over meanwhile (a "
+        "dispatcher that paused past dead_after_seconds): the new owner records the timer.",
+        value=totals.stale,
+    )  # fmt: skip
     yield GaugeMetricFamily(
         "timerhook_timers_pending", "Timers waiting for their send (due or not).",
         value=counts.pending,

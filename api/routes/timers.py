@@ -36,15 +36,22 @@ from api.schemas import (
 from db.access import DEFAULT_TENANT
 from db.caps import GLOBAL, HOST, TENANT
 from db.database import Database
-from db.ids import parse_series_id, parse_timer_id
+from db.ids import bucket_of, parse_series_id, parse_timer_id
 from db.logs import request_id_var, timer_context
-from db.models import DeliveryOptions, IdempotentCreate, QuotaRefusal, Tenant, Timer
+from db.models import (
+    DeliveryOptions,
+    IdempotentCreate,
+    QuotaRefusal,
+    RevocationState,
+    Tenant,
+    Timer,
+)
 from db.recurrence import ScheduleError, cron_trigger
 from db.schedules import Series, SeriesRefused, SeriesSpec
 from db.settings import Settings
 from db.states import TimerState
 from db.targets import host_of, literal_refused
-from db.timers import DependencyRefused, QuotaExceeded
+from db.timers import REVOKE_WAIT_SECONDS, DependencyRefused, QuotaExceeded
 
 log = logging.getLogger(__name__)
 
@@ -584,6 +591,19 @@ def detail_of(
     )  # fmt: skip
 
 
+def _unsettled(states: list[RevocationState], what: str) -> None:
+    """A 409 when a revoked row's owner did not answer in time: it may still be sent, so
+    this request must not answer 2xx."""
+    late = [s.id for s in states if not s.settled]
+    if late:
+        raise HTTPException(
+            409,
+            f"{what}: timer {late[0]} is being sent by a dispatcher that did not confirm "
+            f"within {REVOKE_WAIT_SECONDS:g} s that it dropped it unsent, so it may still go "
+            "out",
+        )
+
+
 _CANCEL_CONFLICT = {
     "inflight": "is being sent right now and can no longer be cancelled",
     "delivered": "was already delivered",
@@ -611,11 +631,23 @@ async def cancel_timer(timer_id: str, db: DatabaseDep, principal: PrincipalDep) 
             raise HTTPException(404, f"no timer with id {timer_id!r}")
         if ended.cancelled:
             log.info("recurring timer %s cancelled", timer_id, extra={"timer_id": timer_id})
+        # Occurrences claimed ahead of their instant are dropped by their dispatchers; one
+        # whose request went out already is done (never retried): after the 204, none goes.
+        revoked = await db.schedules.revoke(series_id, reason=None)
+        _unsettled(await db.timers.settle(revoked), f"recurring timer {timer_id} is cancelled")
         return Response(status_code=204)
     parsed = parse_timer_id(timer_id)
     result = await db.timers.cancel(parsed, tenant=principal.scope) if parsed else None
     if result is None:
         raise HTTPException(404, f"no timer with id {timer_id!r}")
+    if result.revoke_token is not None and parsed is not None:
+        # Claimed ahead of its instant: cancelled if its dispatcher drops it unsent.
+        [state] = await db.timers.settle([(parsed, bucket_of(parsed), result.revoke_token)])
+        if state.settled and not state.sent:
+            log.info("timer %s cancelled before it was sent", timer_id,
+                     extra={"timer_id": str(parsed)})  # fmt: skip
+            return Response(status_code=204)
+        _unsettled([state], f"timer {timer_id} was not cancelled")
     if result.found in _CANCEL_CONFLICT:
         raise HTTPException(409, f"timer {timer_id} {_CANCEL_CONFLICT[result.found]}")
     if result.cancelled:
@@ -670,6 +702,10 @@ async def _pause_or_resume(
         raise HTTPException(404, f"no recurring timer with id {timer_id!r}")
     if state in ("ended", "cancelled"):
         raise HTTPException(409, f"recurring timer {timer_id} has {state}")
+    if state == "paused":
+        # as a DELETE does: after the answer, no occurrence goes out
+        revoked = await db.schedules.revoke(series_id, reason="skipped: the series was paused")
+        _unsettled(await db.timers.settle(revoked), f"recurring timer {timer_id} is paused")
     log.info("recurring timer %s %s", timer_id, "resumed" if resume else "paused",
              extra={"timer_id": timer_id})  # fmt: skip
     return await _series(db, series_id, principal, timer_id)

@@ -2,11 +2,12 @@
 
 -- name: dispatcher_register
 -- Registers a dispatcher process (or revives its row after a restart with the same id).
-insert into dispatchers (id, host, pid, started_at, heartbeat_at)
-values (%(id)s, %(host)s, %(pid)s, now(), now())
+insert into dispatchers (id, host, pid, pidns, started_at, heartbeat_at)
+values (%(id)s, %(host)s, %(pid)s, %(pidns)s, now(), now())
 on conflict (id) do update
-set host = excluded.host, pid = excluded.pid, started_at = now(), heartbeat_at = now(),
-    stopped_at = null, in_flight = 0;
+set host = excluded.host, pid = excluded.pid, pidns = excluded.pidns, started_at = now(),
+    heartbeat_at = now(),
+    stopped_at = null, declared_dead_at = null, in_flight = 0;
 
 -- name: dispatcher_heartbeat
 -- Proves the dispatcher alive and publishes its counters. Returns the database clock.
@@ -22,9 +23,14 @@ update dispatchers set stopped_at = now(), heartbeat_at = now(), in_flight = 0
 where id = %(id)s;
 
 -- name: dispatcher_peers
--- The ids of the live dispatchers (the fleet that shares the key claims), in id order.
-select id from dispatchers
-where stopped_at is null and heartbeat_at >= now() - %(dead_after_seconds)s * interval '1 second'
+-- The registered dispatchers that have not stopped, in id order, with their last heartbeat:
+-- observers compare it for change (dead by observation, never by its age), and ``fresh``
+-- (recent by the database clock) says which share the key claims.
+select id, heartbeat_at,
+       heartbeat_at >= now() - %(dead_after_seconds)s * interval '1 second' as fresh,
+       host, pid, pidns
+from dispatchers
+where stopped_at is null
 order by id;
 
 -- name: dispatcher_list

@@ -195,3 +195,19 @@ with target as (
 select target.state as found, exists (select 1 from ended) as cancelled,
        (select count(*) from stopped) as stopped
 from target;
+
+-- name: series_revoke
+-- After a DELETE or a pause of a series: revokes the claims of its occurrences in flight
+-- (claimed ahead of their instant, or being sent) with timerhook_revoke, and returns them, so
+-- that the request can wait for their owners' answers. Every row of a series has its bucket
+-- at most a lookahead ahead of now, so the bucket bound prunes every later partition.
+with inflight as (
+    select t.id, t.bucket, t.lease_token, t.lease_owner from timers t
+    where t.series_id = %(id)s and t.state = 'inflight'
+      and t.bucket <= now() + interval '1 day'
+), revoked as (
+    select timerhook_revoke(array_agg(id), array_agg(bucket), array_agg(lease_token),
+                            array_agg(lease_owner), %(reason)s::text) as n
+    from inflight
+)
+select i.id, i.bucket, i.lease_token from inflight i, revoked;

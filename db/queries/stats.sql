@@ -32,11 +32,13 @@ set delivered = delivered + %(delivered_total)s,
     lateness_sum = lateness_sum + %(lateness_sum)s,
     latency = timerhook_array_add(latency, %(latency_total)s::bigint[]),
     latency_sum = latency_sum + %(latency_sum)s,
-    cap_waits = cap_waits + %(cap_waits)s;
+    cap_waits = cap_waits + %(cap_waits)s,
+    stale = stale + %(stale)s;
 
 -- name: send_totals_get
 -- The counters and histograms since the database was made.
-select delivered, retried, failed, dead, lateness, lateness_sum, latency, latency_sum, cap_waits
+select delivered, retried, failed, dead, lateness, lateness_sum, latency, latency_sum, cap_waits,
+       stale
 from send_totals;
 
 -- name: send_stats_recent

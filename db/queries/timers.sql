@@ -84,9 +84,11 @@ where id = %(id)s and bucket = %(bucket)s
 -- name: timer_cancel
 -- Cancels a pending timer. The row lock decides a race with a claim: a claim skips rows that a
 -- cancel holds (SKIP LOCKED), and a cancel that waited for a claim's lock then sees the row in
--- flight. Returns the state found and whether this call cancelled it; no row if no such timer.
+-- flight. A row in flight has its claim revoked (timerhook_revoke): its owner drops it unless
+-- its request went out, and says which (the caller waits for that answer, revoke_token).
+-- Returns the state found and whether this call cancelled it; no row if no such timer.
 with target as (
-    select t.id, t.bucket, t.state, t.dependents from timers t
+    select t.id, t.bucket, t.state, t.dependents, t.lease_token, t.lease_owner from timers t
     where t.id = %(id)s and t.bucket = %(bucket)s
       and (%(tenant)s::text is null or t.tenant = %(tenant)s::text)
     for update
@@ -98,9 +100,14 @@ with target as (
     -- instead of every partition of the horizon (60 to 80 ms to plan at 365 days).
     where t.id = %(id)s and t.bucket = %(bucket)s and target.state = 'pending'
     returning t.id
+), revoked as (
+    select timerhook_revoke(array[target.id], array[target.bucket], array[target.lease_token],
+                            array[target.lease_owner], null) as n
+    from target where target.state = 'inflight'
 )
 select target.state as found, exists (select 1 from cancelled) as cancelled,
-       target.dependents
+       target.dependents,
+       case when (select count(*) from revoked) > 0 then target.lease_token end as revoke_token
 from target;
 
 -- name: bucket_keys_due
@@ -158,7 +165,7 @@ with clock as (
 update timers t
 set state = 'inflight', lease_owner = %(owner)s,
     lease_until = clock.now + %(lease_seconds)s * interval '1 second',
-    attempts = t.attempts + 1, waiting_on = null
+    attempts = t.attempts + 1, lease_token = t.lease_token + 1, waiting_on = null
 from clock
 -- An array of ids, not a join with picked: a generic plan costs a join over the partitioned
 -- table across every partition (368 at the default horizon), and while most of them were
@@ -172,7 +179,8 @@ returning t.id, t.bucket, t.url, t.run_at, t.attempts, t.max_attempts, t.round_s
           t.delivery, t.payload::text as payload, t.headers, t.timeout_ms,
           case when %(now)s::timestamptz is null then clock_timestamp()
                else clock.now end as db_now,
-          t.priority, t.resources, t.request_id, t.tenant, t.series_id, t.occurrence;
+          t.priority, t.resources, t.request_id, t.tenant, t.series_id, t.occurrence,
+          t.lease_token;
 
 -- name: timer_claim_ranked
 -- Under a binding cap: leases up to %(batch)s pending rows already due, highest priority
@@ -217,7 +225,7 @@ with clock as (
 update timers t
 set state = 'inflight', lease_owner = %(owner)s,
     lease_until = clock.now + %(lease_seconds)s * interval '1 second',
-    attempts = t.attempts + 1, waiting_on = null
+    attempts = t.attempts + 1, lease_token = t.lease_token + 1, waiting_on = null
 from clock
 where t.id = any(array(select id from picked))
   and t.bucket <= coalesce(%(now)s::timestamptz, now()) + interval '1 second'
@@ -225,7 +233,8 @@ returning t.id, t.bucket, t.url, t.run_at, t.attempts, t.max_attempts, t.round_s
           t.delivery, t.payload::text as payload, t.headers, t.timeout_ms,
           case when %(now)s::timestamptz is null then clock_timestamp()
                else clock.now end as db_now,
-          t.priority, t.resources, t.request_id, t.tenant, t.series_id, t.occurrence;
+          t.priority, t.resources, t.request_id, t.tenant, t.series_id, t.occurrence,
+          t.lease_token;
 
 -- name: timer_claim_capped
 -- The capped pass: leases up to %(batch)s pending rows of one capped stream due by now +
@@ -259,7 +268,7 @@ with clock as (
 update timers t
 set state = 'inflight', lease_owner = %(owner)s,
     lease_until = clock.now + %(lease_seconds)s * interval '1 second',
-    attempts = t.attempts + 1, waiting_on = null
+    attempts = t.attempts + 1, lease_token = t.lease_token + 1, waiting_on = null
 from clock
 -- ids as an array, not a join, under picked's stable bucket bound (see bucket_claim)
 where t.id = any(array(select id from picked))
@@ -269,7 +278,8 @@ returning t.id, t.bucket, t.url, t.run_at, t.attempts, t.max_attempts, t.round_s
           t.delivery, t.payload::text as payload, t.headers, t.timeout_ms,
           case when %(now)s::timestamptz is null then clock_timestamp()
                else clock.now end as db_now,
-          t.priority, t.resources, t.request_id, t.tenant, t.series_id, t.occurrence;
+          t.priority, t.resources, t.request_id, t.tenant, t.series_id, t.occurrence,
+          t.lease_token;
 
 -- name: resource_pass_lock
 -- One resource pass at a time across the fleet: the choice of which conflicting timers go
@@ -309,7 +319,8 @@ with clock as (
     update timers t
     set state = 'inflight', lease_owner = %(owner)s,
         lease_until = clock.now + %(lease_seconds)s * interval '1 second',
-        attempts = t.attempts + 1, waiting_on = null
+        attempts = t.attempts + 1, lease_token = t.lease_token + 1,
+        waiting_on = null
     from clock
     where t.id = any(array(select id from picked))
       and t.bucket between %(first_bucket)s::timestamptz and %(last_bucket)s::timestamptz
@@ -317,7 +328,8 @@ with clock as (
               t.delivery, t.payload::text as payload, t.headers, t.timeout_ms,
               case when %(now)s::timestamptz is null then clock_timestamp()
                    else clock.now end as db_now,
-              t.priority, t.resources, t.request_id, t.tenant, t.series_id, t.occurrence
+              t.priority, t.resources, t.request_id, t.tenant, t.series_id, t.occurrence,
+              t.lease_token
 ), held as (
     -- the primary key on resource is the last word: two holders of one resource cannot exist
     insert into resource_holds (resource, timer_id, bucket, owner)
@@ -341,13 +353,15 @@ where t.id = r.id and t.bucket = r.bucket and t.state in ('pending', 'inflight')
 -- Records the outcome of a batch of sends by their lease owner, and each attempt. A retry
 -- (state pending) is due retry_in seconds from now and goes back into the bucket (slot) of
 -- that second, like any timer, so caps and shards apply to it; its partition (bucket) never
--- changes. A row whose lease was reaped meanwhile (its owner was declared dead) is left
--- alone: its new owner records it.
+-- changes. Fenced: an outcome is recorded only while the row is still leased to this owner
+-- under the token its claim set. A stale one (the lease was taken over, and maybe the row
+-- claimed again since) changes nothing; the caller counts it.
 with outcome as (
     select * from unnest(%(id)s::uuid[], %(bucket)s::timestamptz[], %(state)s::text[],
                          %(status)s::integer[], %(error)s::text[], %(fired_at)s::timestamptz[],
-                         %(latency_ms)s::double precision[], %(retry_in)s::double precision[])
-         as r(id, bucket, state, status, error, fired_at, latency_ms, retry_in)
+                         %(latency_ms)s::double precision[], %(retry_in)s::double precision[],
+                         %(token)s::bigint[])
+         as r(id, bucket, state, status, error, fired_at, latency_ms, retry_in, token)
 ), recorded as (
     -- a retry is never due before the timer itself (greatest with due_at), so
     -- slot >= bucket holds: bucket is due_at's whole second
@@ -362,7 +376,8 @@ with outcome as (
                                                            t.due_at))) * interval '1 second'
                     else t.slot end,
         fired_at = r.fired_at,
-        finished_at = case when r.state in ('delivered', 'failed', 'dead') then r.fired_at end,
+        finished_at = case when r.state in ('delivered', 'failed', 'dead', 'cancelled')
+                           then r.fired_at end,
         last_status = r.status,
         last_error = r.error,
         lease_owner = null,
@@ -376,7 +391,7 @@ with outcome as (
     -- testing each against the whole id array: 2 ms and more per batch of 500, growing
     -- with the fleet. Without it, the ids are looked up in the primary key.
     where t.id = r.id and t.bucket = r.bucket
-      and t.lease_owner = %(owner)s and t.lease_until is not null
+      and t.lease_owner = %(owner)s and t.lease_until is not null and t.lease_token = r.token
       -- the ids and the buckets' range again, beside the join: a join key alone prunes no
       -- partition before execution (nor does "= any" of an array parameter), so every
       -- partition (368 at the default horizon) was set up and scanned for in-flight rows at
@@ -405,8 +420,60 @@ with outcome as (
 -- the recorder resolves their dependents next
 select (select count(*) from recorded) as recorded,
        coalesce((select array_agg(id) from recorded
-                 where dependents and state in ('delivered', 'failed', 'dead')), '{}')
+                 where dependents and state in ('delivered', 'failed', 'dead', 'cancelled')),
+                '{}')
            as resolve;
+
+-- name: timer_record_repeats
+-- Of a record's outcomes, how many are written: by it, or by an earlier try of it whose
+-- answer was lost (the database froze, the client gave up at its deadline and closed the
+-- connection, and the server ran the statement when it woke). Such a row carries the
+-- outcome's own fired_at, the instant of that very send; a row taken over does not.
+select count(*)
+from unnest(%(id)s::uuid[], %(bucket)s::timestamptz[], %(fired_at)s::timestamptz[])
+     as r(id, bucket, fired_at)
+join timers t on t.id = r.id and t.bucket = r.bucket and t.fired_at = r.fired_at
+-- pruned and looked up by primary key, as in timer_record
+where t.id = any(%(id)s::uuid[])
+  and t.bucket between %(first_bucket)s::timestamptz and %(last_bucket)s::timestamptz;
+
+-- name: revocation_answer
+-- A dispatcher's answer to a revocation (timerhook_revoke) of a row it holds: 'dropped' (never
+-- sent: cancelled, its attempt uncounted, its holds freed, the reason as its last_error) or
+-- 'sending' (its request had gone out). Fenced by the lease. Returns whether the dropped
+-- timer has dependents to resolve.
+with answered as (
+    update revocations v set answer = %(answer)s
+    where v.timer_id = %(id)s and v.bucket = %(bucket)s and v.token = %(token)s
+      and v.answer is null
+    returning v.reason
+), dropped as (
+    update timers t
+    set state = 'cancelled', finished_at = now(), lease_owner = null, lease_until = null,
+        attempts = t.attempts - 1, waiting_on = null, last_error = (select reason from answered)
+    where %(answer)s = 'dropped' and exists (select 1 from answered)
+      and t.id = %(id)s and t.bucket = %(bucket)s and t.state = 'inflight'
+      and t.lease_owner = %(owner)s and t.lease_token = %(token)s
+    returning t.id, t.dependents
+), unheld as (
+    delete from resource_holds h where h.timer_id in (select id from dropped)
+)
+select coalesce((select dependents from dropped), false) as dependents;
+
+-- name: revocation_state
+-- Where revocations stand, for the request that made them: each one's answer, and whether its
+-- row is still in flight under the revoked lease (the owner may be gone, or done with it).
+select r.id, v.answer, t.state, (t.state = 'inflight' and t.lease_token = r.token) as held
+from unnest(%(id)s::uuid[], %(bucket)s::timestamptz[], %(token)s::bigint[])
+     as r(id, bucket, token)
+join revocations v on v.timer_id = r.id and v.bucket = r.bucket and v.token = r.token
+join timers t on t.id = r.id and t.bucket = r.bucket
+where t.id = any(%(id)s::uuid[])
+  and t.bucket between %(first_bucket)s::timestamptz and %(last_bucket)s::timestamptz;
+
+-- name: revocations_purge
+-- Revocations older than a day are of no use to anyone.
+delete from revocations where requested_at < now() - interval '1 day';
 
 -- name: lease_release
 -- Gives back leased rows that were never sent, undoing their attempt count, and their resource
@@ -421,9 +488,11 @@ with released as (
                + ceil(extract(epoch from greatest(%(until)s::timestamptz, t.run_at)))
                  * interval '1 second',
         waiting_on = %(reason)s::text
-    from unnest(%(id)s::uuid[], %(bucket)s::timestamptz[]) as r(id, bucket)
+    from unnest(%(id)s::uuid[], %(bucket)s::timestamptz[], %(token)s::bigint[])
+         as r(id, bucket, token)
+    -- fenced like timer_record: only the lease this owner's claim made
     where t.id = r.id and t.bucket = r.bucket and t.state = 'inflight'
-      and t.lease_owner = %(owner)s
+      and t.lease_owner = %(owner)s and t.lease_token = r.token
       and t.id = any(%(id)s::uuid[])
       and t.bucket between %(first_bucket)s::timestamptz and %(last_bucket)s::timestamptz
     returning t.id
@@ -449,32 +518,103 @@ with back as (
 )
 select count(*) from back;
 
+-- name: lease_renew
+-- The heartbeat of a dispatcher, and the renewal of every lease it holds, in one statement
+-- (docs/architecture.md, "The claim protocol"):
+-- * the registry row proves it alive, unless a peer declared it dead (stopped_at set): then
+--   nothing is renewed and ``alive`` is false;
+-- * the leases it names (id, bucket, token) are extended; ``owned`` lists those still its
+--   own under that token (the rest were taken over: it drops them);
+-- * rows leased to it that it does not name and whose lease ran out are given back unsent
+--   (their claim committed but its answer was lost, say in an outage): a claim whose answer
+--   is still on its way has a fresh lease, so it is never taken.
+-- A reap (lease_reap) that declares this dispatcher dead locks the same registry row: of the
+-- two, the one that commits second sees the other's work, so a lease is never both renewed
+-- and taken over.
+with beat as (
+    update dispatchers
+    set heartbeat_at = now(), in_flight = %(in_flight)s,
+        sent_total = %(sent_total)s, failed_total = %(failed_total)s
+    where id = %(owner)s and stopped_at is null
+    returning id
+), held as (
+    select * from unnest(%(id)s::uuid[], %(bucket)s::timestamptz[], %(token)s::bigint[])
+         as r(id, bucket, token)
+), renewed as (
+    update timers t
+    set lease_until = now() + %(lease_seconds)s * interval '1 second'
+    from held r
+    where t.id = r.id and t.bucket = r.bucket and exists (select 1 from beat)
+      and t.lease_owner = %(owner)s and t.lease_until is not null and t.lease_token = r.token
+      -- pruned and looked up by primary key, as in timer_record
+      and t.id = any(%(id)s::uuid[])
+      and t.bucket between %(first_bucket)s::timestamptz and %(last_bucket)s::timestamptz
+    returning t.id
+), lost as (
+    -- leased to this dispatcher, not held by it, the lease run out: never sent
+    update timers t
+    set state = 'pending', lease_owner = null, lease_until = null,
+        attempts = t.attempts - 1, waiting_on = null
+    where t.state = 'inflight' and t.lease_owner = %(owner)s and t.lease_until < now()
+      and exists (select 1 from beat)
+      and not (t.id = any(%(id)s::uuid[]))
+    returning t.id
+), unheld as (
+    delete from resource_holds h where h.timer_id in (select id from lost)
+)
+select exists (select 1 from beat) as alive,
+       coalesce((select array_agg(id) from renewed), '{}') as owned,
+       (select count(*) from lost) as given_back;
+
 -- name: lease_reap
--- Takes back every in-flight row whose lease ran out or whose owner is dead (stale heartbeat)
--- or gone (deregistered). Whether its send went out is unknown: an at_least_once row goes back
--- to pending and is sent again; an at_most_once row is never repeated and ends failed. Either
--- way the attempt is recorded with what happened.
+-- Takes back the in-flight rows of dispatchers that can no longer be sending them, in one
+-- statement:
+-- * the peers the caller declares dead (%(dead)s with the heartbeat it saw unchanged for
+--   dead_after_seconds on its own clock, %(seen)s): marked stopped and declared dead, but
+--   only while that heartbeat is still the one seen (a peer that heartbeated meanwhile is
+--   alive, and the registry row's lock orders this against its lease_renew);
+-- * dispatchers that stopped (deregistered, or declared dead before) or are not registered.
+-- Never by comparing timestamps: a lease or a heartbeat that looks old after the database or
+-- the caller stalled proves nothing. Whether a taken row's send went out is unknown: an
+-- at_least_once row goes back to pending and is sent again; an at_most_once row is never
+-- repeated and ends failed. Either way the attempt is recorded with what happened.
 with clock as (
     select coalesce(%(now)s::timestamptz, now()) as now
-), dead as (
-    -- owners that can no longer be sending anything
-    select d.id from dispatchers d, clock
-    where d.stopped_at is not null
-       or d.heartbeat_at < clock.now - %(dead_after_seconds)s * interval '1 second'
+), declared as (
+    update dispatchers d
+    set stopped_at = clock.now, declared_dead_at = clock.now
+    from unnest(%(dead)s::text[], %(seen)s::timestamptz[]) as x(id, seen), clock
+    where d.id = x.id and d.heartbeat_at = x.seen and d.stopped_at is null
+    returning d.id
+), gone as (
+    -- owners that cannot be sending anything: the ones just declared dead, the stopped ones,
+    -- and ids the registry does not know
+    select id from declared
+    union all
+    select t.lease_owner from timers t
+    where t.state = 'inflight'
+      and not exists (select 1 from dispatchers d
+                      where d.id = t.lease_owner and d.stopped_at is null)
+    group by t.lease_owner
 ), victims as (
     -- read before the update so that the owner they are taken from can be reported
-    select t.id, t.bucket, t.lease_owner, t.delivery
-    from timers t, clock
-    where t.state = 'inflight'
-      and (t.lease_until < clock.now or t.lease_owner in (select id from dead))
+    select t.id, t.bucket, t.lease_owner, t.delivery,
+           exists (select 1 from revocations r
+                   where r.timer_id = t.id and r.bucket = t.bucket and r.token = t.lease_token
+                     and (r.answer is null or t.series_id is not null)) as revoked
+    from timers t
+    where t.state = 'inflight' and t.lease_owner in (select id from gone)
     -- at most %(limit)s a call (the caller calls again while a call reaps that many); 0 reaps
     -- nothing, which is how a dispatcher plans this statement at start (db/warmth.py)
     limit %(limit)s
     for update of t skip locked
 ), reaped as (
     update timers t
-    set state = case when v.delivery = 'at_most_once' then 'failed' else 'pending' end,
-        finished_at = case when v.delivery = 'at_most_once' then clock.now end,
+    -- a row whose claim was revoked (its owner died before it answered, or it was a series'
+    -- occurrence whose request had gone out) is not sent again: the cancel or pause stands
+    set state = case when v.revoked then 'cancelled'
+                     when v.delivery = 'at_most_once' then 'failed' else 'pending' end,
+        finished_at = case when v.revoked or v.delivery = 'at_most_once' then clock.now end,
         -- the last result of a lost at_most_once send is this verdict, stamped now
         fired_at = case when v.delivery = 'at_most_once' then clock.now else t.fired_at end,
         last_status = case when v.delivery = 'at_most_once' then null else t.last_status end,
@@ -496,6 +636,7 @@ with clock as (
     select id, bucket, attempts, now, null, null,
            'outcome unknown: lease taken back from ' || lease_owner
            || case when state = 'failed' then ' (at_most_once: not repeated)'
+                   when state = 'cancelled' then ' (not sent again: its claim was revoked)'
                    else ' (sent again)' end,
            lease_owner
     from reaped

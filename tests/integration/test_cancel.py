@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 
 from db.database import Database
+from db.ids import bucket_of
 from db.settings import Settings
 from dispatcher.service import Dispatcher
 from tests.conftest import MakeTimer
@@ -81,7 +82,9 @@ async def test_cancel_racing_claims_never_both_cancels_and_sends(
     db: Database, sink: Sink, settings: Settings, start_dispatcher: StartDispatcher
 ) -> None:
     """Every timer is due now; claims and cancels run at the same moment. Each timer ends
-    either cancelled and never sent, or sent and its cancel refused: never both, never neither."""
+    either cancelled and never sent, or sent and its cancel refused: never both, never neither.
+    A cancel that met a claimed row revoked it: it cancelled the timer if its dispatcher
+    dropped it unsent (the answer DELETE waits for)."""
     count = 300
     created = await db.timers.insert([0] * count, [f"{sink.url}/r"] * count, shards=16)
     dispatcher = await start_dispatcher()
@@ -89,6 +92,10 @@ async def test_cancel_racing_claims_never_both_cancels_and_sends(
     async def cancel(timer_id: uuid.UUID) -> bool:
         result = await db.timers.cancel(timer_id)
         assert result is not None
+        if result.revoke_token is not None:
+            [state] = await db.timers.settle([(timer_id, bucket_of(timer_id), result.revoke_token)])
+            assert state.settled, "the dispatcher answered the revocation"
+            return not state.sent
         return result.cancelled
 
     outcomes = await asyncio.gather(*(cancel(t.id) for t in created))

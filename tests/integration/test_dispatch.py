@@ -13,8 +13,11 @@ import pytest
 from db.database import Database
 from db.models import DueKey
 from db.settings import Settings
+from dispatcher.recorder import Recorder
 from dispatcher.retry import ceiling
+from dispatcher.sender import Result
 from dispatcher.service import Dispatcher
+from dispatcher.stats import SendStats
 from tests.conftest import MakeTimer
 from tests.support.sink import Reply, Sink
 
@@ -269,6 +272,12 @@ async def test_a_stopped_dispatcher_gives_back_what_it_had_not_sent(
     assert [json.loads(r.body)["id"] for r in sink.received] == [str(timer.id)]
 
 
+async def _beat(db: Database, dispatcher_id: str) -> datetime:
+    """The heartbeat of a registered dispatcher as an observer reads it."""
+    [beat] = [b for b in await db.dispatchers.peers(dead_after_seconds=10) if b.id == dispatcher_id]
+    return beat.heartbeat_at
+
+
 async def test_leases_of_a_dead_dispatcher_are_reaped_at_once(
     db: Database, make_timer: MakeTimer
 ) -> None:
@@ -276,12 +285,38 @@ async def test_leases_of_a_dead_dispatcher_are_reaped_at_once(
     await db.dispatchers.register(dispatcher_id="ghost", host="h", pid=1)
     [key] = await db.timers.due_keys(limit=1, lookahead_seconds=1)
     await db.timers.claim(key, owner="ghost", batch=10, lease_seconds=3600)
-    # Alive: its hour-long lease stands.
-    assert await db.timers.reap(dead_after_seconds=10) == []
-    later = datetime.now(UTC) + timedelta(seconds=11)  # its heartbeat is now 11 s stale
-    reaped = await db.timers.reap(dead_after_seconds=10, now=later)
+    seen = await _beat(db, "ghost")
+    # Alive (nobody declared it dead): its lease stands, however old its heartbeat looks.
+    later = datetime.now(UTC) + timedelta(hours=2)
+    assert await db.timers.reap(now=later) == []
+    # Declared dead with the heartbeat an observer saw unchanged: taken over at once.
+    reaped = await db.timers.reap(dead=[("ghost", seen)])
     assert [(r.id, r.lease_owner) for r in reaped] == [(timer.id, "ghost")]
     assert await _state(db, timer.id) == ("pending", 1, None, None)
+    # ... and the ghost learns it at its next heartbeat: nothing renewed, registered again.
+    renewal = await db.timers.renew([], owner="ghost", lease_seconds=90)
+    assert not renewal.alive
+
+
+async def test_a_peer_that_heartbeated_since_it_was_seen_is_not_declared_dead(
+    db: Database, make_timer: MakeTimer
+) -> None:
+    """The reap declares a peer dead only while its heartbeat is the one the observer saw
+    unchanged: one that heartbeated meanwhile (after a stall of the database, say) is alive,
+    and its leases stand."""
+    timer = await make_timer(delay_ms=0)
+    await db.dispatchers.register(dispatcher_id="slow", host="h", pid=1)
+    [key] = await db.timers.due_keys(limit=1, lookahead_seconds=1)
+    claim = await db.timers.claim(key, owner="slow", batch=10, lease_seconds=3600)
+    seen = await _beat(db, "slow")
+    [row] = claim.rows
+    renewal = await db.timers.renew(
+        [(row.id, row.bucket, row.lease_token)], owner="slow", lease_seconds=90
+    )
+    assert renewal.alive and renewal.owned == [timer.id]
+    assert await db.timers.reap(dead=[("slow", seen)]) == []
+    assert await _state(db, timer.id) == ("inflight", 1, None, None)
+    assert (await _beat(db, "slow")) > seen
 
 
 async def test_a_reap_takes_at_most_its_limit_and_none_at_zero(
@@ -293,27 +328,68 @@ async def test_a_reap_takes_at_most_its_limit_and_none_at_zero(
     await db.dispatchers.register(dispatcher_id="ghost", host="h", pid=1)
     for key in await db.timers.due_keys(limit=10, lookahead_seconds=1):
         await db.timers.claim(key, owner="ghost", batch=10, lease_seconds=3600)
-    later = datetime.now(UTC) + timedelta(seconds=11)  # its heartbeat is now 11 s stale
-    assert await db.timers.reap(dead_after_seconds=10, now=later, limit=0) == []
+    await db.dispatchers.deregister(dispatcher_id="ghost")  # stopped: its leases are free
+    assert await db.timers.reap(limit=0) == []
     assert [await _state(db, t.id) for t in timers] == [("inflight", 1, None, None)] * 3
-    first = await db.timers.reap(dead_after_seconds=10, now=later, limit=2)
-    rest = await db.timers.reap(dead_after_seconds=10, now=later, limit=2)
+    first = await db.timers.reap(limit=2)
+    rest = await db.timers.reap(limit=2)
     assert (len(first), len(rest)) == (2, 1)
     assert {r.id for r in first + rest} == {t.id for t in timers}
 
 
-async def test_an_expired_lease_is_reaped_even_if_its_owner_looks_alive(
+async def test_an_expired_lease_its_live_owner_does_not_hold_is_given_back_by_its_renewal(
     db: Database, make_timer: MakeTimer
 ) -> None:
-    timer = await make_timer(delay_ms=0)
+    """A peer never takes a live owner's lease for its age (a stall makes every lease look
+    old); the owner's own renewal gives back a row leased to it that it does not hold (a
+    claim whose answer was lost) once that lease ran out, and keeps the ones it holds."""
+    timer, kept = await make_timer(delay_ms=0), await make_timer(delay_ms=0)
     await db.dispatchers.register(dispatcher_id="slow", host="h", pid=1)
+    claimed = []
+    for key in await db.timers.due_keys(limit=10, lookahead_seconds=1):
+        claimed += (await db.timers.claim(key, owner="slow", batch=10, lease_seconds=0.2)).rows
+    assert {c.id for c in claimed} == {timer.id, kept.id}
+    await asyncio.sleep(0.3)
+    assert await db.timers.reap() == []  # alive: nobody else touches its leases
+    [held] = [c for c in claimed if c.id == kept.id]
+    renewal = await db.timers.renew(
+        [(held.id, held.bucket, held.lease_token)], owner="slow", lease_seconds=90
+    )
+    assert (renewal.alive, renewal.owned, renewal.given_back) == (True, [kept.id], 1)
+    assert await _state(db, timer.id) == ("pending", 0, None, None)
+    assert await _state(db, kept.id) == ("inflight", 1, None, None)
+
+
+async def test_an_outcome_with_a_stale_token_changes_nothing_and_is_counted(
+    db: Database, make_timer: MakeTimer, settings: Settings
+) -> None:
+    """A lease taken over and claimed again: the first claim's outcome names an old token,
+    so it records nothing, even for the same owner; the recorder counts it as stale."""
+    timer = await make_timer(delay_ms=0)
+    await db.dispatchers.register(dispatcher_id="d1", host="h", pid=1)
     [key] = await db.timers.due_keys(limit=1, lookahead_seconds=1)
-    claimed = (await db.timers.claim(key, owner="slow", batch=1, lease_seconds=5)).rows
-    assert [c.id for c in claimed] == [timer.id]
-    soon = datetime.now(UTC) + timedelta(seconds=6)
-    await db.dispatchers.heartbeat(dispatcher_id="slow", in_flight=1, sent_total=0, failed_total=0)
-    reaped = await db.timers.reap(dead_after_seconds=3600, now=soon)
-    assert [r.id for r in reaped] == [timer.id]
+    [first] = (await db.timers.claim(key, owner="d1", batch=1, lease_seconds=90)).rows
+    seen = await _beat(db, "d1")
+    assert [r.id for r in await db.timers.reap(dead=[("d1", seen)])] == [timer.id]
+    await db.dispatchers.register(dispatcher_id="d1", host="h", pid=1)  # back, same id
+    [key] = await db.timers.due_keys(limit=1, lookahead_seconds=1)
+    [second] = (await db.timers.claim(key, owner="d1", batch=1, lease_seconds=90)).rows
+    assert second.lease_token == first.lease_token + 1
+    stats = SendStats(db)
+    recorder = Recorder(
+        db, settings, owner="d1", retry_soon_seconds=2.5, wake_claims=lambda: None,
+        recorded=lambda n: None, stats=stats,
+    )  # fmt: skip
+    recorder.outcome(first, Result(200, None, 1.0), datetime.now(UTC))
+    await recorder.flush()
+    assert stats.stale == 1
+    assert await _state(db, timer.id) == ("inflight", 2, None, None)  # the second lease stands
+    recorder.outcome(second, Result(200, None, 1.0), datetime.now(UTC))
+    await recorder.flush()
+    assert stats.stale == 1
+    assert await _state(db, timer.id) == ("delivered", 2, 200, None)
+    await stats.report()
+    assert (await db.stats.totals()).stale == 1
 
 
 async def test_timers_due_while_nothing_ran_fire_once_at_start(

@@ -22,7 +22,7 @@ import psycopg
 import pytest
 
 from tests.support.processes import Service, postmasters_of, stop_embedded
-from tests.support.sink import Sink
+from tests.support.sink import Reply, Sink
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -51,6 +51,27 @@ class ExternalPostgres:
         with PostgresServer._lock:
             self.server.ensure_postgres_running()
 
+    def processes(self) -> list[int]:
+        """The server's processes: the postmaster and every child of it (backends, the
+        checkpointer, the WAL writer ...)."""
+        [postmaster] = postmasters_of(self.server.pgdata)
+        children = []
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                try:
+                    stat = (proc / "stat").read_text()
+                except OSError:
+                    continue
+                if int(stat.rsplit(")", 1)[1].split()[1]) == postmaster:
+                    children.append(int(proc.name))
+        return [postmaster, *children]
+
+    def signal(self, sig: signal.Signals) -> None:
+        """Sends ``sig`` to every process of the server (SIGSTOP: it freezes whole, its
+        connections stay open and nothing answers; SIGCONT: it goes on)."""
+        for pid in self.processes():
+            os.kill(pid, sig)
+
 
 @pytest.fixture
 def external_pg() -> Iterator[ExternalPostgres]:
@@ -75,6 +96,24 @@ async def _timed(request: Any) -> tuple[httpx.Response, float]:
     return response, time.monotonic() - started
 
 
+async def _answers_503_in_time(client: httpx.AsyncClient, sink: Sink, timer_id: str) -> None:
+    """A create, a read, a listing and /readyz answer a 503 problem within the database
+    timeout (1 s) and some slack; /healthz answers 200 at once."""
+    requests = (
+        lambda: client.post("/timer", json={"url": sink.url}),
+        lambda: client.get(f"/timer/{timer_id}"),
+        lambda: client.get("/timer"),
+        lambda: client.get("/readyz"),
+    )
+    for request in requests:
+        response, took = await _timed(request())
+        _problem_503(response)
+        assert took < 1.5, (response.request.url, took)
+    health, took = await _timed(client.get("/healthz"))
+    assert health.status_code == 200 and took < 0.25, took
+
+
+@pytest.mark.long
 async def test_a_database_outage_answers_503_fast_and_recovers_within_2_s(
     make_service: MakeService, external_pg: ExternalPostgres, sink: Sink
 ) -> None:
@@ -92,20 +131,7 @@ async def test_a_database_outage_answers_503_fast_and_recovers_within_2_s(
         down_at = time.monotonic()
 
         for _ in range(3):  # every request answers within the 1 s timeout (and some slack)
-            create, took = await _timed(client.post("/timer", json={"url": sink.url}))
-            _problem_503(create)
-            assert took < 1.5, took
-            read, took = await _timed(client.get(f"/timer/{ids[0]}"))
-            _problem_503(read)
-            assert took < 1.5, took
-            listing, took = await _timed(client.get("/timer"))
-            _problem_503(listing)
-            assert took < 1.5, took
-            health, took = await _timed(client.get("/healthz"))
-            assert health.status_code == 200 and took < 0.25, took
-            ready, took = await _timed(client.get("/readyz"))
-            _problem_503(ready)
-            assert took < 1.5, took
+            await _answers_503_in_time(client, sink, ids[0])
         await asyncio.sleep(max(0.0, 5.0 - (time.monotonic() - down_at)))
 
         await asyncio.to_thread(external_pg.start)
@@ -142,8 +168,54 @@ async def test_a_database_outage_answers_503_fast_and_recovers_within_2_s(
     for pool in ("api", "dispatcher"):
         assert log.count(f"database unreachable from {pool}") == 1, log
         assert log.count(f"database reachable again from {pool}") == 1, log
-    assert "maximum number of running instances" not in log, log
+    assert "job runs were skipped" not in log, log
     assert "Traceback" not in log, log
+
+
+@pytest.mark.long
+async def test_a_frozen_database_answers_503_in_time_and_sends_nothing_twice(
+    make_service: MakeService, external_pg: ExternalPostgres, sink: Sink
+) -> None:
+    """PostgreSQL frozen whole for 15 s (SIGSTOP: connections open, nothing answers) under
+    an API and two dispatchers sending to a slow host: requests get their 503 within the
+    database timeout plus half a second, no peer is declared dead for the silence, and
+    afterwards every timer is delivered exactly once."""
+    sink.status_for = lambda r: Reply(200, delay=2.0)
+    service = make_service("serve", TIMERHOOK_DATABASE_URL=external_pg.url)
+    service.start()
+    await service.wait_ready()
+    other = make_service("dispatcher", TIMERHOOK_DATABASE_URL=external_pg.url)
+    other.start()
+    async with httpx.AsyncClient(base_url=service.base_url, timeout=30) as client:
+        ids = []
+        for i in range(120):  # due from 1 s to 25 s from now: before, during and after
+            body = {"seconds": 1 + i // 5, "url": f"{sink.url}/h"}
+            created = await client.post("/timer", json=body)
+            assert created.status_code == 200, created.text
+            ids.append(created.json()["id"])
+        await sink.wait_for(10, timeout=30)
+        await asyncio.to_thread(external_pg.signal, signal.SIGSTOP)
+        frozen_at = time.monotonic()
+        try:
+            while time.monotonic() - frozen_at < 15:
+                await _answers_503_in_time(client, sink, ids[0])
+        finally:
+            await asyncio.to_thread(external_pg.signal, signal.SIGCONT)
+        await sink.wait_until(lambda: all(sink.for_id(i) for i in ids), timeout=90)
+        await asyncio.sleep(2.5)  # answers held by the slow host, and any late repeat
+        counts = {i: len(sink.for_id(i)) for i in ids}
+        assert set(counts.values()) == {1}, {i: n for i, n in counts.items() if n != 1}
+    assert await other.terminate() == 0, other.log()
+    assert await service.terminate() == 0, service.log()
+    logs = service.log() + other.log()
+    assert "declared dead" not in logs, logs
+    assert "Traceback" not in logs, logs
+    assert "maximum number of running instances" not in logs, logs  # said once, not per tick
+    assert service.log().count("job runs were skipped") <= 1, service.log()
+    assert "query cancellation interrupted" not in logs, logs
+    # The stall was said once per pool and process, not once per request, tick or job.
+    assert service.log().count("database unreachable from api") == 1, service.log()
+    assert other.log().count("database unreachable from dispatcher") == 1, other.log()
 
 
 def _db_now(url: str) -> Any:
@@ -160,6 +232,7 @@ def _last_heartbeat(url: str) -> Any:
         return row[0]
 
 
+@pytest.mark.long
 async def test_a_killed_embedded_server_is_started_again_and_loses_nothing(
     make_service: MakeService, tmp_path: Path, sink: Sink
 ) -> None:

@@ -8,7 +8,6 @@ import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
 
 import httpx
 
@@ -315,8 +314,8 @@ async def test_holds_are_released_when_a_dead_dispatchers_leases_are_reaped(
     claim = await db.timers.claim_held(choose, owner="ghost", lookahead_seconds=2, lease_seconds=60)
     assert claim is not None and [r.id for r in claim.rows] == [first.id]
     assert await db.timers.holds(["printer"]) == {"printer": first.id}
-    later = datetime.now(UTC) + timedelta(seconds=30)
-    reaped = await db.timers.reap(dead_after_seconds=10, now=later)
+    [ghost] = [b for b in await db.dispatchers.peers(dead_after_seconds=10) if b.id == "ghost"]
+    reaped = await db.timers.reap(dead=[("ghost", ghost.heartbeat_at)])
     assert [r.id for r in reaped] == [first.id]
     assert await db.timers.holds(["printer"]) == {}
     assert {t.id for t in rest} | {first.id} == {

@@ -11,8 +11,10 @@ from email.utils import format_datetime
 import httpx
 
 from db.database import Database
+from db.models import ClaimedTimer
 from db.settings import Settings
 from dispatcher.retry import ceiling
+from dispatcher.sender import Result, Sender
 from dispatcher.service import Dispatcher
 from tests.conftest import MakeTimer
 from tests.support.sink import Received, Reply, Sink
@@ -197,3 +199,55 @@ async def test_bulk_requeue_takes_a_filtered_set_or_all(
     refused = await client.post("/timer/requeue", json={"url_prefix": "http://a\u0000"})
     assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "url_prefix"
     assert "NUL" in refused.json()["errors"][0]["reason"]
+
+
+async def test_a_retry_after_that_is_no_ascii_number_ends_dead_after_max_attempts(
+    make_timer: MakeTimer,
+    sink: Sink,
+    db: Database,
+    client: httpx.AsyncClient,
+    make_settings: Callable[..., Settings],
+    start_dispatcher: StartDispatcher,
+) -> None:
+    """'²' is a digit to str.isdigit() and not to float(): it once raised inside the send,
+    no outcome was recorded, and the timer was POSTed again every lease for ever."""
+    sink.status_for = lambda r: Reply(503, headers={"Retry-After": "²"}, body=b"busy")
+    timer = await make_timer(delay_ms=0, max_attempts=3)
+    dispatcher = await start_dispatcher(make_settings(retry_base_seconds=0.2))
+    await dispatcher.wait_recorded(3, timeout=20)
+    assert len(sink.for_id(timer.id)) == 3
+    detail = (await client.get(f"/timer/{timer.id}")).json()
+    assert (detail["status"], detail["attempts"]) == ("dead", 3)
+    assert detail["last_result"]["error"] == "HTTP 503: busy"
+
+
+class _BrokenSender(Sender):
+    """A sender with a bug: every send raises (what a header that does not parse did)."""
+
+    async def send(self, timer: ClaimedTimer) -> Result:
+        raise RuntimeError("a bug in the send path")
+
+
+async def test_an_exception_in_the_send_path_is_a_failed_attempt_counted_against_max_attempts(
+    make_timer: MakeTimer,
+    sink: Sink,
+    db: Database,
+    client: httpx.AsyncClient,
+    make_settings: Callable[..., Settings],
+    start_dispatcher: StartDispatcher,
+) -> None:
+    settings = make_settings(retry_base_seconds=0.2)
+    timer = await make_timer(delay_ms=0, max_attempts=2)
+    dispatcher = await start_dispatcher(settings, sender=_BrokenSender(**_sender_args(settings)))
+    await dispatcher.wait_recorded(2, timeout=20)
+    detail = (await client.get(f"/timer/{timer.id}")).json()
+    assert (detail["status"], detail["attempts"]) == ("dead", 2)
+    error = detail["last_result"]["error"]
+    assert error == "internal error while sending: RuntimeError: a bug in the send path"
+
+
+def _sender_args(settings: Settings) -> dict[str, object]:
+    return {
+        "timeout_seconds": settings.http_timeout_seconds, "concurrency": settings.concurrency,
+        "allow_private": True,
+    }  # fmt: skip

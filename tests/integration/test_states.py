@@ -93,7 +93,19 @@ async def test_every_transition_the_queries_make_is_a_defined_one(
     [key] = await db.timers.due_keys(limit=1, lookahead_seconds=120)  # its deferred slot
     claim = await db.timers.claim(key, owner="ghost", batch=1, lease_seconds=1)
     assert claim.rows
-    assert await db.timers.reap(dead_after_seconds=10, now=until + timedelta(minutes=1))
+    [ghost] = [b for b in await db.dispatchers.peers(dead_after_seconds=10) if b.id == "ghost"]
+    assert await db.timers.reap(dead=[("ghost", ghost.heartbeat_at)])
+    # A claim revoked by a cancel before its request went out: dropped unsent, cancelled.
+    revoked = await make_timer(delay_ms=0, now=datetime.now(UTC) - timedelta(hours=1))
+    await db.dispatchers.register(dispatcher_id="holder", host="h", pid=1)
+    [key] = await db.timers.due_keys(limit=1)  # the oldest key: the revoked timer's
+    [row] = (await db.timers.claim(key, owner="holder", batch=1, lease_seconds=60)).rows
+    assert row.id == revoked.id
+    answer = await db.timers.cancel(revoked.id)
+    assert answer is not None and answer.revoke_token == row.lease_token
+    await db.timers.answer_revocation(row, owner="holder", dropped=True)
+    [state] = await db.timers.settle([(row.id, row.bucket, row.lease_token)])
+    assert (state.answer, state.state, state.sent) == ("dropped", "cancelled", False)
     async with db.pool.connection() as conn:
         cur = await conn.execute("select distinct before, after from seen")
         seen = {(str(a), str(b)) for a, b in await cur.fetchall()}

@@ -106,7 +106,7 @@ async def test_a_dispatcher_plans_its_claim_path_at_start_and_changes_nothing(
             prepared = await _prepared(conn)
             for name in (
                 "window_work", "held_candidates", "bucket_keys_due", "bucket_claim",
-                "timer_record", "lease_reap",
+                "timer_record", "lease_reap", "lease_renew",
             ):  # fmt: skip
                 assert prepared.get(_first_line(name), 0) >= 1, (name, prepared)
     finally:

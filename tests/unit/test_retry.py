@@ -99,3 +99,13 @@ def test_retry_after_parses_seconds_and_http_dates() -> None:
     assert parse_retry_after(earlier, now=now) == 0.0  # a date in the past: no wait
     for junk in (None, "", "soon", "-5", "1.5", "Mon, 99 Foo 2026"):
         assert parse_retry_after(junk, now=now) is None
+
+
+def test_retry_after_takes_only_ascii_digits_and_never_raises() -> None:
+    """'²' and '٣' are digits to str.isdigit() but not to float(): such a header once raised
+    inside the send task, so no outcome was recorded and the timer was sent for ever."""
+    now = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
+    for junk in ("²", "٣", "1²", "\u0661\u0662", "9" * 5000, "Mon, 23 Nov 99999 12:00:00 GMT"):
+        got = parse_retry_after(junk, now=now)
+        assert got is None or got == 1e12, junk
+    assert parse_retry_after("9" * 40, now=now) == 1e12  # capped by the retry ceiling later
