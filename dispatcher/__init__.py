@@ -12,8 +12,10 @@ A timer's way through a dispatcher is a pipeline, one module a stage:
   and which peers are dead by what this process saw of their heartbeats;
 - ``maintenance``: the tick, heartbeat (with the lease renewal), lease reaping, circuits,
   partitions;
-- ``service``: lifecycle and wiring, and ``_send``, one row's way out in order: its instant,
-  its host, still owned (the last check before the request), sent, recorded;
+- ``pipeline``: one claimed row's way out, each step in one place: claimed, planned (its
+  instant, its host), still owned (the last check before the request), sent, recorded; and
+  the revocations of claims;
+- ``service``: lifecycle and wiring only, the heartbeat's renewal included;
   ``clock``: the database clock against the local one.
 
 The claim protocol (states, leases, fencing tokens, renewal, death by observation, revocation,

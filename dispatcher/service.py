@@ -8,7 +8,6 @@ import logging
 import os
 import secrets
 import time
-import uuid
 from collections.abc import Callable, Coroutine
 from datetime import datetime
 from typing import Any
@@ -16,19 +15,18 @@ from typing import Any
 from db.caps import GLOBAL
 from db.connection import DatabaseUnavailable
 from db.database import Database
-from db.models import CappedStream, Claim, ClaimedTimer
+from db.models import CappedStream, Claim
 from db.settings import Settings
 from db.warmth import rehearsal
 from dispatcher.claimer import Claimer
-from dispatcher.clock import ClockMap, sleep_until
-from dispatcher.hosts import host_of
+from dispatcher.clock import sleep_until
 from dispatcher.maintenance import Maintenance
 from dispatcher.ownership import Ownership, PeerWatch, pid_namespace
+from dispatcher.pipeline import Pipeline
 from dispatcher.planner import CAP_POLL_SECONDS, Planner
 from dispatcher.recorder import Recorder
 from dispatcher.recurring import SchedulePass
-from dispatcher.retry import Failure
-from dispatcher.sender import Result, Sender
+from dispatcher.sender import Sender
 from dispatcher.stats import SendStats
 from dispatcher.windows import WindowPass
 
@@ -91,7 +89,7 @@ class Dispatcher:
         )  # fmt: skip
         self.planner = Planner(db, settings, owner=self.id)
         self.claimer = Claimer(
-            db, settings, self.planner, owner=self.id, hand_over=self._schedule,
+            db, settings, self.planner, owner=self.id, hand_over=self._hand_over,
             room=self._room, wait_for_room=self._wait_for_room, stopping=lambda: self._stopping,
         )  # fmt: skip
         self.lookahead_seconds = self.claimer.lookahead_seconds
@@ -112,19 +110,18 @@ class Dispatcher:
             renew=self._renew, watch=self.watch, stats=self.stats, refresh=self._refresh,
             peers=self.claimer.set_peers,
         )  # fmt: skip
-        # Every claimed row not yet recorded: waiting for its time or its host, or being sent.
-        self._claimed: dict[asyncio.Task[None], ClaimedTimer] = {}
-        self._sending: set[asyncio.Task[None]] = set()
         self._progress = asyncio.Condition()
         self._progress_waiters = 0
         self._drain_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
-        # Claims revoked by a cancel or a pause (id -> token, monotonic instant heard): a row
-        # is dropped unsent when it is held, or as soon as its claim's answer brings it.
-        self._revoked: dict[uuid.UUID, tuple[int, float]] = {}
+        # Every claimed row's way out: its instant, its host, still owned, sent, recorded.
+        self.pipeline = Pipeline(
+            db, owner=self.id, planner=self.planner, sender=self.sender, recorder=self.recorder,
+            ownership=self.ownership, progress=self._notify_if_waited, spawn=self._spawn,
+        )  # fmt: skip
         # A timer created due within the claim window wakes the claimer at once; a revocation
         # reaches the owner of the row at once.
-        self.listener = db.due_listener(self._wake.set, self._on_revoke)
+        self.listener = db.due_listener(self._wake.set, self.pipeline.on_revoke)
 
     @property
     def sent_total(self) -> int:
@@ -181,15 +178,15 @@ class Dispatcher:
         if self._drain_task is not None:
             await self._drain_task
         # Rows still waiting for their time or their host were never sent: give them back.
-        waiting = {t: row for t, row in self._claimed.items() if t not in self._sending}
+        waiting = self.pipeline.waiting()
         for task in waiting:
             task.cancel()
         await asyncio.gather(*waiting, return_exceptions=True)
         released = await self.recorder.release(list(waiting.values()))
         # Sends in progress get the grace period; the rest keep their lease (reaped at once).
-        if self._sending:
+        if self.pipeline.sending:
             _, late = await asyncio.wait(
-                set(self._sending), timeout=self.settings.shutdown_grace_seconds
+                set(self.pipeline.sending), timeout=self.settings.shutdown_grace_seconds
             )
             for task in late:
                 task.cancel()
@@ -222,9 +219,8 @@ class Dispatcher:
         """The heartbeat: proves this dispatcher alive and renews the lease of every row it
         holds (``lease_renew``). Rows whose lease was taken over are dropped unsent; when a
         peer declared this dispatcher dead, everything it holds is."""
-        forget = time.monotonic() - self.settings.lease_seconds
-        self._revoked = {k: v for k, v in self._revoked.items() if v[1] > forget}
-        held = self._held_leases()
+        self.pipeline.forget_revocations(time.monotonic() - self.settings.lease_seconds)
+        held = self.pipeline.held_leases()
         started = time.monotonic()
         renewal = await self.db.timers.renew(
             held, owner=self.id, lease_seconds=self.settings.lease_seconds,
@@ -235,7 +231,9 @@ class Dispatcher:
             return
         if len(renewal.owned) < len(held):
             owned = set(renewal.owned)
-            self._drop({row_id for row_id, _, _ in held if row_id not in owned}, "taken over")
+            dropped = self.pipeline.drop({row_id for row_id, _, _ in held if row_id not in owned})
+            if dropped:
+                log.warning("dropped %d held rows unsent: their leases were taken over", dropped)
         if renewal.given_back:
             log.warning(
                 "gave back %d rows leased to this dispatcher that it did not hold (a claim whose "
@@ -248,7 +246,7 @@ class Dispatcher:
         dead_after_seconds: this process or its host was paused) and took its leases over:
         nothing held may be sent. Drops it all and registers again."""
         self.ownership.lost()
-        dropped = self._drop({row.id for row in self._claimed.values()}, "declared dead")
+        dropped = self.pipeline.drop({row.id for row in self.pipeline.claimed.values()})
         log.error(
             "dispatcher %s was declared dead by a peer (its heartbeat went unseen for %.0f s: "
             "this process was paused or starved) and its leases were taken over; dropped %d "
@@ -257,27 +255,6 @@ class Dispatcher:
         )  # fmt: skip
         await self._register()
         self._wake.set()
-
-    def _held_leases(self) -> list[tuple[uuid.UUID, datetime, int]]:
-        """Every lease this dispatcher holds: rows waiting or being sent, and rows whose
-        outcome or deferral is not written yet."""
-        leases = {row.id: (row.id, row.bucket, row.lease_token) for row in self._claimed.values()}
-        for lease in self.recorder.held_leases():
-            leases.setdefault(lease[0], lease)
-        return list(leases.values())
-
-    def _drop(self, ids: set[uuid.UUID], why: str) -> int:
-        """Cancels the rows of ``ids`` that are not being sent yet (no longer this
-        dispatcher's to send); returns how many."""
-        dropped = [
-            task for task, row in self._claimed.items()
-            if row.id in ids and task not in self._sending
-        ]  # fmt: skip
-        for task in dropped:
-            task.cancel()
-        if dropped and why == "taken over":
-            log.warning("dropped %d held rows unsent: their leases were taken over", len(dropped))
-        return len(dropped)
 
     async def _refresh(self) -> None:
         """What other processes may change at run time: host circuits, the caps of tenants
@@ -330,7 +307,7 @@ class Dispatcher:
         commit went through while the connection died leased rows whose answer never came:
         without this they would wait for their lease to run out (30 s by default). Run in
         the claim loop, between claims, so no claim's answer is on its way meanwhile."""
-        held = [row_id for row_id, _, _ in self._held_leases()]
+        held = [row_id for row_id, _, _ in self.pipeline.held_leases()]
         taken = await self.db.timers.take_back(owner=self.id, known=held)
         self._take_back_pending = False
         if taken:
@@ -346,119 +323,18 @@ class Dispatcher:
     def _room(self) -> int:
         """How many more rows may be claimed: a buffer of two batches past the send limit."""
         limit = self.settings.concurrency + 2 * self.settings.batch_size
-        return max(0, limit - len(self._claimed))
+        return max(0, limit - len(self.pipeline.claimed))
 
     async def _wait_for_room(self) -> None:
         await self._wait_progress(lambda: self._room() > 0 or self._stopping)
 
-    def _schedule(self, claim: Claim, per_minute: int, stream: CappedStream | None) -> None:
-        """Starts a task per claimed row that sends it at its planned instant (paced with the
-        rest of its capped stream, if any); a row revoked already is dropped."""
-        clock = ClockMap.of(claim)
-        for row, deadline in self.planner.deadlines(claim, per_minute, stream):
-            if self._is_revoked(row):
-                self._spawn(self._answer(row, dropped=True))
-                continue
-            task = asyncio.create_task(self._send(row, deadline, clock))
-            self._claimed[task] = row
-
-    # -- revocations ----------------------------------------------------------------------
-
-    def _on_revoke(self, payload: str) -> None:
-        """A cancel or a pause revoked the claim of a row (NOTIFY timerhook_revoke): dropped
-        now if it is held and not being sent, and the answer written either way."""
-        try:
-            owner, ident, token = payload.split()
-            row_id, lease = uuid.UUID(ident), int(token)
-        except ValueError:
-            log.warning("ignored a malformed revocation %r", payload)
-            return
-        if owner != self.id:
-            return
-        self._revoked[row_id] = (lease, time.monotonic())
-        for task, row in self._claimed.items():
-            if row.id == row_id and row.lease_token == lease:
-                dropped = task not in self._sending
-                if dropped:
-                    task.cancel()
-                self._spawn(self._answer(row, dropped=dropped))
-                return
-
-    def _is_revoked(self, row: ClaimedTimer) -> bool:
-        found = self._revoked.get(row.id)
-        return found is not None and found[0] == row.lease_token
-
-    async def _answer(self, row: ClaimedTimer, *, dropped: bool) -> None:
-        try:
-            await self.db.timers.answer_revocation(row, owner=self.id, dropped=dropped)
-        except DatabaseUnavailable as exc:
-            # The request that revoked answers 409 (not confirmed): never 2xx, then a send.
-            log.warning("could not answer the revocation of timer %s: %s", row.id, exc)
+    def _hand_over(self, claim: Claim, per_minute: int, stream: CappedStream | None) -> None:
+        self.pipeline.schedule(claim, per_minute, stream)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-    # -- sending ------------------------------------------------------------------------
-
-    async def _send(self, row: ClaimedTimer, deadline: float, clock: ClockMap) -> None:
-        """One claimed row's way out, each step in one place: planned (its instant), its host
-        (an open circuit gives it back; else a slot), still owned (checked at the last moment
-        before the request), sent (never raises), recorded (fenced by the lease's token)."""
-        task = asyncio.current_task()
-        assert task is not None
-        try:
-            await sleep_until(deadline)
-            host = host_of(row.url)
-            while True:
-                circuit = self.planner.circuit(host)
-                if circuit is not None:
-                    why = f"circuit open for host {host}: {circuit.reason}"
-                    self.recorder.defer(row, circuit.until_db, why)
-                    return
-                await self.planner.enter(row, host)
-                if self._is_revoked(row):
-                    self.planner.leave(host)
-                    return  # dropped: the revocation's answer is written by _on_revoke
-                if self.ownership.safe():
-                    break  # no await from here to the request: nothing can change it
-                # Not confirmed alive recently enough to be sure the lease is still ours: wait
-                # for the next heartbeat (which drops the row if it was taken over).
-                self.planner.leave(host)
-                await self.ownership.wait_safe()
-            try:
-                self._sending.add(task)
-                sent_mono = time.monotonic()
-                result = await self._attempt(row)
-            finally:
-                self.planner.leave(host)
-            self.planner.observe(host, result)
-            # an occurrence of a series deleted or paused while it was being sent: not retried
-            ended = row.series_id is not None and self._is_revoked(row)
-            self.recorder.outcome(row, result, clock.database(sent_mono), ended=ended)
-        finally:
-            self._sending.discard(task)
-            self._claimed.pop(task, None)
-            if self._progress_waiters:  # most sends have no one waiting: skip the lock
-                async with self._progress:
-                    self._progress.notify_all()
-
-    async def _attempt(self, row: ClaimedTimer) -> Result:
-        """The send; an exception in it (a bug, something the sender did not foresee) is a
-        failed attempt with its error, counted against max_attempts like a network error,
-        never a row left to wait for its lease."""
-        started = time.monotonic()
-        try:
-            return await self.sender.send(row)
-        except Exception as exc:
-            log.exception("sending timer %s raised; recorded as a failed attempt", row.id)
-            return Result(
-                None, f"internal error while sending: {type(exc).__name__}: {exc}"[:500],
-                # connected: the request may have gone out (the fault can come after the
-                # answer), so an at_most_once timer is not sent again
-                (time.monotonic() - started) * 1000, Failure(None, connected=True),
-            )  # fmt: skip
 
     # -- signals for callers and tests --------------------------------------------------
 
@@ -471,13 +347,19 @@ class Dispatcher:
         async with self._progress:
             self._progress.notify_all()
 
+    async def _notify_if_waited(self) -> None:
+        if self._progress_waiters:  # most sends have no one waiting: skip the lock
+            await self._notify()
+
     async def wait_recorded(self, count: int, timeout: float) -> None:
         """Waits until at least ``count`` outcomes were recorded in the database."""
         await self._wait_for(lambda: self.recorded_total >= count, timeout)
 
     async def wait_idle(self, timeout: float) -> None:
         """Waits until nothing claimed is waiting, being sent or unrecorded."""
-        await self._wait_for(lambda: not self._claimed and not self.recorder.unwritten, timeout)
+        await self._wait_for(
+            lambda: not self.pipeline.claimed and not self.recorder.unwritten, timeout
+        )
 
     async def _wait_for(self, predicate: Callable[[], bool], timeout: float) -> None:
         await asyncio.wait_for(self._wait_progress(predicate), timeout)
@@ -493,7 +375,7 @@ class Dispatcher:
     @property
     def in_flight(self) -> int:
         """Rows claimed and not yet recorded."""
-        return len(self._claimed)
+        return len(self.pipeline.claimed)
 
 
 async def run_until_signalled(dispatcher: Dispatcher, stop: asyncio.Event) -> None:

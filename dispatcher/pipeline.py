@@ -1,0 +1,202 @@
+"""The send pipeline: every claimed row's way out of a dispatcher, one step after another.
+
+1. **claimed**: a claim hands its rows over (``schedule``), each with its planned instant (the
+   planner paces a capped stream); a row whose claim was revoked already is dropped;
+2. **planned**: the row waits for its instant, then for a slot of its host (an open circuit
+   gives it back to pending instead);
+3. **still owned**: the last check before the request, with no ``await`` between it and the
+   request: the leases are safe (``Ownership``) and the claim was not revoked. Past the safe
+   window the row waits for the next heartbeat, which drops it if it was taken over;
+4. **sent**: the sender's request, which never raises (an exception is a failed attempt);
+5. **recorded**: the outcome goes to the recorder, fenced there by the lease's token.
+
+A revocation (``on_revoke``: a cancel or a pause met the row) drops a row that is not being
+sent and answers ``dropped``, or answers ``sending``. The protocol and why it holds:
+docs/architecture.md, "Once".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from datetime import datetime
+from typing import Any
+
+from db.connection import DatabaseUnavailable
+from db.database import Database
+from db.models import CappedStream, Claim, ClaimedTimer
+from dispatcher.clock import ClockMap, sleep_until
+from dispatcher.hosts import host_of
+from dispatcher.ownership import Ownership
+from dispatcher.planner import Planner
+from dispatcher.recorder import Recorder
+from dispatcher.retry import Failure
+from dispatcher.sender import ERROR_CHARS, Result, Sender
+
+log = logging.getLogger(__name__)
+
+Lease = tuple[uuid.UUID, datetime, int]  # id, bucket, token
+
+
+class Pipeline:
+    """The rows a dispatcher holds, each on its way out (``schedule``)."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        owner: str,
+        planner: Planner,
+        sender: Sender,
+        recorder: Recorder,
+        ownership: Ownership,
+        progress: Callable[[], Coroutine[Any, Any, None]],
+        spawn: Callable[[Coroutine[Any, Any, None]], None],
+    ) -> None:
+        self.db = db
+        self.owner = owner
+        self.planner = planner
+        self.sender = sender
+        self.recorder = recorder
+        self.ownership = ownership
+        self._progress = progress  # awaited after each row leaves (for waiters)
+        self._spawn = spawn
+        # Every claimed row not yet recorded: waiting for its time or its host, or being sent.
+        self.claimed: dict[asyncio.Task[None], ClaimedTimer] = {}
+        self.sending: set[asyncio.Task[None]] = set()
+        # Claims revoked by a cancel or a pause (id -> token, monotonic instant heard): a row
+        # is dropped unsent when it is held, or as soon as its claim's answer brings it.
+        self._revoked: dict[uuid.UUID, tuple[int, float]] = {}
+
+    # -- 1. claimed -------------------------------------------------------------------------
+
+    def schedule(self, claim: Claim, per_minute: int, stream: CappedStream | None) -> None:
+        """Starts a task per claimed row that sends it at its planned instant (paced with the
+        rest of its capped stream, if any); a row revoked already is dropped."""
+        clock = ClockMap.of(claim)
+        for row, deadline in self.planner.deadlines(claim, per_minute, stream):
+            if self.is_revoked(row):
+                self._spawn(self._answer(row, dropped=True))
+                continue
+            task = asyncio.create_task(self._send(row, deadline, clock))
+            self.claimed[task] = row
+
+    async def _send(self, row: ClaimedTimer, deadline: float, clock: ClockMap) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        try:
+            # 2. planned: its instant, then its host
+            await sleep_until(deadline)
+            host = host_of(row.url)
+            while True:
+                circuit = self.planner.circuit(host)
+                if circuit is not None:
+                    why = f"circuit open for host {host}: {circuit.reason}"
+                    self.recorder.defer(row, circuit.until_db, why)
+                    return
+                await self.planner.enter(row, host)
+                # 3. still owned: no await from here to the request, so nothing can change it
+                if self.is_revoked(row):
+                    self.planner.leave(host)
+                    return  # dropped: on_revoke writes the answer
+                if self.ownership.safe():
+                    break
+                # not confirmed alive recently enough to be sure the lease is still ours: the
+                # next heartbeat renews it, or drops the row if it was taken over
+                self.planner.leave(host)
+                await self.ownership.wait_safe()
+            # 4. sent
+            try:
+                self.sending.add(task)
+                sent_mono = time.monotonic()
+                result = await self._attempt(row)
+            finally:
+                self.planner.leave(host)
+            # 5. recorded; an occurrence of a series deleted or paused while it was being sent
+            # is not retried
+            self.planner.observe(host, result)
+            ended = row.series_id is not None and self.is_revoked(row)
+            self.recorder.outcome(row, result, clock.database(sent_mono), ended=ended)
+        finally:
+            self.sending.discard(task)
+            self.claimed.pop(task, None)
+            await self._progress()
+
+    async def _attempt(self, row: ClaimedTimer) -> Result:
+        """The send; an exception in it (a bug, something the sender did not foresee) is a
+        failed attempt with its error, counted against max_attempts like a network error,
+        never a row left to wait for its lease."""
+        started = time.monotonic()
+        try:
+            return await self.sender.send(row)
+        except Exception as exc:
+            log.exception("sending timer %s raised; recorded as a failed attempt", row.id)
+            error = f"internal error while sending: {type(exc).__name__}: {exc}"
+            # connected: the request may have gone out (the fault can come after the answer),
+            # so an at_most_once timer is not sent again
+            latency = (time.monotonic() - started) * 1000
+            return Result(None, error[:ERROR_CHARS], latency, Failure(None, connected=True))
+
+    # -- what the heartbeat and a revocation change ---------------------------------------
+
+    def held_leases(self) -> list[Lease]:
+        """Every lease held: rows waiting or being sent, and rows whose outcome or deferral
+        is not written yet."""
+        leases = {row.id: (row.id, row.bucket, row.lease_token) for row in self.claimed.values()}
+        for lease in self.recorder.held_leases():
+            leases.setdefault(lease[0], lease)
+        return list(leases.values())
+
+    def drop(self, ids: set[uuid.UUID]) -> int:
+        """Cancels the rows of ``ids`` that are not being sent yet (no longer this
+        dispatcher's to send); returns how many."""
+        dropped = [
+            task for task, row in self.claimed.items() if row.id in ids and task not in self.sending
+        ]
+        for task in dropped:
+            task.cancel()
+        return len(dropped)
+
+    def waiting(self) -> dict[asyncio.Task[None], ClaimedTimer]:
+        """The rows held that are not being sent (waiting for their instant or their host)."""
+        return {t: row for t, row in self.claimed.items() if t not in self.sending}
+
+    def on_revoke(self, payload: str) -> None:
+        """A cancel or a pause revoked the claim of a row (NOTIFY timerhook_revoke, 'owner
+        id token'): dropped now if it is held and not being sent, the answer written either
+        way; remembered, in case the claim's answer has not brought the row yet."""
+        try:
+            owner, ident, token = payload.split()
+            row_id, lease = uuid.UUID(ident), int(token)
+        except ValueError:
+            log.warning("ignored a malformed revocation %r", payload)
+            return
+        if owner != self.owner:
+            return
+        self._revoked[row_id] = (lease, time.monotonic())
+        for task, row in self.claimed.items():
+            if row.id == row_id and row.lease_token == lease:
+                dropped = task not in self.sending
+                if dropped:
+                    task.cancel()
+                self._spawn(self._answer(row, dropped=dropped))
+                return
+
+    def is_revoked(self, row: ClaimedTimer) -> bool:
+        """Whether a cancel or a pause revoked this row's claim."""
+        found = self._revoked.get(row.id)
+        return found is not None and found[0] == row.lease_token
+
+    def forget_revocations(self, heard_before: float) -> None:
+        """Forgets revocations heard before a monotonic instant (a lease ago)."""
+        self._revoked = {k: v for k, v in self._revoked.items() if v[1] > heard_before}
+
+    async def _answer(self, row: ClaimedTimer, *, dropped: bool) -> None:
+        try:
+            await self.db.timers.answer_revocation(row, owner=self.owner, dropped=dropped)
+        except DatabaseUnavailable as exc:
+            # The request that revoked answers 409 (not confirmed): never 2xx, then a send.
+            log.warning("could not answer the revocation of timer %s: %s", row.id, exc)
