@@ -745,22 +745,25 @@ class TimerStore(PoolOwner):
 
     async def renew(
         self,
-        held: Sequence[tuple[uuid.UUID, datetime, int]],
+        renew: Sequence[tuple[uuid.UUID, datetime, int]],
         *,
         owner: str,
         lease_seconds: float,
+        known: Sequence[uuid.UUID] = (),
         counters: tuple[int, int, int] = (0, 0, 0),
     ) -> Renewal:
-        """The heartbeat of ``owner`` (publishing its counters: in flight, sent, failed) and
-        the renewal of the leases it holds (id, bucket, token), in one statement
-        (``lease_renew``)."""
+        """The heartbeat of ``owner`` (publishing its counters: in flight, sent, failed), the
+        renewal of the leases ``renew`` names (id, bucket, token), and the give-back of rows
+        leased to it that it does not hold (``known`` lists every row it holds) and whose
+        lease ran out, in one statement (``lease_renew``)."""
         in_flight, sent, failed = counters
-        buckets = [bucket for _, bucket, _ in held]
+        buckets = [bucket for _, bucket, _ in renew]
         params: dict[str, object] = {
             "owner": owner, "lease_seconds": lease_seconds, "in_flight": in_flight,
             "sent_total": sent, "failed_total": failed,
-            "id": [i for i, _, _ in held], "bucket": buckets, "token": [t for _, _, t in held],
+            "id": [i for i, _, _ in renew], "bucket": buckets, "token": [t for _, _, t in renew],
             "first_bucket": min(buckets, default=None), "last_bucket": max(buckets, default=None),
+            "known": list({*known, *(i for i, _, _ in renew)}),
         }  # fmt: skip
         row = await self.fetch_one("lease_renew", Renewal, params)
         assert row is not None

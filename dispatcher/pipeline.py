@@ -1,7 +1,9 @@
 """The send pipeline: every claimed row's way out of a dispatcher, one step after another.
 
 1. **claimed**: a claim hands its rows over (``schedule``), each with its planned instant (the
-   planner paces a capped stream); a row whose claim was revoked already is dropped;
+   planner paces a capped stream); a row whose claim was revoked already is dropped, and one
+   for a host slower than this dispatcher can serve within half a lease is given back
+   (``Planner.hold_limit``; ``shed`` does the same at each heartbeat for rows held already);
 2. **planned**: the row waits for its instant, then for a slot of its host (an open circuit
    gives it back to pending instead);
 3. **still owned**: the last check before the request, with no ``await`` between it and the
@@ -21,8 +23,9 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Coroutine
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from db.connection import DatabaseUnavailable
@@ -70,6 +73,12 @@ class Pipeline:
         # Claims revoked by a cancel or a pause (id -> token, monotonic instant heard): a row
         # is dropped unsent when it is held, or as soon as its claim's answer brings it.
         self._revoked: dict[uuid.UUID, tuple[int, float]] = {}
+        # Rows held that are not being sent yet, per host; the hosts being shed (logged once).
+        self._waiting: Counter[str] = Counter()
+        # When each held row's lease was last made or renewed (monotonic): renewed once it is
+        # older than a share of the lease, not at every heartbeat.
+        self._leased_at: dict[asyncio.Task[None], float] = {}
+        self._shedding: set[str] = set()
 
     # -- 1. claimed -------------------------------------------------------------------------
 
@@ -81,16 +90,68 @@ class Pipeline:
             if self.is_revoked(row):
                 self._spawn(self._answer(row, dropped=True))
                 continue
-            task = asyncio.create_task(self._send(row, deadline, clock))
+            host = host_of(row.url)
+            limit = self.planner.hold_limit(host)
+            if limit is not None and self._waiting[host] >= limit:
+                self._give_back([row], host, limit)
+                continue
+            self._waiting[host] += 1
+            task = asyncio.create_task(self._send(row, host, deadline, clock))
             self.claimed[task] = row
+            self._leased_at[task] = claim.answered_at
 
-    async def _send(self, row: ClaimedTimer, deadline: float, clock: ClockMap) -> None:
+    def shed(self) -> int:
+        """Gives back the rows waiting for a host beyond what this dispatcher sends to it
+        within half a lease (``Planner.hold_limit``), the least urgent first: they wait
+        pending, due when the rows kept should be sent, for this dispatcher or another.
+        Returns how many. Run at each heartbeat."""
+        waiting: dict[str, list[tuple[asyncio.Task[None], ClaimedTimer]]] = {}
+        for task, row in self.claimed.items():
+            if task not in self.sending:
+                waiting.setdefault(host_of(row.url), []).append((task, row))
+        self.planner.forget_latency(set(waiting) | {host_of(r.url) for r in self.claimed.values()})
+        shed = 0
+        for host, rows in waiting.items():
+            limit = self.planner.hold_limit(host)
+            if limit is None or len(rows) <= limit:
+                self._shedding.discard(host)
+                continue
+            rows.sort(key=lambda held: (-held[1].priority, held[1].run_at))
+            for task, _ in rows[limit:]:
+                task.cancel()
+            self._give_back([row for _, row in rows[limit:]], host, limit)
+            shed += len(rows) - limit
+        return shed
+
+    def _left(self, host: str) -> None:
+        """A row for ``host`` stopped waiting (sent, given back or dropped)."""
+        left = self._waiting[host] - 1
+        if left > 0:
+            self._waiting[host] = left
+        else:
+            del self._waiting[host]
+
+    def _give_back(self, rows: list[ClaimedTimer], host: str, limit: int) -> None:
+        wait = self.planner.send_time(host, limit)
+        if host not in self._shedding:
+            self._shedding.add(host)
+            log.info(
+                "host %s is slow: this dispatcher holds at most %d of its timers (what it "
+                "sends to it within half a lease); the rest wait pending, about %.0f s",
+                host, limit, wait,
+            )  # fmt: skip
+        why = f"host {host} is slow: more of its timers are due than this dispatcher sends soon"
+        until = datetime.now(UTC) + timedelta(seconds=wait)  # only later, never earlier
+        for row in rows:
+            self.recorder.defer(row, until, why)
+
+    async def _send(self, row: ClaimedTimer, host: str, deadline: float, clock: ClockMap) -> None:
         task = asyncio.current_task()
         assert task is not None
+        waiting = True
         try:
             # 2. planned: its instant, then its host
             await sleep_until(deadline)
-            host = host_of(row.url)
             while True:
                 circuit = self.planner.circuit(host)
                 if circuit is not None:
@@ -109,6 +170,8 @@ class Pipeline:
                 self.planner.leave(host)
                 await self.ownership.wait_safe()
             # 4. sent
+            waiting = False
+            self._left(host)
             try:
                 self.sending.add(task)
                 sent_mono = time.monotonic()
@@ -121,8 +184,11 @@ class Pipeline:
             ended = row.series_id is not None and self.is_revoked(row)
             self.recorder.outcome(row, result, clock.database(sent_mono), ended=ended)
         finally:
+            if waiting:
+                self._left(host)
             self.sending.discard(task)
             self.claimed.pop(task, None)
+            self._leased_at.pop(task, None)
             await self._progress()
 
     async def _attempt(self, row: ClaimedTimer) -> Result:
@@ -149,6 +215,25 @@ class Pipeline:
         for lease in self.recorder.held_leases():
             leases.setdefault(lease[0], lease)
         return list(leases.values())
+
+    def leases_to_renew(self, leased_before: float) -> tuple[list[Lease], list[asyncio.Task[None]]]:
+        """The leases made or renewed before ``leased_before`` (monotonic) of rows held, and
+        every lease whose outcome or deferral waits to be written; with the rows' tasks, to
+        mark renewed (``renewed``)."""
+        tasks = [t for t, at in self._leased_at.items() if at < leased_before]
+        leases = {
+            row.id: (row.id, row.bucket, row.lease_token)
+            for row in (self.claimed[t] for t in tasks if t in self.claimed)
+        }
+        for lease in self.recorder.held_leases():
+            leases.setdefault(lease[0], lease)
+        return list(leases.values()), tasks
+
+    def renewed(self, tasks: list[asyncio.Task[None]], at: float) -> None:
+        """The leases of these rows were renewed by a statement that started at ``at``."""
+        for task in tasks:
+            if task in self._leased_at:
+                self._leased_at[task] = at
 
     def drop(self, ids: set[uuid.UUID]) -> int:
         """Cancels the rows of ``ids`` that are not being sent yet (no longer this

@@ -199,6 +199,12 @@ class Pace:
 
 WaitingNote = Callable[[ClaimedTimer, str], None]
 
+# A dispatcher holds, per host, at most the rows its slots send within this share of a lease.
+HOLD_SHARE_OF_LEASE = 0.5
+# The weight of each new answer in a host's latency average, and the least latency counted.
+LATENCY_WEIGHT = 0.2
+MIN_LATENCY = 0.001
+
 
 class Planner:
     """Caps, pacing, per-host limits, circuits and the dispatcher's concurrency."""
@@ -220,6 +226,9 @@ class Planner:
         )
         self._circuits: dict[str, OpenCircuit] = {}
         self._background: set[asyncio.Task[None]] = set()
+        # Seconds a host took to answer, a moving average per host with rows held
+        # (hold_limit); forgotten with the last of its rows (forget_latency).
+        self._latency: dict[str, float] = {}
 
     @property
     def cap_binding(self) -> bool:
@@ -397,8 +406,34 @@ class Planner:
         self._sem.release()
         self.gate.release(host)
 
+    def hold_limit(self, host: str) -> int | None:
+        """How many rows waiting for ``host`` this dispatcher may hold: as many as its slots
+        for the host send within half a lease at the host's recent latency (the lease is
+        renewed, but a row held longer waits in vain where another dispatcher's slots could
+        send it). None while no answer was seen; at least one round of the slots."""
+        latency = self._latency.get(host)
+        if latency is None:
+            return None
+        slots = self.gate.limit
+        return max(slots, int(slots * HOLD_SHARE_OF_LEASE * self.settings.lease_seconds / latency))
+
+    def send_time(self, host: str, rows: int) -> float:
+        """About how long this dispatcher's slots take to send ``rows`` rows to ``host``."""
+        return rows / self.gate.limit * self._latency.get(host, 0.0)
+
+    def forget_latency(self, keep: set[str]) -> None:
+        """Forgets the latencies of hosts other than ``keep`` (those with rows held)."""
+        self._latency = {h: s for h, s in self._latency.items() if h in keep}
+
     def observe(self, host: str, result: Result) -> None:
-        """Feeds a send's result to the host's breaker; opens or closes its circuit."""
+        """Feeds a send's result to the host's breaker, which opens or closes its circuit,
+        and to its latency average."""
+        if result.latency_ms is not None:
+            seconds = max(result.latency_ms / 1000, MIN_LATENCY)
+            before = self._latency.get(host)
+            self._latency[host] = (
+                seconds if before is None else before + (seconds - before) * LATENCY_WEIGHT
+            )
         failure = result.failure
         if failure is None or failure.status is not None or failure.refused:
             if self.breaker.counting and self.breaker.success(host):

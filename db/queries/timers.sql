@@ -523,11 +523,13 @@ select count(*) from back;
 -- (docs/architecture.md, "The claim protocol"):
 -- * the registry row proves it alive, unless a peer declared it dead (stopped_at set): then
 --   nothing is renewed and ``alive`` is false;
--- * the leases it names (id, bucket, token) are extended; ``owned`` lists those still its
---   own under that token (the rest were taken over: it drops them);
--- * rows leased to it that it does not name and whose lease ran out are given back unsent
---   (their claim committed but its answer was lost, say in an outage): a claim whose answer
---   is still on its way has a fresh lease, so it is never taken.
+-- * the leases it names (id, bucket, token: those held for a while, not every row claimed a
+--   moment ago, which would write every held row every heartbeat) are extended; ``owned``
+--   lists those still its own under that token (the rest were taken over: it drops them);
+-- * rows leased to it that it does not hold (%(known)s lists every row it holds) and whose
+--   lease ran out are given back unsent (their claim committed but its answer was lost, say
+--   in an outage): a claim whose answer is still on its way has a fresh lease, so it is never
+--   taken.
 -- A reap (lease_reap) that declares this dispatcher dead locks the same registry row: of the
 -- two, the one that commits second sees the other's work, so a lease is never both renewed
 -- and taken over.
@@ -557,7 +559,7 @@ with beat as (
         attempts = t.attempts - 1, waiting_on = null
     where t.state = 'inflight' and t.lease_owner = %(owner)s and t.lease_until < now()
       and exists (select 1 from beat)
-      and not (t.id = any(%(id)s::uuid[]))
+      and not (t.id = any(%(known)s::uuid[]))
     returning t.id
 ), unheld as (
     delete from resource_holds h where h.timer_id in (select id from lost)

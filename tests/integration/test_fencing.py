@@ -6,6 +6,7 @@ settings)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -181,16 +182,32 @@ async def test_timers_queued_behind_a_host_slower_than_their_lease_are_each_sent
     start_dispatcher: Callable[..., Awaitable[Dispatcher]],
 ) -> None:
     """2,000 timers to one host that answers after 9 s, at the default limits (128 in flight
-    to a host, a 90 s lease): the last ones wait about 140 s in their dispatcher, longer than
-    a lease. The heartbeat renews the lease of every row it holds, so none is taken back and
-    sent twice."""
+    to a host, a 90 s lease): they need about 140 s. The heartbeat renews the lease of every
+    row the dispatcher holds, so none is taken back and sent twice; and once the host's
+    latency is known, the dispatcher holds no more of its rows than it sends within half a
+    lease (128 x 45 s / 9 s = 640 waiting, besides the 128 being sent): the rest wait
+    pending, due when their turn comes."""
     sink.status_for = lambda r: Reply(200, delay=9.0)
     settings = make_settings(http_timeout_seconds=10.0)  # the default timeout
     assert (settings.host_concurrency, settings.lease_seconds) == (128, 90.0)
     dispatcher = await start_dispatcher(settings)
     created = await db.timers.insert([0] * 2000, [f"{sink.url}/slow"] * 2000, shards=16)
+    held: list[int] = []
+
+    async def sample() -> None:
+        await sink.wait_for(129, timeout=30)  # the first answers came: the latency is known
+        await asyncio.sleep(2 * settings.heartbeat_seconds + 1)  # a heartbeat has shed
+        while True:
+            held.append(dispatcher.in_flight)
+            await asyncio.sleep(0.2)
+
+    sampler = asyncio.create_task(sample())
     await sink.wait_until(lambda: sink.distinct_bodies() == len(created), timeout=200)
+    sampler.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sampler
     await dispatcher.wait_idle(timeout=30)
+    assert held and max(held) <= 128 + 640, max(held)
     counts = Counter(json.loads(r.body)["id"] for r in sink.received)
     assert set(counts) == {str(t.id) for t in created}
     assert max(counts.values()) == 1, [i for i, n in counts.items() if n > 1][:5]
