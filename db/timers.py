@@ -749,21 +749,23 @@ class TimerStore(PoolOwner):
         *,
         owner: str,
         lease_seconds: float,
-        known: Sequence[uuid.UUID] = (),
         counters: tuple[int, int, int] = (0, 0, 0),
     ) -> Renewal:
         """The heartbeat of ``owner`` (publishing its counters: in flight, sent, failed), the
         renewal of the leases ``renew`` names (id, bucket, token), and the give-back of rows
-        leased to it that it does not hold (``known`` lists every row it holds) and whose
-        lease ran out, in one statement (``lease_renew``)."""
+        leased to it that it does not name and whose lease ran out, in one statement
+        (``lease_renew``). The caller names every lease it holds that is older than a share
+        of the lease, so a held row never looks unheld."""
         in_flight, sent, failed = counters
         buckets = [bucket for _, bucket, _ in renew]
         params: dict[str, object] = {
             "owner": owner, "lease_seconds": lease_seconds, "in_flight": in_flight,
             "sent_total": sent, "failed_total": failed,
-            "id": [i for i, _, _ in renew], "bucket": buckets, "token": [t for _, _, t in renew],
+            # text literals joined in C (see record): this runs at every heartbeat
+            "id": array_literal(str(i) for i, _, _ in renew),
+            "bucket": array_literal(b.isoformat() for b in buckets),
+            "token": array_literal(str(t) for _, _, t in renew),
             "first_bucket": min(buckets, default=None), "last_bucket": max(buckets, default=None),
-            "known": list({*known, *(i for i, _, _ in renew)}),
         }  # fmt: skip
         row = await self.fetch_one("lease_renew", Renewal, params)
         assert row is not None

@@ -105,16 +105,25 @@ class Pipeline:
         within half a lease (``Planner.hold_limit``), the least urgent first: they wait
         pending, due when the rows kept should be sent, for this dispatcher or another.
         Returns how many. Run at each heartbeat."""
+        self.planner.forget_latency(set(self._waiting))
+        over = {}
+        for host, count in self._waiting.items():
+            limit = self.planner.hold_limit(host)
+            if limit is not None and count > limit:
+                over[host] = limit
+            else:
+                self._shedding.discard(host)
+        if not over:
+            return 0  # the usual case: no per-row work at all
         waiting: dict[str, list[tuple[asyncio.Task[None], ClaimedTimer]]] = {}
         for task, row in self.claimed.items():
-            if task not in self.sending:
-                waiting.setdefault(host_of(row.url), []).append((task, row))
-        self.planner.forget_latency(set(waiting) | {host_of(r.url) for r in self.claimed.values()})
+            host = host_of(row.url)
+            if host in over and task not in self.sending:
+                waiting.setdefault(host, []).append((task, row))
         shed = 0
         for host, rows in waiting.items():
-            limit = self.planner.hold_limit(host)
-            if limit is None or len(rows) <= limit:
-                self._shedding.discard(host)
+            limit = over[host]
+            if len(rows) <= limit:
                 continue
             rows.sort(key=lambda held: (-held[1].priority, held[1].run_at))
             for task, _ in rows[limit:]:

@@ -229,9 +229,8 @@ class Dispatcher:
         held, tasks = self.pipeline.leases_to_renew(
             started - RENEW_SHARE * self.settings.lease_seconds
         )
-        known = [row_id for row_id, _, _ in self.pipeline.held_leases()]
         renewal = await self.db.timers.renew(
-            held, owner=self.id, lease_seconds=self.settings.lease_seconds, known=known,
+            held, owner=self.id, lease_seconds=self.settings.lease_seconds,
             counters=(self.in_flight, self.sent_total, self.failed_total),
         )  # fmt: skip
         if not renewal.alive:

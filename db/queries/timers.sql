@@ -511,7 +511,7 @@ with back as (
     set state = 'pending', lease_owner = null, lease_until = null,
         attempts = t.attempts - 1, waiting_on = null
     where t.state = 'inflight' and t.lease_owner = %(owner)s
-      and not (t.id = any(%(known)s::uuid[]))
+      and not (t.id = any(%(id)s::uuid[]))
     returning t.id
 ), unheld as (
     delete from resource_holds h where h.timer_id in (select id from back)
@@ -526,10 +526,10 @@ select count(*) from back;
 -- * the leases it names (id, bucket, token: those held for a while, not every row claimed a
 --   moment ago, which would write every held row every heartbeat) are extended; ``owned``
 --   lists those still its own under that token (the rest were taken over: it drops them);
--- * rows leased to it that it does not hold (%(known)s lists every row it holds) and whose
---   lease ran out are given back unsent (their claim committed but its answer was lost, say
---   in an outage): a claim whose answer is still on its way has a fresh lease, so it is never
---   taken.
+-- * rows leased to it that it does not name and whose lease ran out are given back unsent
+--   (their claim committed but its answer was lost, say in an outage): a claim whose answer
+--   is still on its way has a fresh lease, so it is never taken, and a row it holds with a
+--   lease run out is one it names (it names every lease older than a share of the lease).
 -- A reap (lease_reap) that declares this dispatcher dead locks the same registry row: of the
 -- two, the one that commits second sees the other's work, so a lease is never both renewed
 -- and taken over.
@@ -559,7 +559,7 @@ with beat as (
         attempts = t.attempts - 1, waiting_on = null
     where t.state = 'inflight' and t.lease_owner = %(owner)s and t.lease_until < now()
       and exists (select 1 from beat)
-      and not (t.id = any(%(known)s::uuid[]))
+      and not (t.id = any(%(id)s::uuid[]))
     returning t.id
 ), unheld as (
     delete from resource_holds h where h.timer_id in (select id from lost)
