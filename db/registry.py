@@ -24,24 +24,6 @@ class DispatcherStore(PoolOwner):
         params = {"id": dispatcher_id, "host": host, "pid": pid, "pidns": pidns}
         await self.run("dispatcher_register", params)
 
-    async def heartbeat(
-        self, *, dispatcher_id: str, in_flight: int, sent_total: int, failed_total: int
-    ) -> bool:
-        """Proves this dispatcher alive; False if its row is gone (someone removed it)."""
-        params = {
-            "id": dispatcher_id,
-            "in_flight": in_flight,
-            "sent_total": sent_total,
-            "failed_total": failed_total,
-        }
-
-        async def op() -> bool:
-            async with self.connection() as conn:
-                cur = await conn.execute(query("dispatcher_heartbeat"), params)
-                return await cur.fetchone() is not None
-
-        return await self.retrying(op, what="dispatcher_heartbeat")
-
     async def deregister(self, *, dispatcher_id: str) -> None:
         """Marks this dispatcher stopped (a clean shutdown)."""
         await self.run("dispatcher_deregister", {"id": dispatcher_id})

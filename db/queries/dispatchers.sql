@@ -9,14 +9,6 @@ set host = excluded.host, pid = excluded.pid, pidns = excluded.pidns, started_at
     heartbeat_at = now(),
     stopped_at = null, declared_dead_at = null, in_flight = 0;
 
--- name: dispatcher_heartbeat
--- Proves the dispatcher alive and publishes its counters. Returns the database clock.
-update dispatchers
-set heartbeat_at = now(), in_flight = %(in_flight)s,
-    sent_total = %(sent_total)s, failed_total = %(failed_total)s
-where id = %(id)s
-returning now() as db_now;
-
 -- name: dispatcher_deregister
 -- A clean shutdown: the row stays for the admin CLI, marked stopped.
 update dispatchers set stopped_at = now(), heartbeat_at = now(), in_flight = 0

@@ -511,7 +511,7 @@ with back as (
     set state = 'pending', lease_owner = null, lease_until = null,
         attempts = t.attempts - 1, waiting_on = null
     where t.state = 'inflight' and t.lease_owner = %(owner)s
-      and not (t.id = any(%(id)s::uuid[]))
+      and not (t.id = any(%(known)s::uuid[]))
     returning t.id
 ), unheld as (
     delete from resource_holds h where h.timer_id in (select id from back)
@@ -575,7 +575,8 @@ select exists (select 1 from beat) as alive,
 --   dead_after_seconds on its own clock, %(seen)s): marked stopped and declared dead, but
 --   only while that heartbeat is still the one seen (a peer that heartbeated meanwhile is
 --   alive, and the registry row's lock orders this against its lease_renew);
--- * dispatchers that stopped (deregistered, or declared dead before) or are not registered.
+-- * dispatchers that stopped (deregistered, or declared dead before), and owners that are
+--   not registered at all once their lease ran out.
 -- Never by comparing timestamps: a lease or a heartbeat that looks old after the database or
 -- the caller stalled proves nothing. Whether a taken row's send went out is unknown: an
 -- at_least_once row goes back to pending and is sent again; an at_most_once row is never
@@ -589,23 +590,24 @@ with clock as (
     where d.id = x.id and d.heartbeat_at = x.seen and d.stopped_at is null
     returning d.id
 ), gone as (
-    -- owners that cannot be sending anything: the ones just declared dead, the stopped ones,
-    -- and ids the registry does not know
+    -- owners that cannot be sending anything: the ones just declared dead and the stopped
+    -- ones (a registry row per process ever started: a small table)
     select id from declared
     union all
-    select t.lease_owner from timers t
-    where t.state = 'inflight'
-      and not exists (select 1 from dispatchers d
-                      where d.id = t.lease_owner and d.stopped_at is null)
-    group by t.lease_owner
+    select d.id from dispatchers d where d.stopped_at is not null
 ), victims as (
     -- read before the update so that the owner they are taken from can be reported
     select t.id, t.bucket, t.lease_owner, t.delivery,
            exists (select 1 from revocations r
                    where r.timer_id = t.id and r.bucket = t.bucket and r.token = t.lease_token
                      and (r.answer is null or t.series_id is not null)) as revoked
-    from timers t
-    where t.state = 'inflight' and t.lease_owner in (select id from gone)
+    from timers t, clock
+    where t.state = 'inflight'
+      and (t.lease_owner in (select id from gone)
+           -- an owner the registry does not know (never registered, or its row deleted),
+           -- once its lease ran out
+           or (t.lease_until < clock.now
+               and not exists (select 1 from dispatchers d where d.id = t.lease_owner)))
     -- at most %(limit)s a call (the caller calls again while a call reaps that many); 0 reaps
     -- nothing, which is how a dispatcher plans this statement at start (db/warmth.py)
     limit %(limit)s
