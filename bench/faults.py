@@ -71,6 +71,7 @@ class Arrival:
     timer_id: str
     at: float  # wall clock
     attempt: str = ""  # the Timerhook-Attempt header
+    host: str = ""  # which of the sink's hosts it reached
 
 
 @dataclass
@@ -84,6 +85,7 @@ class History:
     faults: list[str] = field(default_factory=list)
     allowed_duplicates: int = 0
     started: float = 0.0  # wall clock of the first create
+    failing: set[str] = field(default_factory=set)  # timers that reached the failing host
 
 
 class Sink:
@@ -113,7 +115,7 @@ class Sink:
             at = time.time()
             body = json.loads(await request.read())
             attempt = request.headers.get("Timerhook-Attempt", "")
-            self.history.arrivals.append(Arrival(body["id"], at, attempt))
+            self.history.arrivals.append(Arrival(body["id"], at, attempt, name))
             if name == "slow":
                 await asyncio.sleep(self.rng.uniform(1.0, 4.0))
             elif name == "failing" and request.headers.get("Timerhook-Attempt") == "1":
@@ -368,9 +370,11 @@ def check(history: History, states: dict[str, str]) -> list[str]:
 
 def _expected(history: History, timer_id: str) -> int:
     """Requests a timer needs: two for the failing host (its first answer is a 503, and
-    the retry is a second request, not a duplicate), else one."""
-    kind = history.accepted.get(timer_id)
-    return 2 if kind is not None and kind[1] == "failing" else 1
+    the retry is a second request, not a duplicate), else one. A timer whose create got no
+    answer (it may exist all the same) is known by the host its requests reached."""
+    if not history.failing:
+        history.failing = {a.timer_id for a in history.arrivals if a.host == "failing"}
+    return 2 if timer_id in history.failing else 1
 
 
 async def run(seconds: float, seed: int, rate: float, horizon_days: int) -> int:

@@ -74,6 +74,8 @@ BUSY_WAIT_SECONDS = 10.0
 # would retransmit for about 15 minutes).
 DEFAULT_STATEMENT_TIMEOUT = 60.0
 TCP_USER_TIMEOUT_MS = 10_000
+# The least share of an operation's budget left for its statements once it has a connection.
+EXEC_SHARE = 0.25
 # After the first cancel at a deadline, the second follows this much later (seconds).
 SECOND_CANCEL_DELAY = 0.01
 
@@ -382,7 +384,15 @@ class PoolOwner:
         cancelled, the connection closed, and NoAnswer raised. One that broke (the server went
         away) becomes DatabaseUnavailable, and so does none in time (see _getconn)."""
         conn = await self._getconn()
-        until = _DEADLINE.get() or time.monotonic() + self.pool.statement_timeout
+        given = _DEADLINE.get()
+        # The statements get a share of the budget of their own, however long the wait for a
+        # connection took: a cut statement closes its connection and counts as an outage,
+        # which a busy pool must not cause.
+        until = (
+            max(given, time.monotonic() + EXEC_SHARE * self.pool.timeout)
+            if given is not None
+            else time.monotonic() + self.pool.statement_timeout
+        )
         try:
             async with _HardDeadline(until, self.pool.outage.name):
                 yield conn

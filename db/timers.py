@@ -56,7 +56,8 @@ log = logging.getLogger(__name__)
 # How long a cancel or a pause waits for the dispatchers holding rows it revoked to answer
 # (dropped unsent, or already sent); they answer within milliseconds unless frozen.
 REVOKE_WAIT_SECONDS = 2.0
-REVOKE_POLL_SECONDS = 0.01
+REVOKE_POLL_SECONDS = 0.005
+REVOKE_POLL_MAX_SECONDS = 0.1
 
 
 class QuotaExceeded(Exception):
@@ -440,11 +441,13 @@ class TimerStore(PoolOwner):
         bucket, token) is known: its owner answered, or it is no longer in flight under that
         lease. Returns where each stands. Polled: the owners answer in milliseconds."""
         give_up = time.monotonic() + wait
+        pause = REVOKE_POLL_SECONDS
         while True:
             states = await self.revoked(leases)
             if all(s.settled for s in states) or time.monotonic() >= give_up:
                 return states
-            await asyncio.sleep(REVOKE_POLL_SECONDS)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, REVOKE_POLL_MAX_SECONDS)  # quick answers are the rule
 
     async def answer_revocation(self, row: ClaimedTimer, *, owner: str, dropped: bool) -> None:
         """This dispatcher's answer to the revocation of a row it holds: dropped unsent (the
