@@ -553,11 +553,15 @@ with beat as (
       and t.bucket between %(first_bucket)s::timestamptz and %(last_bucket)s::timestamptz
     returning t.id
 ), lost as (
-    -- leased to this dispatcher, not held by it, the lease run out: never sent
+    -- leased to this dispatcher more than half a lease ago and not named by it: never sent.
+    -- It names every lease it holds older than 0.3 of a lease (counted from the claim's
+    -- answer, which comes within the claim's deadline of its start); a claim cut at its
+    -- deadline that still committed (a stalled server) leaves such rows
     update timers t
     set state = 'pending', lease_owner = null, lease_until = null,
         attempts = t.attempts - 1, waiting_on = null
-    where t.state = 'inflight' and t.lease_owner = %(owner)s and t.lease_until < now()
+    where t.state = 'inflight' and t.lease_owner = %(owner)s
+      and t.lease_until < now() + 0.5 * %(lease_seconds)s * interval '1 second'
       and exists (select 1 from beat)
       and not (t.id = any(%(id)s::uuid[]))
     returning t.id

@@ -224,7 +224,7 @@ async def test_rows_leased_by_a_lost_claim_answer_go_out_as_soon_as_the_database
     async with db.pool.connection() as conn:
         await conn.execute(
             "update timers set state = 'inflight', lease_owner = 'd-lost', attempts = 1,"
-            " lease_until = now() + interval '30 seconds' where id = %s",
+            " lease_until = now() + interval '90 seconds' where id = %s",  # a fresh claim's
             (lost.id,),
         )
     held = await make_timer(delay_ms=0, url=f"{sink.url}/held")
