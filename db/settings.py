@@ -237,7 +237,8 @@ class Settings(BaseSettings):
         if self.lease_seconds <= max(self.http_timeout_seconds, self.max_timeout_seconds):
             raise ValueError(
                 "lease_seconds must exceed http_timeout_seconds and max_timeout_seconds, "
-                "or a slow send would be taken back and sent again while still running"
+                "so that a send in progress never outlives the lease it was claimed under "
+                "before its first renewal"
             )
         return self
 

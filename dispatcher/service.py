@@ -78,7 +78,7 @@ class Dispatcher:
         # Set when the database comes back: lost claim answers may have leased rows to us.
         self._take_back_pending = False
         self._wake = asyncio.Event()
-        # Until when the leases held are safe to send under (renewed at every heartbeat), and
+        # Until when the leases held are safe to send under (confirmed at every heartbeat), and
         # which peers are dead by what this process saw of their heartbeats.
         self.ownership = Ownership(
             dead_after_seconds=settings.dead_after_seconds, lease_seconds=settings.lease_seconds
@@ -218,9 +218,9 @@ class Dispatcher:
         self.ownership.confirmed(started)
 
     async def _renew(self) -> None:
-        """The heartbeat: proves this dispatcher alive and renews the lease of every row it
-        holds (``lease_renew``). Rows whose lease was taken over are dropped unsent; when a
-        peer declared this dispatcher dead, everything it holds is."""
+        """The heartbeat: proves this dispatcher alive and renews the leases it has held for
+        more than RENEW_SHARE of a lease (``lease_renew``). Rows whose lease was taken over are
+        dropped unsent; when a peer declared this dispatcher dead, everything it holds is."""
         self.pipeline.forget_revocations(time.monotonic() - self.settings.lease_seconds)
         self.pipeline.shed()  # no more rows per slow host than it sends within half a lease
         started = time.monotonic()
