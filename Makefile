@@ -23,7 +23,7 @@ run: $(STAMP)
 ## long mostly wait; run beside the rest in a second process they loaded the timing-sensitive
 ## tests into flaking, so for now they run in the one process, about 14 minutes.)
 test: lint browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 ## The dashboard test drives Debian's chromium (headless, through Playwright): installed here
 ## when missing and this is root on Debian or Ubuntu; elsewhere, this says what to install.

@@ -363,6 +363,7 @@ class ScheduleStore(PoolOwner):
         made = 0
         while True:
             async with self.connection() as conn, conn.transaction():
+                await conn.execute(query("schedule_pass_lock"))
                 taken, rows = await self._make(
                     conn, None, lookahead_seconds=lookahead_seconds, shards=shards,
                     wake_ms=wake_ms, now=now,

@@ -793,12 +793,21 @@ class TimerStore(PoolOwner):
         """Declares the ``dead`` peers dead (each with the heartbeat the caller saw unchanged
         for dead_after_seconds: one that heartbeated since is left alone) and takes back up to
         ``limit`` rows leased by them or by dispatchers that stopped or are not registered:
-        at_least_once rows return to pending, at_most_once rows end failed."""
+        at_least_once rows return to pending, at_most_once rows end failed (an occurrence
+        that a later one of its coalescing series replaced ends skipped)."""
         params = {
             "dead": [d for d, _ in dead], "seen": [s for _, s in dead], "now": now,
             "limit": limit,
         }  # fmt: skip
-        return await self.fetch_all("lease_reap", ReapedLease, params)
+
+        async def op() -> list[ReapedLease]:
+            async with self.connection() as conn, conn.transaction():
+                await conn.execute(query("reap_lock"))
+                cur = conn.cursor(row_factory=class_row(ReapedLease))
+                await cur.execute(query("lease_reap"), params)
+                return await cur.fetchall()
+
+        return await self.retrying(op, what="lease_reap")
 
     async def counts(self) -> dict[str, int]:
         """How many timers are in each state."""

@@ -97,6 +97,7 @@ class Pipeline:
                 continue
             self._waiting[host] += 1
             task = asyncio.create_task(self._send(row, host, deadline, clock))
+            task.add_done_callback(self._never_ran)
             self.claimed[task] = row
             self._leased_at[task] = claim.answered_at
 
@@ -199,6 +200,16 @@ class Pipeline:
             self.claimed.pop(task, None)
             self._leased_at.pop(task, None)
             await self._progress()
+
+    def _never_ran(self, task: asyncio.Task[None]) -> None:
+        """A task cancelled before its first step (a revocation, a shed or a drop right after
+        the claim) never enters ``_send``, so its ``finally`` does not run: done here."""
+        row = self.claimed.pop(task, None)
+        if row is None:
+            return  # the usual case: _send's finally let go of it
+        self._leased_at.pop(task, None)
+        self._left(host_of(row.url))
+        self._spawn(self._progress())
 
     async def _attempt(self, row: ClaimedTimer) -> Result:
         """The send; an exception in it (a bug, something the sender did not foresee) is a

@@ -57,6 +57,11 @@ from schedules s
 where s.id = %(id)s and (%(tenant)s::text is null or s.tenant = %(tenant)s::text)
 for update;
 
+-- name: schedule_pass_lock
+-- The schedule pass's share of reap_lock (db/queries/timers.sql): passes run side by side, a
+-- reap waits for them and they for it.
+select pg_advisory_xact_lock_shared(hashtext('timerhook.reap_and_pass'));
+
 -- name: schedule_due
 -- The schedule pass: active series whose next occurrence falls due by now + lookahead, under
 -- row locks that other dispatchers' passes skip (one pass makes a series' occurrences at a

@@ -572,6 +572,12 @@ select exists (select 1 from beat) as alive,
        coalesce((select array_agg(id) from renewed), '{}') as owned,
        (select count(*) from lost) as given_back;
 
+-- name: reap_lock
+-- Taken before lease_reap, in its transaction: the schedule pass takes it shared
+-- (schedule_pass_lock), so each sees what the other did. A reap that gives back an
+-- occurrence and a pass that makes a later one never both miss each other.
+select pg_advisory_xact_lock(hashtext('timerhook.reap_and_pass'));
+
 -- name: lease_reap
 -- Takes back the in-flight rows of dispatchers that can no longer be sending them, in one
 -- statement:
@@ -604,7 +610,16 @@ with clock as (
     select t.id, t.bucket, t.lease_owner, t.delivery,
            exists (select 1 from revocations r
                    where r.timer_id = t.id and r.bucket = t.bucket and r.token = t.lease_token
-                     and (r.answer is null or t.series_id is not null)) as revoked
+                     and (r.answer is null or t.series_id is not null)) as revoked,
+           -- an occurrence of a "coalesce" series whose time passed while a later one was
+           -- made already: sending it now would go after (or beside) that later one, which
+           -- stands for everything missed; skipped as the schedule pass skips a pending one
+           -- (the caller holds reap_lock: that pass has committed, or waits for this one)
+           (select max(later.occurrence) from timers later
+            where t.series_id is not null and t.fired_at is null and t.due_at < clock.now
+              and later.series_id = t.series_id and later.occurrence > t.occurrence
+              and (select s.misfire from schedules s where s.id = t.series_id) = 'coalesce'
+              and later.bucket <= clock.now + interval '1 day') as coalesced_into
     from timers t, clock
     where t.state = 'inflight'
       and (t.lease_owner in (select id from gone)
@@ -620,13 +635,17 @@ with clock as (
     update timers t
     -- a row whose claim was revoked (its owner died before it answered, or it was a series'
     -- occurrence whose request had gone out) is not sent again: the cancel or pause stands
-    set state = case when v.revoked then 'cancelled'
+    set state = case when v.revoked or v.coalesced_into is not null then 'cancelled'
                      when v.delivery = 'at_most_once' then 'failed' else 'pending' end,
-        finished_at = case when v.revoked or v.delivery = 'at_most_once' then clock.now end,
+        finished_at = case when v.revoked or v.coalesced_into is not null
+                                or v.delivery = 'at_most_once' then clock.now end,
         -- the last result of a lost at_most_once send is this verdict, stamped now
         fired_at = case when v.delivery = 'at_most_once' then clock.now else t.fired_at end,
         last_status = case when v.delivery = 'at_most_once' then null else t.last_status end,
-        last_error = case when v.delivery = 'at_most_once'
+        last_error = case when v.coalesced_into is not null
+                          then 'skipped: its time passed unsent; coalesced into occurrence '
+                               || v.coalesced_into
+                          when v.delivery = 'at_most_once'
                           then 'at_most_once: dispatcher ' || v.lease_owner
                                || ' was lost mid-send; the call may or may not have been made and is not repeated'
                           else t.last_error end,
@@ -634,7 +653,7 @@ with clock as (
     from victims v, clock
     -- the ids as an array too: each partition's primary key, never a scan of a partition
     where t.id = v.id and t.bucket = v.bucket and t.id = any(array(select id from victims))
-    returning t.id, t.bucket, t.attempts, t.state, v.lease_owner, clock.now
+    returning t.id, t.bucket, t.attempts, t.state, v.coalesced_into, v.lease_owner, clock.now
 ), unheld as (
     -- a hold lives exactly as long as its lease: taking the lease back frees the resources
     delete from resource_holds h where h.timer_id in (select id from reaped)
@@ -644,6 +663,8 @@ with clock as (
     select id, bucket, attempts, now, null, null,
            'outcome unknown: lease taken back from ' || lease_owner
            || case when state = 'failed' then ' (at_most_once: not repeated)'
+                   when coalesced_into is not null
+                   then ' (not sent again: a later occurrence of its series was made)'
                    when state = 'cancelled' then ' (not sent again: its claim was revoked)'
                    else ' (sent again)' end,
            lease_owner

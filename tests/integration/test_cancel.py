@@ -6,6 +6,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import httpx
 
@@ -107,3 +108,35 @@ async def test_cancel_racing_claims_never_both_cancels_and_sends(
     counts = await db.timers.counts()
     assert counts.get("cancelled", 0) == len(cancelled)
     assert counts.get("delivered", 0) == len(sent)
+
+
+async def test_a_row_dropped_before_its_send_task_ever_ran_is_let_go(
+    db: Database, sink: Sink, start_dispatcher: StartDispatcher
+) -> None:
+    """A revocation or a take-over heard in the very step a claim's rows are scheduled cancels
+    send tasks that never started: the dispatcher still lets go of each row (none is left
+    claimed, so it goes idle), and keeps sending the rest."""
+    dispatcher = await start_dispatcher()
+    pipeline = dispatcher.pipeline
+    schedule = pipeline.schedule
+    dropped: list[uuid.UUID] = []
+    done = asyncio.Event()
+
+    def schedule_then_drop(claim: Any, per_minute: int, stream: Any) -> None:
+        schedule(claim, per_minute, stream)
+        if not dropped:  # the first claim's rows, in the same step as they were scheduled
+            ids = {row.id for row in pipeline.claimed.values()}
+            dropped.extend(ids)
+            assert pipeline.drop(ids) == len(ids)
+            done.set()
+
+    pipeline.schedule = schedule_then_drop  # type: ignore[method-assign]
+    first = await db.timers.insert([0] * 20, [f"{sink.url}/r"] * 20, shards=1)
+    await asyncio.wait_for(done.wait(), 10)
+    await dispatcher.wait_idle(timeout=5)
+    assert pipeline.waiting() == {} and not pipeline._waiting  # no host slot counted either
+    later = await db.timers.insert([0] * 5, [f"{sink.url}/later"] * 5, shards=1)
+    await sink.wait_for(5, timeout=10)
+    sent = {json.loads(r.body)["id"] for r in sink.received}
+    assert sent == {str(t.id) for t in later}
+    assert set(dropped) <= {t.id for t in first}

@@ -115,8 +115,14 @@ async def test_sigkill_mid_stream_loses_nothing_and_doubles_at_most_what_was_in_
     assert _query(database_url, "select state, count(*) from timers group by state") == [
         ("delivered", len(ids))
     ]
-    sent = _query(database_url, "select id, sent_total from dispatchers order by id")
-    assert sum(1 for _, n in sent if n) == 3, sent  # every dispatcher took part
+    # every dispatcher took part: each recorded answers (the victim's counter in the registry
+    # is written at its heartbeats, which it may not have reached before the kill)
+    sent = _query(
+        database_url,
+        "select dispatcher, count(*) from timer_attempts where status is not null"
+        " group by dispatcher order by dispatcher",
+    )
+    assert len(sent) == 3 and victim_id in {d for d, _ in sent}, sent
 
 
 async def test_sigterm_mid_stream_sends_nothing_twice(
