@@ -395,6 +395,10 @@ class TimerStore(PoolOwner):
         cutoff = datetime.now(UTC) - timedelta(days=retention_days + 1)
         return await self.run("deps_purge", {"cutoff": cutoff}, budget=self.long_budget)
 
+    async def purge_revocations(self, *, now: datetime | None = None) -> int:
+        """Deletes revocations older than a day whose claim no longer holds its row."""
+        return await self.run("revocations_purge", {"now": now}, budget=self.long_budget)
+
     async def purge_idempotency(self, *, hours: int, now: datetime | None = None) -> int:
         """Forgets idempotency keys older than ``hours``; returns how many."""
         return await self.run(

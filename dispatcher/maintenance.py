@@ -196,7 +196,8 @@ class Maintenance:
         await self._guarded("circuit and cap refresh", self._refresh)
 
     async def partitions(self) -> None:
-        """Partitions ahead for the horizon, expired ones dropped, old idempotency keys purged."""
+        """Partitions ahead for the horizon, expired ones dropped; old idempotency keys, stats,
+        dependencies and revocations purged."""
 
         async def maintain() -> None:
             await self.db.partitions.ensure(horizon_days=self.settings.horizon_days)
@@ -204,6 +205,7 @@ class Maintenance:
             await self.db.timers.purge_idempotency(hours=self.settings.idempotency_hours)
             await self.db.stats.purge(keep_hours=STATS_KEEP_HOURS)
             await self.db.timers.purge_dependencies(retention_days=self.settings.retention_days)
+            await self.db.timers.purge_revocations()
 
         await self._guarded("partition maintenance", maintain)
 

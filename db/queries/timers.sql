@@ -472,8 +472,13 @@ where t.id = any(%(id)s::uuid[])
   and t.bucket between %(first_bucket)s::timestamptz and %(last_bucket)s::timestamptz;
 
 -- name: revocations_purge
--- Revocations older than a day are of no use to anyone.
-delete from revocations where requested_at < now() - interval '1 day';
+-- Revocations older than a day are of no use to anyone, unless the claim they revoked still
+-- holds its row (a dispatcher paused that long: its row is reaped as revoked, never resent).
+delete from revocations r
+where r.requested_at < coalesce(%(now)s::timestamptz, now()) - interval '1 day'
+  and not exists (select 1 from timers t
+                  where t.id = r.timer_id and t.bucket = r.bucket
+                    and t.lease_token = r.token and t.state = 'inflight');
 
 -- name: lease_release
 -- Gives back leased rows that were never sent, undoing their attempt count, and their resource

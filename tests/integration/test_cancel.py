@@ -6,6 +6,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -140,3 +141,30 @@ async def test_a_row_dropped_before_its_send_task_ever_ran_is_let_go(
     sent = {json.loads(r.body)["id"] for r in sink.received}
     assert sent == {str(t.id) for t in later}
     assert set(dropped) <= {t.id for t in first}
+
+
+async def test_revocations_are_purged_after_a_day_unless_their_claim_still_holds_the_row(
+    db: Database, make_timer: MakeTimer
+) -> None:
+    """A revocation is kept while the claim it revoked still holds its row (the reap reads it:
+    a dispatcher paused for days must not send that row on waking), and purged a day after it
+    was made once the row moved on."""
+    await db.dispatchers.register(dispatcher_id="holder", host="h", pid=1)
+    hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    answered, unanswered = [await make_timer(delay_ms=0, now=hour_ago) for _ in range(2)]
+    rows = []
+    for key in await db.timers.due_keys(limit=10):
+        rows += (await db.timers.claim(key, owner="holder", batch=10, lease_seconds=60)).rows
+    held = {row.id: row for row in rows}
+    assert set(held) >= {answered.id, unanswered.id}
+    for timer in (answered, unanswered):
+        result = await db.timers.cancel(timer.id)
+        assert result is not None and result.revoke_token == held[timer.id].lease_token
+    await db.timers.answer_revocation(held[answered.id], owner="holder", dropped=True)
+    assert await db.timers.purge_revocations() == 0  # both are new
+    assert await db.timers.purge_revocations(now=datetime.now(UTC) + timedelta(days=2)) == 1
+    kept = held[unanswered.id]
+    [state] = await db.timers.revoked([(kept.id, kept.bucket, kept.lease_token)])
+    assert (state.answer, state.held) == (None, True)  # kept: its claim still holds the row
+    gone = held[answered.id]
+    assert await db.timers.revoked([(gone.id, gone.bucket, gone.lease_token)]) == []
