@@ -281,10 +281,24 @@ class ScheduleStore(PoolOwner):
         self, series_id: uuid.UUID, *, tenant: str | None = None
     ) -> SeriesCancel | None:
         """Ends a series and cancels its pending occurrences; None if there is no such series
-        (for this tenant). Idempotent."""
-        return await self.fetch_one(
-            "schedule_cancel", SeriesCancel, {"id": series_id, "tenant": tenant, "now": None}
-        )
+        (for this tenant). Idempotent.
+
+        The series' row lock is taken by a statement of its own first: a schedule pass that
+        holds it may be making an occurrence, and a statement that waited for the lock would
+        still read the occurrences as they were before the pass committed, leaving the new
+        one pending (sent after the 204)."""
+        params = {"id": series_id, "tenant": tenant, "now": None}
+
+        async def op() -> SeriesCancel | None:
+            async with self.connection() as conn, conn.transaction():
+                locked = await conn.execute(query("schedule_lock"), params)
+                if await locked.fetchone() is None:
+                    return None
+                cur = conn.cursor(row_factory=class_row(SeriesCancel))
+                await cur.execute(query("schedule_cancel"), params)
+                return await cur.fetchone()
+
+        return await self.retrying(op, what="schedule_cancel")
 
     async def revoke(
         self, series_id: uuid.UUID, *, reason: str | None

@@ -50,7 +50,8 @@ order by s.id
 limit %(limit)s;
 
 -- name: schedule_lock
--- One series under a row lock, for a pause or a resume (a tenant's key: its own only).
+-- One series under a row lock, for a pause, a resume or a DELETE (a tenant's key: its own
+-- only).
 select s.id, s.state, s.every_ms, s.cron, s.time_zone, s.first_at, s.until_at, s.max_count,
        s.misfire, s.next_n, s.next_at, coalesce(%(now)s::timestamptz, now()) as db_now
 from schedules s
@@ -179,7 +180,8 @@ where %(state)s = 'paused' and t.series_id in (select id from changed)
 -- name: schedule_cancel
 -- Ends a series (DELETE): no occurrence is made any more, and its pending ones (unsent or
 -- waiting for a retry) are cancelled. Returns the state found and whether this call ended it;
--- no row if no such series (or another tenant's).
+-- no row if no such series (or another tenant's). Run after schedule_lock in the same
+-- transaction: this statement's snapshot then holds every occurrence a pass made.
 with target as (
     select s.id, s.state from schedules s
     where s.id = %(id)s and (%(tenant)s::text is null or s.tenant = %(tenant)s::text)

@@ -15,6 +15,7 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 
+from db.database import Database
 from db.settings import Settings
 from dispatcher.service import Dispatcher
 from tests.support.sink import Received, Sink
@@ -229,3 +230,41 @@ async def test_schedule_fields_are_refused_naming_the_field(
     assert fields == [field], response.json()
     listed = (await client.get("/timer", params={"kind": "recurring"})).json()["items"]
     assert listed == []  # nothing half-written
+
+
+async def test_a_delete_that_waited_for_a_schedule_pass_cancels_the_occurrence_it_made(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    """A DELETE of a series waits for a schedule pass that holds the series' row lock, and
+    then cancels the occurrence that pass made: none is left pending, to be sent after the
+    204 (a single statement that waited for the lock read the occurrences from before)."""
+    made = await client.post(
+        "/timer", json={"url": "https://example.com/s", "every": 3600, "at": _at(60).isoformat()}
+    )
+    assert made.status_code == 200, made.text
+    series_id = uuid.UUID(made.json()["id"])
+    async with db.pool.connection() as conn, conn.transaction():
+        # a pass on the series: its row lock, held while the pass makes the occurrence
+        await conn.execute("select 1 from schedules where id = %s for update", [series_id])
+        deleting = asyncio.create_task(client.delete(f"/timer/{series_id}"))
+        async with db.pool.connection() as watch:
+            for _ in range(500):  # polled: the DELETE's wait is another session's
+                waits = await watch.execute(
+                    "select count(*) from pg_stat_activity where wait_event_type = 'Lock'"
+                )
+                if (await waits.fetchone())[0]:  # type: ignore[index]
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                raise AssertionError("the DELETE did not wait for the series' lock")
+        taken, rows = await db.schedules._make(
+            conn, series_id, lookahead_seconds=120, shards=1, wake_ms=None, now=None
+        )
+        assert (taken, rows) == (1, 1)
+    response = await deleting
+    assert response.status_code == 204, response.text
+    async with db.pool.connection() as conn:
+        found = await conn.execute(
+            "select occurrence, state from timers where series_id = %s", [series_id]
+        )
+        assert await found.fetchall() == [(1, "cancelled")]
