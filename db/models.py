@@ -239,7 +239,8 @@ class RevocationState:
 class PeerBeat:
     """A registered dispatcher that has not stopped: its last heartbeat as the registry holds
     it (compared for change only, never for age), and whether that is recent by the database
-    clock (the claims' split of the keys counts only those)."""
+    clock (the claims' split of the keys counts only those); or one that stopped a moment ago
+    (``stopped``)."""
 
     id: str
     heartbeat_at: datetime
@@ -247,6 +248,7 @@ class PeerBeat:
     host: str = ""
     pid: int = 0
     pidns: str | None = None  # the PID namespace it runs in (None: not known)
+    stopped: bool = False  # stopped (or declared dead) within dead_after: it may have left rows
 
 
 @dataclass(frozen=True, slots=True)

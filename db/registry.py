@@ -30,7 +30,8 @@ class DispatcherStore(PoolOwner):
 
     async def peers(self, *, dead_after_seconds: float) -> list[PeerBeat]:
         """The registered dispatchers that have not stopped, in id order, with their last
-        heartbeat (and whether it is recent, for the split of the key claims)."""
+        heartbeat (and whether it is recent, for the split of the key claims), and the ones
+        that stopped within dead_after_seconds (``stopped``)."""
         return await self.fetch_all(
             "dispatcher_peers", PeerBeat, {"dead_after_seconds": dead_after_seconds}
         )

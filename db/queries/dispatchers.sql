@@ -17,12 +17,15 @@ where id = %(id)s;
 -- name: dispatcher_peers
 -- The registered dispatchers that have not stopped, in id order, with their last heartbeat:
 -- observers compare it for change (dead by observation, never by its age), and ``fresh``
--- (recent by the database clock) says which share the key claims.
+-- (recent by the database clock) says which share the key claims. Also the ones that stopped
+-- within dead_after_seconds (``stopped``): rows they left in flight are for the next reap to
+-- take (a hint for when to reap, never a judgement of death).
 select id, heartbeat_at,
        heartbeat_at >= now() - %(dead_after_seconds)s * interval '1 second' as fresh,
-       host, pid, pidns
+       host, pid, pidns, stopped_at is not null as stopped
 from dispatchers
 where stopped_at is null
+   or stopped_at >= now() - %(dead_after_seconds)s * interval '1 second'
 order by id;
 
 -- name: dispatcher_list
