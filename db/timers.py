@@ -757,12 +757,13 @@ class TimerStore(PoolOwner):
         owner: str,
         lease_seconds: float,
         counters: tuple[int, int, int] = (0, 0, 0),
+        sweep: bool = True,
     ) -> Renewal:
         """The heartbeat of ``owner`` (publishing its counters: in flight, sent, failed), the
-        renewal of the leases ``renew`` names (id, bucket, token), and the give-back of rows
-        leased to it that it does not name and whose lease ran out, in one statement
-        (``lease_renew``). The caller names every lease it holds that is older than a share
-        of the lease, so a held row never looks unheld."""
+        renewal of the leases ``renew`` names (id, bucket, token), and (``sweep``) the
+        give-back of rows leased to it that it does not name and whose lease is older than
+        half a lease, in one statement (``lease_renew``). The caller names every lease it
+        holds that is older than a share of the lease, so a held row never looks unheld."""
         in_flight, sent, failed = counters
         buckets = [bucket for _, bucket, _ in renew]
         params: dict[str, object] = {
@@ -773,6 +774,7 @@ class TimerStore(PoolOwner):
             "bucket": array_literal(b.isoformat() for b in buckets),
             "token": array_literal(str(t) for _, _, t in renew),
             "first_bucket": min(buckets, default=None), "last_bucket": max(buckets, default=None),
+            "sweep": sweep,
         }  # fmt: skip
         row = await self.fetch_one("lease_renew", Renewal, params)
         assert row is not None

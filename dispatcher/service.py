@@ -40,6 +40,11 @@ log = logging.getLogger(__name__)
 WARM_CONNECTIONS = 4
 # A held row's lease is renewed once it is older than this share of the lease.
 RENEW_SHARE = 0.3
+# The heartbeat looks for rows leased to this dispatcher that it does not hold (a claim whose
+# answer was lost) once every this share of a lease: the look reads the rows in flight of
+# every partition, too dear for every heartbeat. Such a row goes back within 0.5 + this share
+# of a lease after its claim, still inside the lease.
+SWEEP_SHARE = 1 / 3
 
 
 def new_dispatcher_id(host: str) -> str:
@@ -114,6 +119,7 @@ class Dispatcher:
         )  # fmt: skip
         self._progress = asyncio.Condition()
         self._progress_waiters = 0
+        self._next_sweep = float("-inf")  # when the heartbeat next looks for unheld rows
         self._drain_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         # Every claimed row's way out: its instant, its host, still owned, sent, recorded.
@@ -229,10 +235,13 @@ class Dispatcher:
         held, tasks = self.pipeline.leases_to_renew(
             started - RENEW_SHARE * self.settings.lease_seconds
         )
+        sweep = started >= self._next_sweep
         renewal = await self.db.timers.renew(
             held, owner=self.id, lease_seconds=self.settings.lease_seconds,
-            counters=(self.in_flight, self.sent_total, self.failed_total),
+            counters=(self.in_flight, self.sent_total, self.failed_total), sweep=sweep,
         )  # fmt: skip
+        if sweep:
+            self._next_sweep = started + SWEEP_SHARE * self.settings.lease_seconds
         if not renewal.alive:
             await self._declared_dead()
             return

@@ -532,6 +532,7 @@ select count(*) from back;
 --   moment ago, which would write every held row every heartbeat) are extended; ``owned``
 --   lists those still its own under that token (the rest were taken over: it drops them);
 -- * rows leased to it that it does not name and whose lease ran out are given back unsent
+--   (when %(sweep)s)
 --   (their claim committed but its answer was lost, say in an outage): a claim whose answer
 --   is still on its way has a fresh lease, so it is never taken, and a row it holds with a
 --   lease run out is one it names (it names every lease older than a share of the lease).
@@ -565,7 +566,10 @@ with beat as (
     update timers t
     set state = 'pending', lease_owner = null, lease_until = null,
         attempts = t.attempts - 1, waiting_on = null
-    where t.state = 'inflight' and t.lease_owner = %(owner)s
+    -- It reads the rows in flight of every partition, so the caller asks for it
+    -- (%(sweep)s) every third of a lease, not at every heartbeat: a one-time filter then
+    -- skips the scan
+    where %(sweep)s::boolean and t.state = 'inflight' and t.lease_owner = %(owner)s
       and t.lease_until < now() + 0.5 * %(lease_seconds)s * interval '1 second'
       and exists (select 1 from beat)
       and not (t.id = any(%(id)s::uuid[]))

@@ -104,6 +104,7 @@ def _hot_statements(now: datetime, timer_id: uuid.UUID) -> dict[str, dict[str, A
             "in_flight": 1,
             "sent_total": 0,
             "failed_total": 0,
+            "sweep": True,
         },
         "lease_reap": {"dead": ["gone"], "seen": [now], "now": None, "limit": REAP_LIMIT},
         # run every tick (issue 9): the window plan, the schedule pass; and dependents
