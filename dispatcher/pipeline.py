@@ -192,7 +192,10 @@ class Pipeline:
             # is not retried
             self.planner.observe(host, result)
             ended = row.series_id is not None and self.is_revoked(row)
-            self.recorder.outcome(row, result, clock.database(sent_mono), ended=ended)
+            self.recorder.outcome(
+                row, result, clock.database(sent_mono), ended=ended,
+                leased_at=self._leased_at.get(task, float("-inf")),
+            )  # fmt: skip
         finally:
             if waiting:
                 self._left(host)
@@ -237,15 +240,15 @@ class Pipeline:
         return list(leases.values())
 
     def leases_to_renew(self, leased_before: float) -> tuple[list[Lease], list[asyncio.Task[None]]]:
-        """The leases made or renewed before ``leased_before`` (monotonic) of rows held, and
-        every lease whose outcome or deferral waits to be written; with the rows' tasks, to
-        mark renewed (``renewed``)."""
+        """The leases made or renewed before ``leased_before`` (monotonic) of rows held, of
+        the outcomes buffered before it and of every deferral that waits to be written; with
+        the rows' tasks, to mark renewed (``renewed``)."""
         tasks = [t for t, at in self._leased_at.items() if at < leased_before]
         leases = {
             row.id: (row.id, row.bucket, row.lease_token)
             for row in (self.claimed[t] for t in tasks if t in self.claimed)
         }
-        for lease in self.recorder.held_leases():
+        for lease in self.recorder.held_leases(leased_before):
             leases.setdefault(lease[0], lease)
         return list(leases.values()), tasks
 

@@ -64,6 +64,9 @@ class Recorder:
         self._deferred: dict[tuple[datetime, str], list[ClaimedTimer]] = {}
         # Outcomes and deferrals taken out of the buffers for a write not yet committed.
         self._writing: dict[uuid.UUID, tuple[uuid.UUID, datetime, int]] = {}
+        # When the lease of each outcome not yet written was made or last renewed (monotonic):
+        # only the old ones need renewing (``held_leases``).
+        self._leased_at: dict[uuid.UUID, float] = {}
         self._wake = asyncio.Event()
         self._running = True
         self._task: asyncio.Task[None] | None = None
@@ -74,11 +77,22 @@ class Recorder:
         deferred = sum(len(rows) for rows in self._deferred.values())
         return len(self._outcomes) + deferred + len(self._writing)
 
-    def held_leases(self) -> list[tuple[uuid.UUID, datetime, int]]:
+    def held_leases(
+        self, leased_before: float | None = None
+    ) -> list[tuple[uuid.UUID, datetime, int]]:
         """The leases (id, bucket, token) of the rows whose outcome or deferral is not written
-        yet: still held, so renewed at each heartbeat."""
-        leases = [(o.id, o.bucket, o.token) for o, _ in self._outcomes]
-        leases += self._writing.values()
+        yet: still held, so renewed by the heartbeat. With ``leased_before`` (monotonic), only
+        the outcomes whose lease was made or renewed before it (the rule for rows held), and
+        every deferral: an outcome is written within a flush (50 ms) unless the database is
+        away, so renewing every fresh one would write each row twice at full speed (the
+        renewal, then the record)."""
+        at = self._leased_at
+
+        def waiting(row_id: uuid.UUID) -> bool:
+            return leased_before is None or at.get(row_id, float("-inf")) < leased_before
+
+        leases = [(o.id, o.bucket, o.token) for o, _ in self._outcomes if waiting(o.id)]
+        leases += [lease for lease in self._writing.values() if waiting(lease[0])]
         leases += [
             (row.id, row.bucket, row.lease_token)
             for rows in self._deferred.values()
@@ -106,11 +120,13 @@ class Recorder:
     # -- what the send path hands in ------------------------------------------------------
 
     def outcome(
-        self, row: ClaimedTimer, result: Result, fired_at: datetime, *, ended: bool = False
-    ) -> None:
+        self, row: ClaimedTimer, result: Result, fired_at: datetime, *, ended: bool = False,
+        leased_at: float = float("-inf"),
+    ) -> None:  # fmt: skip
         """Decides what a send's result makes of the row (delivered, a retry, failed, dead)
         and buffers it; ``ended``: its series was deleted or paused meanwhile, so a failure
-        that would be retried cancels it instead."""
+        that would be retried cancels it instead; ``leased_at``: when the row's lease was made
+        or last renewed (monotonic; unknown: renewed at every heartbeat until written)."""
         retry_at = None
         delay = None
         if result.failure is None:
@@ -141,6 +157,7 @@ class Recorder:
             held=held, token=row.lease_token,
         )  # fmt: skip
         self._outcomes.append((outcome, retry_at))
+        self._leased_at[row.id] = leased_at
         if held or len(self._outcomes) >= self.settings.batch_size:
             self._wake.set()
 
@@ -225,10 +242,11 @@ class Recorder:
         finally:
             for row_id in writing:
                 self._writing.pop(row_id, None)
-        if recorded < len(batch):
-            await self._stale(batch, recorded)
         for o in batch:
             self._notes.pop((o.id, o.bucket), None)
+            self._leased_at.pop(o.id, None)
+        if recorded < len(batch):
+            await self._stale(batch, recorded)
         # A retry due before the next tick's claim could see it is claimed now, so that it
         # goes out at its run_at and not up to a tick late; a released hold lets the next
         # row waiting for it go now.
