@@ -57,9 +57,10 @@ def report_skips() -> None:
 
 # Hours of per-second send statistics kept (the dashboard shows the last 15 minutes).
 STATS_KEEP_HOURS = 24
-# The reap's statement runs at least this often (a share of the lease) with nothing seen to
-# take: owners not registered at all are taken from once their lease ran out, up to this late.
-FULL_REAP_SHARE = 1 / 3
+# The scans of every partition's rows in flight, the reap's with nothing seen to take and the
+# heartbeat's look for rows leased and not held (Dispatcher._renew), run once every this share
+# of a lease: too dear for every heartbeat, and what they find waits at most this long more.
+SCAN_SHARE = 1 / 3
 
 
 class Maintenance:
@@ -183,12 +184,12 @@ class Maintenance:
         PostgreSQL's CPU with two dispatchers firing at full speed; so it runs only when there
         can be something to take: a peer seen dead, a dispatcher that stopped a moment ago
         (seen by the heartbeat's registry read), at start and after an outage, and otherwise
-        every FULL_REAP_SHARE of a lease (owners not registered at all, once their lease ran
+        every SCAN_SHARE of a lease (owners not registered at all, once their lease ran
         out; a hint missed)."""
         now = time.monotonic()
         if not (everything or self._dead or self._stopped_lately or now >= self._next_full_reap):
             return
-        self._next_full_reap = now + FULL_REAP_SHARE * self.settings.lease_seconds
+        self._next_full_reap = now + SCAN_SHARE * self.settings.lease_seconds
         self._stopped_lately = False
 
         async def reap() -> None:

@@ -240,8 +240,8 @@ class Pipeline:
         return list(leases.values())
 
     def leases_to_renew(self, leased_before: float) -> tuple[list[Lease], list[asyncio.Task[None]]]:
-        """The leases made or renewed before ``leased_before`` (monotonic) of rows held, of
-        the outcomes buffered before it and of every deferral that waits to be written; with
+        """The leases made or renewed before ``leased_before`` (monotonic) of rows held and of
+        outcomes waiting to be written, and of every deferral that waits to be written; with
         the rows' tasks, to mark renewed (``renewed``)."""
         tasks = [t for t, at in self._leased_at.items() if at < leased_before]
         leases = {

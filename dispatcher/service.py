@@ -20,7 +20,7 @@ from db.settings import Settings
 from db.warmth import rehearsal
 from dispatcher.claimer import Claimer
 from dispatcher.clock import sleep_until
-from dispatcher.maintenance import Maintenance
+from dispatcher.maintenance import SCAN_SHARE, Maintenance
 from dispatcher.ownership import Ownership, PeerWatch, pid_namespace
 from dispatcher.pipeline import Pipeline
 from dispatcher.planner import CAP_POLL_SECONDS, Planner
@@ -40,11 +40,6 @@ log = logging.getLogger(__name__)
 WARM_CONNECTIONS = 4
 # A held row's lease is renewed once it is older than this share of the lease.
 RENEW_SHARE = 0.3
-# The heartbeat looks for rows leased to this dispatcher that it does not hold (a claim whose
-# answer was lost) once every this share of a lease: the look reads the rows in flight of
-# every partition, too dear for every heartbeat. Such a row goes back within 0.5 + this share
-# of a lease after its claim, still inside the lease.
-SWEEP_SHARE = 1 / 3
 
 
 def new_dispatcher_id(host: str) -> str:
@@ -241,7 +236,9 @@ class Dispatcher:
             counters=(self.in_flight, self.sent_total, self.failed_total), sweep=sweep,
         )  # fmt: skip
         if sweep:
-            self._next_sweep = started + SWEEP_SHARE * self.settings.lease_seconds
+            # a row leased and not held goes back within 0.5 + SCAN_SHARE of a lease of its
+            # claim, still inside the lease
+            self._next_sweep = started + SCAN_SHARE * self.settings.lease_seconds
         if not renewal.alive:
             await self._declared_dead()
             return
