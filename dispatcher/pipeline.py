@@ -57,6 +57,7 @@ class Pipeline:
         recorder: Recorder,
         ownership: Ownership,
         progress: Callable[[], Coroutine[Any, Any, None]],
+        waited: Callable[[], bool],
         spawn: Callable[[Coroutine[Any, Any, None]], None],
     ) -> None:
         self.db = db
@@ -65,7 +66,8 @@ class Pipeline:
         self.sender = sender
         self.recorder = recorder
         self.ownership = ownership
-        self._progress = progress  # awaited after each row leaves (for waiters)
+        self._progress = progress  # awaited after a row leaves, while someone waits (waited)
+        self._waited = waited
         self._spawn = spawn
         # Every claimed row not yet recorded: waiting for its time or its host, or being sent.
         self.claimed: dict[asyncio.Task[None], ClaimedTimer] = {}
@@ -86,16 +88,21 @@ class Pipeline:
         """Starts a task per claimed row that sends it at its planned instant (paced with the
         rest of its capped stream, if any); a row revoked already is dropped."""
         clock = ClockMap.of(claim)
+        waiting = self._waiting
+        limits: dict[str, int | None] = {}  # per host, for this claim (most name one host)
         for row, deadline in self.planner.deadlines(claim, per_minute, stream):
-            if self.is_revoked(row):
+            if self._revoked and self.is_revoked(row):
                 self._spawn(self._answer(row, dropped=True))
                 continue
             host = host_of(row.url)
-            limit = self.planner.hold_limit(host)
-            if limit is not None and self._waiting[host] >= limit:
+            if host in limits:
+                limit = limits[host]
+            else:
+                limit = limits[host] = self.planner.hold_limit(host)
+            if limit is not None and waiting[host] >= limit:
                 self._give_back([row], host, limit)
                 continue
-            self._waiting[host] += 1
+            waiting[host] += 1
             task = asyncio.create_task(self._send(row, host, deadline, clock))
             task.add_done_callback(self._never_ran)
             self.claimed[task] = row
@@ -170,7 +177,7 @@ class Pipeline:
                     return
                 await self.planner.enter(row, host)
                 # 3. still owned: no await from here to the request, so nothing can change it
-                if self.is_revoked(row):
+                if self._revoked and self.is_revoked(row):
                     self.planner.leave(host)
                     return  # dropped: on_revoke writes the answer
                 if self.ownership.safe():
@@ -179,13 +186,17 @@ class Pipeline:
                 # next heartbeat renews it, or drops the row if it was taken over
                 self.planner.leave(host)
                 await self.ownership.wait_safe()
-            # 4. sent
+            # 4. sent: the sender never raises; anything that escapes it (a bug, something it
+            # did not foresee) is a failed attempt with its error, counted against
+            # max_attempts, never a row left to wait for its lease
             waiting = False
             self._left(host)
+            self.sending.add(task)
+            sent_mono = time.monotonic()
             try:
-                self.sending.add(task)
-                sent_mono = time.monotonic()
-                result = await self._attempt(row)
+                result = await self.sender.send(row)
+            except Exception as exc:
+                result = _raised(row, exc, sent_mono)
             finally:
                 self.planner.leave(host)
             # 5. recorded; an occurrence of a series deleted or paused while it was being sent
@@ -202,7 +213,8 @@ class Pipeline:
             self.sending.discard(task)
             self.claimed.pop(task, None)
             self._leased_at.pop(task, None)
-            await self._progress()
+            if self._waited():  # most sends have no one waiting: no coroutine, no lock
+                await self._progress()
 
     def _never_ran(self, task: asyncio.Task[None]) -> None:
         """A task cancelled before its first step (a revocation, a shed or a drop right after
@@ -212,22 +224,8 @@ class Pipeline:
             return  # the usual case: _send's finally let go of it
         self._leased_at.pop(task, None)
         self._left(host_of(row.url))
-        self._spawn(self._progress())
-
-    async def _attempt(self, row: ClaimedTimer) -> Result:
-        """The send; an exception in it (a bug, something the sender did not foresee) is a
-        failed attempt with its error, counted against max_attempts like a network error,
-        never a row left to wait for its lease."""
-        started = time.monotonic()
-        try:
-            return await self.sender.send(row)
-        except Exception as exc:
-            log.exception("sending timer %s raised; recorded as a failed attempt", row.id)
-            error = f"internal error while sending: {type(exc).__name__}: {exc}"
-            # connected: the request may have gone out (the fault can come after the answer),
-            # so an at_most_once timer is not sent again
-            latency = (time.monotonic() - started) * 1000
-            return Result(None, error[:ERROR_CHARS], latency, Failure(None, connected=True))
+        if self._waited():
+            self._spawn(self._progress())
 
     # -- what the heartbeat and a revocation change ---------------------------------------
 
@@ -308,3 +306,12 @@ class Pipeline:
         except DatabaseUnavailable as exc:
             # The request that revoked answers 409 (not confirmed): never 2xx, then a send.
             log.warning("could not answer the revocation of timer %s: %s", row.id, exc)
+
+
+def _raised(row: ClaimedTimer, exc: Exception, started: float) -> Result:
+    """The failed attempt of a send that raised: connected, since the request may have gone
+    out (the fault can come after the answer), so an at_most_once timer is not sent again."""
+    log.exception("sending timer %s raised; recorded as a failed attempt", row.id)
+    error = f"internal error while sending: {type(exc).__name__}: {exc}"
+    latency = (time.monotonic() - started) * 1000
+    return Result(None, error[:ERROR_CHARS], latency, Failure(None, connected=True))

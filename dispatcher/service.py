@@ -120,7 +120,7 @@ class Dispatcher:
         # Every claimed row's way out: its instant, its host, still owned, sent, recorded.
         self.pipeline = Pipeline(
             db, owner=self.id, planner=self.planner, sender=self.sender, recorder=self.recorder,
-            ownership=self.ownership, progress=self._notify_if_waited, spawn=self._spawn,
+            ownership=self.ownership, progress=self._notify, waited=self._waited, spawn=self._spawn,
         )  # fmt: skip
         # A timer created due within the claim window wakes the claimer at once; a revocation
         # reaches the owner of the row at once.
@@ -361,9 +361,8 @@ class Dispatcher:
         async with self._progress:
             self._progress.notify_all()
 
-    async def _notify_if_waited(self) -> None:
-        if self._progress_waiters:  # most sends have no one waiting: skip the lock
-            await self._notify()
+    def _waited(self) -> bool:
+        return self._progress_waiters > 0
 
     async def wait_recorded(self, count: int, timeout: float) -> None:
         """Waits until at least ``count`` outcomes were recorded in the database."""
