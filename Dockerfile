@@ -5,6 +5,7 @@ COPY pyproject.toml README.md ./
 COPY api ./api
 COPY dispatcher ./dispatcher
 COPY db ./db
+COPY core ./core
 COPY cli ./cli
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 

@@ -19,9 +19,9 @@ from api.observe import Observer, ProcessMetrics
 from api.request_ids import RequestIds
 from api.routes import backlog, batch, dashboard, health, history, metrics, timers
 from api.schemas import TimerBatch, TimerCreate
-from db import logs
+from core import logs
+from core.settings import Settings, get_settings
 from db.database import Database
-from db.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 

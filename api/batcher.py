@@ -161,7 +161,7 @@ class CreateBatcher:
                         p.done.set_result(timer)
 
     async def _insert(self, batch: list[_Pending]) -> list[CreatedTimer]:
-        return await self._db.timers.insert(
+        return await self._db.creates.insert(
             [p.delay_ms for p in batch],
             [p.url for p in batch],
             shards=self._shards,

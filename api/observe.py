@@ -22,8 +22,9 @@ from prometheus_client import CollectorRegistry, Counter, disable_created_metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.process_collector import ProcessCollector
 
+from core.caps import Cap
 from db.database import Database
-from db.models import BacklogStep, Cap, Dispatcher, Overdue, TimerSummary
+from db.models import BacklogStep, Dispatcher, Overdue, TimerSummary
 from db.stats import BOUNDS, OUTCOMES, SecondStats, Totals
 
 T = TypeVar("T")

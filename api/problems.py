@@ -17,7 +17,7 @@ from starlette.routing import Match, Route
 
 from api.batcher import Overloaded
 from db.connection import DatabaseUnavailable
-from db.timers import QuotaExceeded
+from db.creating import QuotaExceeded
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import re
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from db.logs import request_id_var
+from core.logs import request_id_var
 
 HEADER = b"x-request-id"
 # What a client's id may be: up to 128 characters that need no quoting in logs or headers.

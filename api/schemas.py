@@ -20,11 +20,11 @@ from pydantic import (
     field_validator,
 )
 
-from db.ids import parse_series_id, parse_timer_id
+from core.ids import parse_series_id, parse_timer_id
+from core.recurrence import Misfire
+from core.states import DeadLetterState, TimerState
+from core.targets import host_problem
 from db.models import Delivery
-from db.recurrence import Misfire
-from db.states import DeadLetterState, TimerState
-from db.targets import host_problem
 
 MAX_URL_LENGTH = 2048
 MAX_HEADERS = 32
@@ -466,7 +466,7 @@ class LastResult(BaseModel):
     error: str | None = Field(description="Why it failed (null when delivered).")
 
 
-Status = TimerState  # defined once, in db/states.py
+Status = TimerState  # defined once, in core/states.py
 
 
 class Dependency(BaseModel):

@@ -75,7 +75,7 @@ async def raw_copy(url: str, seconds: float) -> float:
         async def client() -> None:
             nonlocal done
             while time.perf_counter() < stop_at:
-                await db.timers.insert_batch(delays, urls, options, shards=16)
+                await db.creates.insert_batch(delays, urls, options, shards=16)
                 done += PER_REQUEST
 
         start = time.perf_counter()

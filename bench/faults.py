@@ -47,9 +47,9 @@ import psycopg
 from aiohttp import web
 
 from bench.harness import Proc, free_port, machine
+from core.ids import due_ms_of
 from db.database import Database
 from db.embedded import get_server, size_lock_table
-from db.ids import due_ms_of
 from db.migrate import migrate
 
 # The liveness settings are the defaults (heartbeat 2 s, dead after 10 s, lease 90 s); the

@@ -13,15 +13,16 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from core.caps import GLOBAL, HOST, TENANT, Cap
+from core.plan import PlanRow, plan_pass
+from core.settings import get_settings
+from core.targets import host_of
+from core.windows import yds_curve
 from db import embedded
 from db.access import valid_tenant
 from db.backlog import step_for, window_seconds
-from db.caps import GLOBAL, HOST, TENANT
 from db.database import Database
-from db.models import BacklogStep, Cap, Circuit, Overdue, PlanRow
-from db.settings import get_settings
-from db.targets import host_of
-from db.windows import yds_curve
+from db.models import BacklogStep, Circuit, Overdue
 
 T = TypeVar("T")
 
@@ -212,16 +213,14 @@ def plan(
     limit: int = typer.Option(50, min=1, max=1000, help="How many rows to show at most."),
 ) -> None:
     """The next pass: what would be sent now, what is held back and why (priority first)."""
-    from dispatcher.planner import plan_pass  # the dispatcher's rules (it imports pycurl)
-
     settings = get_settings()
-    lookahead = settings.tick_seconds + 1.5
+    lookahead = settings.claim_window_seconds
 
     async def read(db: Database) -> tuple[list[PlanRow], dict[str, uuid.UUID], list[Circuit],
                                          list[Cap], datetime]:  # fmt: skip
         rows = await db.timers.plan_candidates(lookahead_seconds=lookahead, limit=limit)
         names = sorted({n for r in rows for n in r.resources or ()})
-        return (rows, await db.timers.holds(names), await db.circuits.list(), await db.caps.list(),
+        return (rows, await db.leases.holds(names), await db.circuits.list(), await db.caps.list(),
                 await db.timers.clock())  # fmt: skip
 
     rows, holds, circuits, caps, now = run_db(read)

@@ -9,9 +9,9 @@ import typer
 from rich.table import Table
 
 from cli.admin import console, run_db
-from db.ids import parse_timer_id
+from core.ids import parse_timer_id
+from core.states import DEAD_LETTER_STATES, TimerState, parse_states
 from db.models import RequeueFilter, RequeueResult
-from db.states import DEAD_LETTER_STATES, TimerState, parse_states
 
 
 def dead(
@@ -52,7 +52,7 @@ def requeue(
         parsed = parse_timer_id(timer_id)
         if parsed is None:
             raise typer.BadParameter("not a timer id", param_hint="TIMER_ID")
-        found: RequeueResult | None = run_db(lambda db: db.timers.requeue(parsed))
+        found: RequeueResult | None = run_db(lambda db: db.requeues.requeue(parsed))
         if found is None:
             console.print(f"no timer with id {timer_id}")
             raise typer.Exit(1)
@@ -64,7 +64,7 @@ def requeue(
     if not all_:
         raise typer.BadParameter("give a timer id, or --all (with filters to narrow it)")
     which = RequeueFilter(states=tuple(_states(status)), url_prefix=url_prefix)
-    count = run_db(lambda db: db.timers.requeue_matching(which, limit=limit))
+    count = run_db(lambda db: db.requeues.requeue_matching(which, limit=limit))
     console.print(f"requeued {count:,} timer{'' if count == 1 else 's'}")
 
 

@@ -15,10 +15,11 @@ import typer
 from rich.console import Console
 
 from cli import access, admin, deadletters
-from db import embedded, logs
+from core import logs
+from core.settings import Settings, get_settings
+from db import embedded
 from db.database import Database
 from db.migrate import migrate as run_migrations
-from db.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from dispatcher.service import Dispatcher

@@ -16,10 +16,11 @@ from datetime import datetime, timedelta
 import psycopg
 from psycopg.rows import TupleRow
 
-from db.ids import EPOCH, new_timer_ids
+from core.ids import EPOCH, new_timer_ids
+from core.targets import host_of
+from core.timing import time_left
 from db.models import CreatedTimer, DeliveryOptions
 from db.query_loader import query
-from db.targets import host_of
 
 _COPY = (
     "copy timers (id, bucket, due_at, run_at, slot, shard, url, payload, headers, timeout_ms,"
@@ -66,6 +67,7 @@ async def copy_timers(
     row = await cur.fetchone()
     assert row is not None
     now_ms = int(row[0])
+    now_at = EPOCH + timedelta(milliseconds=now_ms)
     # an absolute ``at`` is its own due time; a delay counts from the database clock
     due = [o.at_ms if o.at_ms is not None else now_ms + d
            for d, o in zip(delays_ms, options, strict=True)]  # fmt: skip
@@ -94,14 +96,11 @@ async def copy_timers(
         lines.append("\t".join((
             str(timer_id), bucket, due_at, run_at, slot, str(shard(shards)), _text(url),
             _text(o.payload), _text(o.headers), _number(o.timeout_ms),
-            str(o.max_attempts or 8), o.delivery or "at_least_once", str(o.priority or 5),
+            str(o.max_attempts), o.delivery, str(o.priority),
             resources, _text(o.request_id), _text(o.tenant), _text(host_of(url)), deadline,
         )))  # fmt: skip
-        time_left = max(0, -(-(due_ms - now_ms) // 1000))
-        created.append(
-            CreatedTimer(id=timer_id, due_at=EPOCH + timedelta(milliseconds=due_ms),
-                         time_left=time_left)
-        )  # fmt: skip
+        due_dt = EPOCH + timedelta(milliseconds=due_ms)
+        created.append(CreatedTimer(timer_id, due_dt, time_left(due_dt, now_at)))
     lines.append("")
     async with conn.cursor().copy(_COPY) as copy:
         await copy.write("\n".join(lines))

@@ -9,15 +9,11 @@ from datetime import datetime
 
 from psycopg.rows import class_row
 
+from core.caps import HOST, TENANT, Cap, CappedScopes, Grant
 from db.connection import PoolOwner
-from db.models import Cap, CappedScopes, Grant
 from db.query_loader import query
 
 log = logging.getLogger(__name__)
-
-GLOBAL = "global"
-TENANT = "tenant:"  # + the tenant's name
-HOST = "host:"  # + the host as a URL names it, lower case, without brackets or port
 
 
 def _scopes(scope: str | None, scopes: Sequence[str]) -> list[str]:

@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
@@ -412,9 +413,14 @@ class PoolOwner:
         TIMERHOOK_DB_TIMEOUT_SECONDS, by default). Past it, while the database is known to be
         away, gives up: requests answer 503 fast. While it answers and every connection is
         merely busy, keeps waiting, up to BUSY_WAIT_SECONDS, since the queue is draining (an
-        overload is shed by the create queue's bound instead)."""
+        overload is shed by the create queue's bound instead). While the database is known to
+        be away, waits one reconnect at most."""
         now = time.monotonic()
         deadline = _DEADLINE.get() or now + self.pool.timeout
+        if self.outage.down:
+            # failing fast: a connection comes within one reconnect of the pool, or not yet
+            # (a dispatcher's 5 s wait per operation made a heartbeat outlast two intervals)
+            deadline = min(deadline, now + RECONNECT_MAX_DELAY)
         busy_until = now + BUSY_WAIT_SECONDS
         while True:
             try:
@@ -444,6 +450,15 @@ class PoolOwner:
     def long_budget(self) -> float:
         """The budget of maintenance work: the statement timeout."""
         return self.pool.statement_timeout
+
+    async def clock(self, now: datetime | None = None) -> datetime:
+        """The database clock (or ``now``)."""
+        async with self.connection() as conn:
+            cur = await conn.execute(query("clock_now"), {"now": now})
+            row = await cur.fetchone()
+        assert row is not None
+        now_read: datetime = row[0]
+        return now_read
 
     async def fetch_one(self, name: str, model: type[T], params: Mapping[str, Any]) -> T | None:
         """Runs the named single-statement query (its own transaction) and returns its one row

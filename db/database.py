@@ -11,10 +11,16 @@ from db.backlog import BacklogStore
 from db.caps import CapStore
 from db.circuits import CircuitStore
 from db.connection import DEFAULT_STATEMENT_TIMEOUT, PoolOwner, make_pool
+from db.creating import CreateStore
+from db.dependencies import DependencyStore
+from db.leases import LeaseStore
 from db.listen import DueListener
 from db.migrate import latest_version
 from db.query_loader import query
+from db.recording import RecordStore
 from db.registry import DispatcherStore, PartitionStore
+from db.requeue import RequeueStore
+from db.revocations import RevocationStore
 from db.schedules import ScheduleStore
 from db.stats import StatsStore
 from db.timers import TimerStore
@@ -36,6 +42,12 @@ class Database:
         self.outage = self.pool.outage
         self._schema = PoolOwner(self.pool)
         self.timers = TimerStore(self.pool)
+        self.creates = CreateStore(self.pool)
+        self.leases = LeaseStore(self.pool)
+        self.records = RecordStore(self.pool)
+        self.revocations = RevocationStore(self.pool)
+        self.requeues = RequeueStore(self.pool)
+        self.dependencies = DependencyStore(self.pool)
         self.dispatchers = DispatcherStore(self.pool)
         self.partitions = PartitionStore(self.pool)
         self.caps = CapStore(self.pool)

@@ -7,14 +7,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from db.states import DEAD_LETTER_STATES, TimerState
+from core.states import DEAD_LETTER_STATES, TimerState
+from core.timing import time_left
 
 Delivery = Literal["at_least_once", "at_most_once"]
 
 
 @dataclass(frozen=True, slots=True)
 class DeliveryOptions:
-    """How one timer is to be sent; None fields take the database defaults.
+    """How one timer is to be sent, as both ways of writing a new row (``timer_insert`` and
+    the batch's COPY, db/bulk.py) store it: the defaults are these, written once.
 
     ``payload`` and ``headers`` are JSON text, stored as jsonb.
     """
@@ -22,9 +24,9 @@ class DeliveryOptions:
     payload: str | None = None
     headers: str | None = None
     timeout_ms: int | None = None
-    max_attempts: int | None = None
-    delivery: Delivery | None = None
-    priority: int | None = None
+    max_attempts: int = 8
+    delivery: Delivery = "at_least_once"
+    priority: int = 5
     resources: tuple[str, ...] | None = None
     request_id: str | None = None  # the X-Request-ID of the create
     tenant: str = "default"  # the tenant of the API key that created it
@@ -58,7 +60,7 @@ class Timer:
     finished_at: datetime | None
     last_status: int | None
     last_error: str | None
-    time_left: int
+    read_at: datetime  # the database clock when it was read: time_left counts from it
     max_attempts: int
     round_start: int
     delivery: Delivery
@@ -74,6 +76,11 @@ class Timer:
     occurrence: int | None = None
     deadline_at: datetime | None = None  # the end of its SLA window (null: exact)
     has_deps: bool = False  # it waits for other timers (``after``)
+
+    @property
+    def time_left(self) -> int:
+        """The contract's time_left when it was read."""
+        return time_left(self.due_at, self.read_at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,27 +275,6 @@ class Dispatcher:
 
 
 @dataclass(frozen=True, slots=True)
-class Cap:
-    """A per-minute cap and the tokens its bucket holds now."""
-
-    scope: str
-    per_minute: int
-    tokens: float
-
-
-@dataclass(frozen=True, slots=True)
-class Grant:
-    """Tokens granted by a cap, and the cap itself (0: none)."""
-
-    granted: int
-    per_minute: int
-    # The binding bucket's fill before the take (tokens), and the local monotonic instant
-    # its answer came: when each granted token was minted, for pacing the capped streams.
-    available: float = 0.0
-    answered_at: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
 class BacklogStep:
     """Pending timers due in one step of the histogram."""
 
@@ -337,44 +323,6 @@ class BatchCreate:
 
 
 @dataclass(frozen=True, slots=True)
-class HeldCandidate:
-    """A due pending row that names resources, as the resource pass sees it."""
-
-    id: uuid.UUID
-    bucket: datetime
-    priority: int
-    run_at: datetime
-    resources: list[str]
-    tenant: str = "default"
-    host: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class HeldChoice:
-    """What a resource pass decided: the rows to lease now, and each other row with the
-    reason it waits."""
-
-    chosen: list[HeldCandidate]
-    waiting: list[tuple[HeldCandidate, str]]
-
-
-@dataclass(frozen=True, slots=True)
-class PlanRow:
-    """A row the next pass would look at, for ``timerhook plan``."""
-
-    id: uuid.UUID
-    bucket: datetime
-    state: TimerState
-    url: str
-    priority: int
-    run_at: datetime
-    resources: list[str] | None
-    waiting_on: str | None
-    lease_owner: str | None
-    tenant: str = "default"
-
-
-@dataclass(frozen=True, slots=True)
 class Circuit:
     """A target host's circuit: open until ``open_until`` after ``failures`` failures."""
 
@@ -386,44 +334,6 @@ class Circuit:
     opened_at: datetime
     open: bool
     seconds_left: float
-
-
-@dataclass(frozen=True, slots=True)
-class CappedScopes:
-    """The tenants and hosts that have a cap of their own: their rows go out through the
-    capped pass, with tokens from every cap that applies, never through the key claims."""
-
-    tenants: tuple[str, ...] = ()
-    hosts: tuple[str, ...] = ()
-
-    def __bool__(self) -> bool:
-        return bool(self.tenants or self.hosts)
-
-    def params(self) -> dict[str, object]:
-        """As the claim queries take them."""
-        return {"capped_tenants": list(self.tenants), "capped_hosts": list(self.hosts)}
-
-
-NO_CAPPED = CappedScopes()
-
-
-@dataclass(frozen=True, slots=True)
-class CappedStream:
-    """One stream of the capped pass: a capped tenant, a capped host, or both (None where the
-    stream has none), and the cap scopes its tokens come from."""
-
-    tenant: str | None
-    host: str | None
-
-    @property
-    def scopes(self) -> list[str]:
-        """Every cap that applies to the stream's rows (the global one too)."""
-        found = ["global"]
-        if self.tenant is not None:
-            found.append(f"tenant:{self.tenant}")
-        if self.host is not None:
-            found.append(f"host:{self.host}")
-        return found
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """Recurring timers: series (the schedules table) and the pass that makes their occurrences.
 
-A series holds the request it sends and when (db/recurrence.py). Each occurrence becomes a
+A series holds the request it sends and when (core/recurrence.py). Each occurrence becomes a
 row of timers, claimed, sent, retried and recorded like any timer, shortly before its time:
 the schedule pass (``advance``, run by every dispatcher before its claims) takes the series
 whose next time is near under row locks other passes skip, makes their occurrence rows and
@@ -18,14 +18,14 @@ from typing import Any
 
 from psycopg.rows import class_row
 
-from db.access import take_create_quota
+from core.ids import EPOCH, new_series_id
+from core.recurrence import Misfire, Schedule, ScheduleError, plan_emission
+from core.targets import host_of
+from core.timing import time_left
 from db.connection import TRANSIENT, DatabaseUnavailable, PoolOwner
-from db.ids import EPOCH, new_series_id
+from db.creating import begin_create, record_create
 from db.models import DeliveryOptions
 from db.query_loader import query
-from db.recurrence import Misfire, Schedule, ScheduleError, plan_emission
-from db.targets import host_of
-from db.timers import QuotaExceeded, earlier_create, record_create
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +115,7 @@ class Series:
         """Whole seconds to the next occurrence, rounded up; 0 once ended (and while
         paused)."""
         upcoming = self.next_occurrence_at
-        if upcoming is None:
-            return 0
-        return max(0, -int(-(upcoming - self.db_now).total_seconds() // 1))
+        return 0 if upcoming is None else time_left(upcoming, self.db_now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +192,7 @@ class ScheduleStore(PoolOwner):
         now: datetime | None = None,
     ) -> CreatedSeries:
         """Makes a series (its first occurrence is made by a dispatcher's pass shortly before
-        its time). ``key``, ``fingerprint`` and ``quota`` as TimerStore.insert_idempotent:
+        its time). ``key``, ``fingerprint`` and ``quota`` as CreateStore.insert_idempotent:
         a replay answers the earlier series; a refusal writes nothing. SeriesRefused when the
         schedule never fires. ``wake_ms``: the dispatchers' claim window; a first occurrence
         due within it is made in this transaction (their next pass may come too late) and
@@ -202,18 +200,13 @@ class ScheduleStore(PoolOwner):
 
         async def once() -> CreatedSeries:
             async with self.connection() as conn, conn.transaction():
-                if key is not None:
-                    earlier = await earlier_create(conn, key)
-                    if earlier is not None:
-                        found = await self.get(earlier[1], conn=conn)
-                        return CreatedSeries(
-                            earlier[1], found.time_left if found else 0, replayed=True,
-                            conflict=earlier[0] != fingerprint,
-                        )  # fmt: skip
-                if quota:
-                    refusal = await take_create_quota(conn, options.tenant)
-                    if refusal is not None:
-                        raise QuotaExceeded(refusal)
+                earlier = await begin_create(conn, key=key, tenant=options.tenant, quota=quota)
+                if earlier is not None:
+                    found = await self.get(earlier[1], conn=conn)
+                    return CreatedSeries(
+                        earlier[1], found.time_left if found else 0, replayed=True,
+                        conflict=earlier[0] != fingerprint,
+                    )  # fmt: skip
                 cur = await conn.execute(query("clock_ms"), {"now": now})
                 row = await cur.fetchone()
                 assert row is not None
@@ -246,8 +239,9 @@ class ScheduleStore(PoolOwner):
                         conn, series_id, lookahead_seconds=wake_ms / 1000, shards=shards,
                         wake_ms=wake_ms, now=now,
                     )  # fmt: skip
-            time_left = max(0, -(-(_ms(first) - now_ms) // 1000))
-            return CreatedSeries(series_id, time_left)
+            return CreatedSeries(
+                series_id, time_left(first, EPOCH + timedelta(milliseconds=now_ms))
+            )
 
         try:
             return await once()
@@ -371,7 +365,7 @@ class ScheduleStore(PoolOwner):
         now: datetime | None = None,
     ) -> int:  # fmt: skip
         """The schedule pass: makes the occurrences due by now + lookahead of every series
-        it can lock (db/recurrence.py ``plan_emission`` decides which, misfires included) and
+        it can lock (core/recurrence.py ``plan_emission`` decides which, misfires included) and
         moves the series on, SERIES_PER_PASS series a transaction, until none is due.
         Returns the occurrence rows made."""
         made = 0

@@ -12,6 +12,15 @@ language sql volatile parallel safe as $$
                          placing substring(int8send(due_ms) from 3) from 1 for 6) as raw) as r
 $$;
 
+-- The whole second at or after an instant: the bucket of a due time and the slot of a run
+-- time (dispatchers claim by slot). Every query that sets a slot or a bucket calls it. A
+-- stable SQL function of one expression: PostgreSQL inlines it into the calling statement,
+-- so it costs what the expression written out cost.
+create function timerhook_slot(at timestamptz) returns timestamptz
+language sql stable parallel safe as $$
+    select 'epoch'::timestamptz + ceil(extract(epoch from at)) * interval '1 second'
+$$;
+
 create table timers (
     id          uuid        not null,
     -- Partition key: the whole second at or after the timer's due time. Never changes, and
@@ -280,7 +289,10 @@ create table caps (
     scope      text             primary key,
     per_minute integer          not null check (per_minute >= 0),
     tokens     double precision not null default 0,
-    updated_at timestamptz      not null default now()
+    updated_at timestamptz      not null default now(),
+    -- When a take last granted fewer tokens than it asked for: the cap binds, and a due
+    -- timer it applies to waits its turn (core.caps.cap_turn, the API's waiting_on).
+    short_at   timestamptz
 );
 
 -- One row per key used on a create: the request's fingerprint (a hash of its validated body)

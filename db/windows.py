@@ -1,11 +1,7 @@
 """SLA windows: spreading windowed timers at the lowest steady rate that meets every deadline.
 
-A windowed timer may be sent at any moment from its due time to its deadline. Of the windowed
-work released (due by now), the rate needed now is the Yao-Demers-Shenker rule (the "optimal
-available" online algorithm): the maximum, over the upcoming deadlines d, of the work due by d
-divided by the time left until d; sent earliest deadline first. ``yds_rate`` is that rule,
-``yds_curve`` the whole planned rate ahead (the same rule applied again after each critical
-deadline), both pure functions.
+A windowed timer may be sent at any moment from its due time to its deadline; the rate needed
+now is ``core.windows.yds_rate`` over the windowed work released (due by now).
 
 ``WindowStore.plan`` is the shared planner: every dispatcher calls it once a tick; one row
 (``window_pacer``) holds where the sends planned so far end, so that the fleet plans one
@@ -18,51 +14,19 @@ that instant, like any timer.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from core.windows import yds_rate
 from db.connection import PoolOwner
 from db.query_loader import query
 
-# A deadline this close or past counts as this far away (no division by zero, no negative).
-MIN_LEFT_SECONDS = 0.001
 # Rows one plan gives instants to at most.
 MAX_PER_PLAN = 50_000
 # The statements over timers here run prepared from their first run (psycopg prepares a
 # statement on its fifth otherwise): until then each run is planned over every partition,
 # 100 ms and more at the default horizon, which made the first seconds of a windowed stream
 # uneven (bench.windows).
-
-
-def yds_rate(now: datetime, work: Sequence[tuple[datetime, int]]) -> float:
-    """Sends per second needed now: max over deadlines d of (work with deadline <= d) / (d -
-    now). ``work``: (deadline, count), sorted by deadline."""
-    rate, total = 0.0, 0
-    for deadline, count in work:
-        total += count
-        left = max((deadline - now).total_seconds(), MIN_LEFT_SECONDS)
-        rate = max(rate, total / left)
-    return rate
-
-
-def yds_curve(now: datetime, work: Sequence[tuple[datetime, int]]) -> list[tuple[datetime, float]]:
-    """The planned rate ahead for the released work, as steps (until, rate): the critical
-    interval from now to the deadline that sets the rate, then the same rule on what is left
-    from there, and so on. The rates never rise."""
-    steps: list[tuple[datetime, float]] = []
-    start, rest = now, list(work)
-    while rest:
-        best, best_i, total = -1.0, 0, 0
-        for i, (deadline, count) in enumerate(rest):
-            total += count
-            rate = total / max((deadline - start).total_seconds(), MIN_LEFT_SECONDS)
-            if rate >= best:
-                best, best_i = rate, i
-        until = max(rest[best_i][0], start)
-        steps.append((until, best))
-        start, rest = until, rest[best_i + 1 :]
-    return steps
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,5 +21,5 @@ A timer's way through a dispatcher is a pipeline, one module a stage:
 The claim protocol (states, leases, fencing tokens, renewal, death by observation, revocation,
 what happens on each fault, and why at most one dispatcher sends a given attempt) is written
 once, in docs/architecture.md, "The claim protocol" and "Once"; the states and their
-transitions are defined in db/states.py.
+transitions are defined in core/states.py.
 """

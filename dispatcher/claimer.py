@@ -24,15 +24,15 @@ Rows leased are handed to the service (``hand_over``) with the cap's rate, for p
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
-from db.caps import GLOBAL
+from core.caps import GLOBAL, CappedScopes, CappedStream, cap_wait
+from core.plan import HeldCandidate, choose_held
+from core.settings import Settings
 from db.database import Database
-from db.models import CappedScopes, CappedStream, Claim, DueKey, HeldCandidate, HeldChoice
-from db.settings import Settings
-from dispatcher.planner import Planner, choose_held
+from db.models import Claim, DueKey
+from dispatcher.planner import Planner
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +68,7 @@ class Claimer:
         self._room = room
         self._wait_for_room = wait_for_room
         self._stopping = stopping
-        # Claim every slot that can fall due before the tick after next: a row is then in hand
-        # at least one tick before its time, so the claim's own duration never makes it late.
-        self.lookahead_seconds = settings.tick_seconds + 1.5
+        self.lookahead_seconds = settings.claim_window_seconds
         # The resource pass looks at the current second as a whole (one choice), not further.
         self.held_lookahead_seconds = settings.tick_seconds + 0.5
         self.capped = False  # a cap said stop during the last pass: poll again soon
@@ -94,12 +92,12 @@ class Claimer:
         """Runs a pass's reads and a key claim that leases nothing (a key in 2000): called
         in a ``db.warmth.rehearsal`` at start, so that they are planned before the first
         timer comes."""
-        await self.db.timers.held_due(lookahead_seconds=self.held_lookahead_seconds)
-        await self.db.timers.due_keys(
+        await self.db.leases.held_view(lookahead_seconds=self.held_lookahead_seconds)
+        await self.db.leases.due_keys(
             limit=KEYS_PER_PASS, lookahead_seconds=self.lookahead_seconds,
             capped=self.planner.capped,
         )  # fmt: skip
-        await self.db.timers.claim(
+        await self.db.leases.claim(
             REHEARSAL_KEY, owner=self.owner, batch=self.settings.batch_size,
             lease_seconds=self.settings.lease_seconds, capped=self.planner.capped,
         )  # fmt: skip
@@ -123,41 +121,43 @@ class Claimer:
         room = self._room()
         if room <= 0 or self._stopping():
             return 0
-        per_minute = 0
-
-        async def choose(
-            candidates: list[HeldCandidate], holds: dict[str, uuid.UUID]
-        ) -> HeldChoice:
-            nonlocal per_minute
-            choice = choose_held(candidates, holds, room)
-            if not choice.chosen:
-                return choice
-            # tokens per stream: the global cap's, and each capped tenant's or host's
-            streams: dict[CappedStream | None, list[HeldCandidate]] = {}
-            for c in choice.chosen:
-                streams.setdefault(self.planner.stream_of(c.tenant, c.host), []).append(c)
-            chosen: list[HeldCandidate] = []
-            waiting = list(choice.waiting)
-            for stream, rows in streams.items():
-                grant = await self.planner.grant(len(rows), now, stream)
-                per_minute = max(per_minute, grant.per_minute)
-                chosen += rows[: grant.granted]
-                if grant.granted < len(rows):
-                    self.capped = True
-                    why = "no token left now: " + ", ".join(
-                        f"{scope} cap" for scope in (stream.scopes if stream else [GLOBAL])
-                    )
-                    waiting += [(c, why) for c in rows[grant.granted :]]
-            return HeldChoice(chosen, waiting)
-
-        claim = await self.db.timers.claim_held(
-            choose,
-            owner=self.owner,
-            lookahead_seconds=self.held_lookahead_seconds,
-            lease_seconds=self.settings.lease_seconds,
-            now=now,
+        # 1. what the database holds: the due rows that name resources, and their holders
+        candidates, holds = await self.db.leases.held_view(
+            lookahead_seconds=self.held_lookahead_seconds, now=now
         )
-        if claim is None or not claim.rows:
+        if not candidates:
+            return 0
+        # 2. the planner's choice (a plain function), then each stream's tokens, taken once:
+        # the global cap's, and each capped tenant's or host's
+        choice = choose_held(candidates, holds, room)
+        streams: dict[CappedStream | None, list[HeldCandidate]] = {}
+        for c in choice.chosen:
+            streams.setdefault(self.planner.stream_of(c.tenant, c.host), []).append(c)
+        chosen: list[HeldCandidate] = []
+        waiting = list(choice.waiting)
+        granted: dict[CappedStream | None, list[HeldCandidate]] = {}
+        per_minute = 0
+        for stream, rows in streams.items():
+            grant = await self.planner.grant(len(rows), now, stream)
+            per_minute = max(per_minute, grant.per_minute)
+            granted[stream] = rows[: grant.granted]
+            chosen += granted[stream]
+            if grant.granted < len(rows):
+                self.capped = True
+                why = cap_wait(stream.scopes if stream else [GLOBAL], grant.per_minute)
+                waiting += [(c, why) for c in rows[grant.granted :]]
+        if waiting:
+            await self.db.leases.note_waiting([(c.id, c.bucket, why) for c, why in waiting])
+        # 3. the choice applied in one statement; tokens of rows it could not lease go back
+        claim = await self.db.leases.claim_held(
+            chosen, owner=self.owner, lease_seconds=self.settings.lease_seconds, now=now
+        )
+        leased = {r.id for r in claim.rows}
+        for stream, rows in granted.items():
+            unused = sum(1 for c in rows if c.id not in leased)
+            if unused:
+                await self.planner.give_back(unused, stream)
+        if not claim.rows:
             return 0
         self._hand_over(claim, per_minute, None)
         return len(claim.rows)
@@ -167,7 +167,7 @@ class Claimer:
     async def _by_keys(self, now: datetime | None) -> int:
         claimed = 0
         while not self._stopping():
-            keys = await self.db.timers.due_keys(
+            keys = await self.db.leases.due_keys(
                 limit=KEYS_PER_PASS, lookahead_seconds=self.lookahead_seconds,
                 capped=self.planner.capped, now=now,
             )  # fmt: skip
@@ -202,7 +202,7 @@ class Claimer:
         total = 0
         while not self._stopping():
             granted, leased = await self._leasing(
-                lambda n: self.db.timers.claim(
+                lambda n: self.db.leases.claim(
                     key, owner=self.owner, batch=n, lease_seconds=self.settings.lease_seconds,
                     capped=self.planner.capped, now=now,
                 ),
@@ -233,7 +233,7 @@ class Claimer:
         return claimed
 
     async def _claim_ranked(self, batch: int) -> Claim:
-        claim = await self.db.timers.claim_ranked(
+        claim = await self.db.leases.claim_ranked(
             owner=self.owner, batch=batch, lease_seconds=self.settings.lease_seconds,
             after=self._resume, capped=self.planner.capped, now=self._now,
         )  # fmt: skip
@@ -272,7 +272,7 @@ class Claimer:
         self, stream: CappedStream, capped: CappedScopes, lookahead: float, now: datetime | None
     ) -> Callable[[int], Awaitable[Claim]]:
         async def lease(n: int) -> Claim:
-            return await self.db.timers.claim_capped(
+            return await self.db.leases.claim_capped(
                 stream, capped=capped, owner=self.owner, batch=n,
                 lease_seconds=self.settings.lease_seconds, lookahead_seconds=lookahead, now=now,
             )  # fmt: skip

@@ -17,7 +17,7 @@ import itertools
 import time
 from dataclasses import dataclass, field
 
-from db.targets import host_of
+from core.targets import host_of
 
 __all__ = ["Breaker", "HostGate", "Trip", "host_of"]
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
@@ -17,10 +19,10 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from core.settings import Settings
 from db.connection import DatabaseUnavailable
 from db.database import Database
-from db.settings import Settings
-from db.timers import REAP_LIMIT
+from db.leases import REAP_LIMIT
 from dispatcher.ownership import PeerWatch
 from dispatcher.planner import Planner
 from dispatcher.stats import SendStats
@@ -31,13 +33,15 @@ log = logging.getLogger(__name__)
 class _SkipCounter(logging.Filter):
     """APScheduler warns at every run of a job it skips because the last run is still going
     (waiting out its database deadline while the database is frozen, say): once a tick. They
-    are counted instead, and the heartbeat says how many once (``report_skips``)."""
+    are counted by job instead, and the heartbeat says how many once (``report_skips``)."""
 
-    skipped = 0
+    skipped: Counter[str] = Counter()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if "maximum number of running instances reached" in str(record.getMessage()):
-            _SkipCounter.skipped += 1
+        message = str(record.getMessage())
+        if "maximum number of running instances reached" in message:
+            job = re.search(r'job "([^"(]+)', message)
+            _SkipCounter.skipped[job.group(1).strip() if job else "?"] += 1
             return False
         return True
 
@@ -46,13 +50,16 @@ logging.getLogger("apscheduler.scheduler").addFilter(_SkipCounter())
 
 
 def report_skips() -> None:
-    """Says once how many job runs were skipped since the last report, if any."""
-    if _SkipCounter.skipped:
+    """Says once how many job runs were skipped since the last report, if any, and of which
+    jobs."""
+    skipped = _SkipCounter.skipped
+    if skipped:
         log.warning(
-            "%d maintenance job runs were skipped: the run before each was still going "
-            "(waiting for the database)", _SkipCounter.skipped,
+            "%d maintenance job runs were skipped (%s): the run before each was still going "
+            "(waiting for the database)", sum(skipped.values()),
+            ", ".join(f"{job} {n}" for job, n in sorted(skipped.items())),
         )  # fmt: skip
-        _SkipCounter.skipped = 0
+        skipped.clear()
 
 
 # Hours of per-second send statistics kept (the dashboard shows the last 15 minutes).
@@ -157,7 +164,7 @@ class Maintenance:
         await self._guarded("fleet read", self.learn_peers)
         await self._guarded("send statistics report", self._stats.report)
         # a fallback only: dependents are resolved when their dependency's outcome is recorded
-        await self._guarded("dependency sweep", self.db.timers.resolve_stuck)
+        await self._guarded("dependency sweep", self.db.dependencies.resolve_stuck)
 
     async def learn_peers(self) -> None:
         """Reads the registry: which dispatchers are alive, for the split of the key claims,
@@ -172,9 +179,9 @@ class Maintenance:
         """Runs the reap's statement reaping nothing (in a ``db.warmth.rehearsal`` at start):
         it reads every partition, so planning it on a connection costs 100 to 250 ms at the
         365-day horizon, which each connection would otherwise pay at its first reap."""
-        await self.db.timers.reap(limit=0)
+        await self.db.leases.reap(limit=0)
         # the heartbeat, before this dispatcher is registered: it renews nothing
-        await self.db.timers.renew([], owner=self.owner, lease_seconds=self.settings.lease_seconds)
+        await self.db.leases.renew([], owner=self.owner, lease_seconds=self.settings.lease_seconds)
 
     async def reap(self, *, everything: bool = False) -> None:
         """Declares the peers seen silent dead, and takes back the leases (and resource
@@ -195,7 +202,7 @@ class Maintenance:
         async def reap() -> None:
             dead, self._dead = self._dead, []
             while True:
-                reaped = await self.db.timers.reap(dead=dead)
+                reaped = await self.db.leases.reap(dead=dead)
                 if dead:
                     log.warning(
                         "dispatchers %s were silent for %.0f s (heartbeats seen unchanged): "
@@ -225,10 +232,10 @@ class Maintenance:
         async def maintain() -> None:
             await self.db.partitions.ensure(horizon_days=self.settings.horizon_days)
             await self.db.partitions.drop_expired(retention_days=self.settings.retention_days)
-            await self.db.timers.purge_idempotency(hours=self.settings.idempotency_hours)
+            await self.db.creates.purge_idempotency(hours=self.settings.idempotency_hours)
             await self.db.stats.purge(keep_hours=STATS_KEEP_HOURS)
-            await self.db.timers.purge_dependencies(retention_days=self.settings.retention_days)
-            await self.db.timers.purge_revocations()
+            await self.db.dependencies.purge(retention_days=self.settings.retention_days)
+            await self.db.revocations.purge()
 
         await self._guarded("partition maintenance", maintain)
 

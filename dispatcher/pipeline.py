@@ -28,9 +28,11 @@ from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from core.caps import GLOBAL, CappedStream, cap_wait
+from core.plan import circuit_wait
 from db.connection import DatabaseUnavailable
 from db.database import Database
-from db.models import CappedStream, Claim, ClaimedTimer
+from db.models import Claim, ClaimedTimer
 from dispatcher.clock import ClockMap, sleep_until
 from dispatcher.hosts import host_of
 from dispatcher.ownership import Ownership
@@ -42,6 +44,10 @@ from dispatcher.sender import ERROR_CHARS, Result, Sender
 log = logging.getLogger(__name__)
 
 Lease = tuple[uuid.UUID, datetime, int]  # id, bucket, token
+
+# A row a cap paces this much or more past its time notes why it waits (``waiting_on``), as a
+# row waiting a second for its host does; shorter waits are normal and cost no write.
+PACED_NOTE_SECONDS = 1.0
 
 
 class Pipeline:
@@ -90,10 +96,14 @@ class Pipeline:
         clock = ClockMap.of(claim)
         waiting = self._waiting
         limits: dict[str, int | None] = {}  # per host, for this claim (most name one host)
+        # a row a cap paces to a second or more past its time says so while it waits
+        paced = cap_wait(stream.scopes if stream else [GLOBAL], per_minute) if per_minute else None
         for row, deadline in self.planner.deadlines(claim, per_minute, stream):
             if self._revoked and self.is_revoked(row):
                 self._spawn(self._answer(row, dropped=True))
                 continue
+            if paced is not None and deadline - clock.local(row.run_at) >= PACED_NOTE_SECONDS:
+                self.recorder.note(row, paced)
             host = host_of(row.url)
             if host in limits:
                 limit = limits[host]
@@ -172,8 +182,7 @@ class Pipeline:
             while True:
                 circuit = self.planner.circuit(host)
                 if circuit is not None:
-                    why = f"circuit open for host {host}: {circuit.reason}"
-                    self.recorder.defer(row, circuit.until_db, why)
+                    self.recorder.defer(row, circuit.until_db, circuit_wait(host, circuit.reason))
                     return
                 await self.planner.enter(row, host)
                 # 3. still owned: no await from here to the request, so nothing can change it
@@ -302,7 +311,7 @@ class Pipeline:
 
     async def _answer(self, row: ClaimedTimer, *, dropped: bool) -> None:
         try:
-            await self.db.timers.answer_revocation(row, owner=self.owner, dropped=dropped)
+            await self.db.revocations.answer(row, owner=self.owner, dropped=dropped)
         except DatabaseUnavailable as exc:
             # The request that revoked answers 409 (not confirmed): never 2xx, then a send.
             log.warning("could not answer the revocation of timer %s: %s", row.id, exc)

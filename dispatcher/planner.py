@@ -25,29 +25,18 @@ import asyncio
 import logging
 import math
 import time
-import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from db.caps import GLOBAL
+from core.caps import GLOBAL, NO_CAPPED, CappedScopes, CappedStream, Grant
+from core.settings import Settings
 from db.connection import DatabaseUnavailable
 from db.database import Database
-from db.models import (
-    NO_CAPPED,
-    CappedScopes,
-    CappedStream,
-    Claim,
-    ClaimedTimer,
-    Grant,
-    HeldCandidate,
-    HeldChoice,
-    PlanRow,
-)
-from db.settings import Settings
+from db.models import Claim, ClaimedTimer
 from dispatcher.clock import ClockMap
-from dispatcher.hosts import Breaker, HostGate, host_of
+from dispatcher.hosts import Breaker, HostGate
 from dispatcher.sender import Result
 
 log = logging.getLogger(__name__)
@@ -64,99 +53,6 @@ CAP_IN_HAND_SECONDS = 0.5
 # minting instants plus this, so together they make one even stream, whoever took which token.
 # Longer than a take usually lags a mint (a poll, CAP_POLL_SECONDS, and a claim).
 CAP_SEND_DELAY_SECONDS = 0.25
-
-
-def choose_held(
-    candidates: Sequence[HeldCandidate], holds: dict[str, uuid.UUID], room: int
-) -> HeldChoice:
-    """The resource choice of one pass: ``candidates`` in priority order (then due time),
-    ``holds`` maps each held resource to the timer holding it. Greedy: each candidate whose
-    resources are free and not taken by one chosen before it goes, up to ``room`` of them;
-    every other candidate gets the reason it waits."""
-    taken: dict[str, HeldCandidate] = {}
-    chosen: list[HeldCandidate] = []
-    waiting: list[tuple[HeldCandidate, str]] = []
-    for cand in candidates:
-        reason = None
-        for name in cand.resources:
-            if name in holds:
-                reason = f"resource {name} held by timer {holds[name]}"
-                break
-            if name in taken:
-                first = taken[name]
-                reason = (
-                    f"resource {name} goes first to timer {first.id} (priority {first.priority})"
-                )
-                break
-        if reason is None and len(chosen) >= room:
-            reason = "its turn: this pass is full (the dispatcher's send buffer)"
-        if reason is not None:
-            waiting.append((cand, reason))
-            continue
-        chosen.append(cand)
-        taken.update((name, cand) for name in cand.resources)
-    return HeldChoice(chosen, waiting)
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """What the next pass would do with one row: send it now, or why it waits."""
-
-    row: PlanRow
-    send_now: bool
-    why: str
-
-
-def plan_pass(
-    rows: Sequence[PlanRow],
-    *,
-    holds: dict[str, uuid.UUID],
-    circuits: dict[str, str],
-    tokens: float | None,
-    room: int,
-    scope_tokens: dict[str, float] | None = None,
-) -> list[Decision]:
-    """The next pass over what the database holds (``timerhook plan``), by the rules the
-    dispatchers follow: open circuits first, then resources (``choose_held``), then the
-    tokens of the caps of the row's tenant and host (``scope_tokens``, by scope, for those
-    that have one) and of the global cap (None: no cap), in priority order, then due time."""
-    left_in = dict(scope_tokens or {})
-    pending = [r for r in rows if r.state == "pending"]
-    held_rows = [r for r in pending if r.resources and host_of(r.url) not in circuits]
-    candidates = [
-        HeldCandidate(r.id, r.bucket, r.priority, r.run_at, list(r.resources or ()))
-        for r in held_rows
-    ]
-    choice = choose_held(candidates, holds, room)
-    resource_wait = {c.id: why for c, why in choice.waiting}
-    left = None if tokens is None else int(tokens + 1e-9)
-    decisions = []
-    for row in rows:
-        host = host_of(row.url)
-        if row.state != "pending":
-            why = f"in dispatcher {row.lease_owner}: {row.waiting_on}"
-            decisions.append(Decision(row, False, why))
-        elif host in circuits:
-            decisions.append(
-                Decision(row, False, f"circuit open for host {host}: {circuits[host]}")
-            )
-        elif row.id in resource_wait:
-            decisions.append(Decision(row, False, resource_wait[row.id]))
-        elif empty := [
-            s for s in (f"tenant:{row.tenant}", f"host:{host}") if left_in.get(s, 1.0) < 1
-        ]:
-            decisions.append(Decision(row, False, f"{empty[0]} cap: no token left now"))
-        elif left is not None and left < 1:
-            decisions.append(Decision(row, False, "global cap: no token left now"))
-        else:
-            if left is not None:
-                left -= 1
-            for scope in (f"tenant:{row.tenant}", f"host:{host}"):
-                if scope in left_in:
-                    left_in[scope] -= 1
-            # (a waiting_on it still carries is stale: its reason is gone)
-            decisions.append(Decision(row, True, "nothing holds it back"))
-    return decisions
 
 
 def minted(grant: Grant) -> list[float]:

@@ -18,12 +18,12 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 
+from core.logs import timer_context
+from core.settings import Settings
+from core.states import TimerState
 from db.connection import DatabaseUnavailable
 from db.database import Database
-from db.logs import timer_context
 from db.models import ClaimedTimer, SendOutcome
-from db.settings import Settings
-from db.states import TimerState
 from dispatcher.retry import decide
 from dispatcher.sender import Result
 from dispatcher.stats import SendStats
@@ -192,7 +192,9 @@ class Recorder:
         self._notes[(row.id, row.bucket)] = reason
 
     def defer(self, row: ClaimedTimer, until: datetime, reason: str) -> None:
-        """Gives an unsent row back, pending until ``until``, its attempt not counted."""
+        """Gives an unsent row back, pending until ``until``, its attempt not counted; its
+        ``reason`` replaces a note not written yet (the wait it told of is over)."""
+        self._notes.pop((row.id, row.bucket), None)
         self._deferred.setdefault((until, reason), []).append(row)
         self._wake.set()
 
@@ -216,7 +218,7 @@ class Recorder:
         outcome = SendOutcome(
             uuid.uuid4(), now.replace(microsecond=0), "delivered", 200, None, now, 1.0
         )
-        await self.db.timers.record([outcome], owner=self.owner)
+        await self.db.records.record([outcome], owner=self.owner)
 
     async def flush(self) -> None:
         """Writes every buffered outcome, deferral and note."""
@@ -235,7 +237,7 @@ class Recorder:
         writing = {o.id: (o.id, o.bucket, o.token) for o in batch}
         self._writing.update(writing)
         try:
-            recorded = await self.db.timers.record(batch, owner=self.owner)
+            recorded = await self.db.records.record(batch, owner=self.owner)
         except BaseException:
             self._outcomes[:0] = pending  # keep them for the next flush
             raise
@@ -264,7 +266,7 @@ class Recorder:
             writing = {row.id: (row.id, row.bucket, row.lease_token) for row in rows}
             self._writing.update(writing)
             try:
-                await self.db.timers.release(rows, owner=self.owner, until=until, reason=reason)
+                await self.db.leases.release(rows, owner=self.owner, until=until, reason=reason)
             except BaseException:
                 self._deferred.setdefault((until, reason), [])[:0] = rows
                 raise
@@ -279,7 +281,7 @@ class Recorder:
         paused, and a peer owns the timer now). The stale ones are counted in
         timerhook_stale_outcomes_total and said once per flush, never dropped silently."""
         try:
-            written = await self.db.timers.recorded_before(batch)
+            written = await self.db.records.recorded_before(batch)
         except DatabaseUnavailable:
             written = recorded  # the rest counted as stale: said rather than lost
         stale = len(batch) - written
@@ -297,7 +299,7 @@ class Recorder:
             return
         notes, self._notes = self._notes, {}
         try:
-            await self.db.timers.note_waiting([(i, b, why) for (i, b), why in notes.items()])
+            await self.db.leases.note_waiting([(i, b, why) for (i, b), why in notes.items()])
         except DatabaseUnavailable:
             # Only a display: a note lost to an outage is not worth holding outcomes back.
             log.debug("could not note why %d rows wait", len(notes))
@@ -305,7 +307,7 @@ class Recorder:
     async def release(self, rows: list[ClaimedTimer]) -> int:
         """Gives leased rows that were never sent back to pending (a clean shutdown)."""
         try:
-            return await self.db.timers.release(rows, owner=self.owner)
+            return await self.db.leases.release(rows, owner=self.owner)
         except DatabaseUnavailable as exc:
             log.error(
                 "could not give back %d unsent rows (their leases expire): %s", len(rows), exc

@@ -2,7 +2,7 @@
 
 Run by the claim loop once a tick (and at start), before the claims, so that an occurrence
 made now is claimed in the same pass and an outage's missed occurrences are coalesced before
-any of them is sent (db/schedules.py, db/recurrence.py). Every dispatcher runs it; row locks
+any of them is sent (db/schedules.py, core/recurrence.py). Every dispatcher runs it; row locks
 skipped by the others share the series between them.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from core.settings import Settings
 from db.database import Database
-from db.settings import Settings
 from dispatcher.passes import TickPass
 
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
+from core.states import TimerState
 from db.models import Delivery
-from db.states import TimerState
 
 # How much faster than the previous one each backoff ceiling grows.
 GROWTH = 4

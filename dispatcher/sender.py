@@ -13,8 +13,15 @@ from datetime import UTC, datetime
 
 from standardwebhooks.webhooks import Webhook
 
+from core.targets import (
+    Networks,
+    host_of,
+    netloc_address,
+    netloc_of,
+    netloc_problem,
+    refused_reason,
+)
 from db.models import ClaimedTimer
-from db.targets import Networks, host_of, netloc_address, netloc_of, netloc_problem, refused_reason
 from dispatcher.curl import CurlClient
 from dispatcher.retry import Failure, parse_retry_after
 

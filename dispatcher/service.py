@@ -12,11 +12,11 @@ from collections.abc import Callable, Coroutine
 from datetime import datetime
 from typing import Any
 
-from db.caps import GLOBAL
+from core.caps import GLOBAL, CappedStream
+from core.settings import Settings
 from db.connection import DatabaseUnavailable
 from db.database import Database
-from db.models import CappedStream, Claim
-from db.settings import Settings
+from db.models import Claim
 from db.warmth import rehearsal
 from dispatcher.claimer import Claimer
 from dispatcher.clock import sleep_until
@@ -231,7 +231,7 @@ class Dispatcher:
             started - RENEW_SHARE * self.settings.lease_seconds
         )
         sweep = started >= self._next_sweep
-        renewal = await self.db.timers.renew(
+        renewal = await self.db.leases.renew(
             held, owner=self.id, lease_seconds=self.settings.lease_seconds,
             counters=(self.in_flight, self.sent_total, self.failed_total), sweep=sweep,
         )  # fmt: skip
@@ -322,7 +322,7 @@ class Dispatcher:
         without this they would wait for their lease to run out (30 s by default). Run in
         the claim loop, between claims, so no claim's answer is on its way meanwhile."""
         held = [row_id for row_id, _, _ in self.pipeline.held_leases()]
-        taken = await self.db.timers.take_back(owner=self.id, known=held)
+        taken = await self.db.leases.take_back(owner=self.id, known=held)
         self._take_back_pending = False
         if taken:
             log.warning(

@@ -13,9 +13,9 @@ import httpx
 import pytest
 
 from api.app import create_app
+from core.settings import Settings
 from db.database import Database
 from db.models import CreatedTimer, DeliveryOptions
-from db.settings import Settings
 from dispatcher.service import Dispatcher
 from tests.support import postgres
 from tests.support.processes import Service, free_port
@@ -131,7 +131,7 @@ def make_timer(db: Database, sink: Sink, settings: Settings) -> MakeTimer:
         now: datetime | None = None,
         **options: Any,
     ) -> CreatedTimer:
-        created = await db.timers.insert(
+        created = await db.creates.insert(
             [delay_ms],
             [url or f"{sink.url}/hook"],
             shards=settings.shards,

@@ -12,8 +12,8 @@ from pydantic import BaseModel, Field
 
 from api.deps import AdminDep, DatabaseDep, SettingsDep
 from api.problems import FieldError
+from core.windows import yds_curve, yds_rate
 from db.backlog import step_for, window_seconds
-from db.windows import yds_curve, yds_rate
 
 router = APIRouter(tags=["backlog"])
 

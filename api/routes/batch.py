@@ -19,9 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from api.auth import Principal
-from api.deps import AccessDep, DatabaseDep, MetricsDep, PrincipalDep, SettingsDep
-from api.problems import FieldError
-from api.routes.timers import (
+from api.creating import (
     check_payload_quota,
     check_when,
     delay_ms_of,
@@ -31,11 +29,13 @@ from api.routes.timers import (
     tenant_key,
     validate_create,
 )
+from api.deps import AccessDep, DatabaseDep, MetricsDep, PrincipalDep, SettingsDep
+from api.problems import FieldError
 from api.schemas import BATCH_MAX, TimerBatchCreated
-from db.logs import request_id_var
+from core.logs import request_id_var
+from core.settings import Settings
+from db.creating import QuotaExceeded
 from db.models import DeliveryOptions, Tenant
-from db.settings import Settings
-from db.timers import QuotaExceeded
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ async def create_batch(
     checked = quota is not None and (
         quota.max_pending is not None or quota.creates_per_minute is not None
     )
-    result = await db.timers.insert_batch(
+    result = await db.creates.insert_batch(
         batch.delays_ms, batch.urls, batch.options, shards=settings.shards,
         key=tenant_key(principal, idempotency_key), fingerprint=batch.fingerprint,
         quota=checked, wake_within_ms=settings.wake_within_ms,

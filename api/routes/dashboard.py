@@ -14,9 +14,9 @@ from pydantic import BaseModel, Field
 
 from api.deps import AdminDep
 from api.observe import Observer, Point
-from api.routes.metrics import DispatcherPublic, dispatcher_public
+from api.views import DispatcherPublic, dispatcher_public
+from core.targets import netloc_of
 from db.models import BacklogStep, TimerSummary
-from db.targets import netloc_of
 
 router = APIRouter(tags=["dashboard"])
 

@@ -9,7 +9,6 @@ from fastapi import APIRouter, HTTPException, Query
 
 from api.deps import AdminDep, DatabaseDep, PrincipalDep
 from api.problems import FieldError
-from api.routes.timers import schedule_of
 from api.schemas import (
     AttemptList,
     AttemptPublic,
@@ -20,13 +19,14 @@ from api.schemas import (
     TimerList,
     TimerSummary,
 )
+from api.views import schedule_of
+from core.ids import parse_series_id, parse_timer_id
+from core.states import TIMER_STATES, TimerState, parse_states
 from db.access import valid_tenant
 from db.database import Database
-from db.ids import parse_series_id, parse_timer_id
 from db.models import RequeueFilter
 from db.models import TimerSummary as StoredSummary
 from db.schedules import Series
-from db.states import TIMER_STATES, TimerState, parse_states
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ async def list_attempts(timer_id: str, db: DatabaseDep, principal: PrincipalDep)
 async def requeue_timer(timer_id: str, db: DatabaseDep, principal: PrincipalDep) -> RequeueDone:
     """Puts one dead or failed timer back: due now, with a fresh round of max_attempts."""
     parsed = parse_timer_id(timer_id)
-    result = await db.timers.requeue(parsed, tenant=principal.scope) if parsed else None
+    result = await db.requeues.requeue(parsed, tenant=principal.scope) if parsed else None
     if result is None:
         raise HTTPException(404, f"no timer with id {timer_id!r}")
     if not result.requeued:
@@ -182,5 +182,5 @@ async def requeue_timers(body: RequeueRequest, db: DatabaseDep, _admin: AdminDep
         finished_after=body.finished_after,
         finished_before=body.finished_before,
     )
-    count = await db.timers.requeue_matching(which, limit=body.limit)
+    count = await db.requeues.requeue_matching(which, limit=body.limit)
     return RequeueDone(requeued=count)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Literal
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -20,11 +19,12 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
-from pydantic import BaseModel, Field
 
 from api.deps import AdminDep
 from api.observe import Counts, Observer, ProcessMetrics
-from db.models import Cap, Dispatcher
+from api.views import DispatcherPublic, dispatcher_public
+from core.caps import Cap
+from db.models import Dispatcher
 from db.stats import BOUNDS, OUTCOMES, Totals
 
 router = APIRouter(tags=["operations"])
@@ -158,34 +158,6 @@ async def metrics(request: Request, _admin: AdminDep) -> Response:
     snapshot.register(_Snapshot(list(read)))
     body = generate_latest(own.registry) + generate_latest(snapshot)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
-
-
-class DispatcherPublic(BaseModel):
-    """One dispatcher as the registry knows it."""
-
-    id: str
-    host: str
-    pid: int
-    state: Literal["alive", "dead", "stopped"] = Field(
-        description="alive: heartbeating; stopped: shut down cleanly; dead: went silent."
-    )
-    started_at: datetime
-    heartbeat_age_seconds: float
-    in_flight: int
-    sent_total: int = Field(description="Webhooks it delivered (2xx).")
-    failed_total: int = Field(description="Attempts of it that failed.")
-
-
-def dispatcher_public(d: Dispatcher, now: datetime) -> DispatcherPublic:
-    """A registry row as /dispatchers shows it."""
-    state: Literal["alive", "dead", "stopped"] = (
-        "alive" if d.alive else "stopped" if d.stopped_at is not None else "dead"
-    )
-    return DispatcherPublic(
-        id=d.id, host=d.host, pid=d.pid, state=state, started_at=d.started_at,
-        heartbeat_age_seconds=round(max(0.0, (now - d.heartbeat_at).total_seconds()), 1),
-        in_flight=d.in_flight, sent_total=d.sent_total, failed_total=d.failed_total,
-    )  # fmt: skip
 
 
 @router.get("/dispatchers", response_model=list[DispatcherPublic])

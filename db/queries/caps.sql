@@ -41,7 +41,10 @@ with clock as (
     -- with no capped scope, min() is null and least() grants everything asked for
     select least(%(wanted)s, floor(min(available) + 1e-9))::integer as n from bucket
 ), taken as (
-    update caps c set tokens = greatest(b.available - g.n, 0), updated_at = clock.now
+    update caps c set tokens = greatest(b.available - g.n, 0), updated_at = clock.now,
+                      -- this bucket could not give all that was asked: it binds
+                      short_at = case when floor(b.available + 1e-9) < %(wanted)s
+                                      then clock.now else c.short_at end
     from bucket b, granted g, clock
     where c.scope = b.scope
     returning 1
@@ -64,9 +67,10 @@ where per_minute > 0 and (left(scope, 7) = 'tenant:' or left(scope, 5) = 'host:'
 order by scope;
 
 -- name: cap_list
--- Every cap with its current fill, refilled to now for display.
+-- Every cap with its current fill, refilled to now for display, and when it last bound.
 select scope, per_minute,
        least(per_minute / 60.0 + 1.0,
              tokens + greatest(extract(epoch from now() - updated_at), 0) * per_minute / 60.0)
-           as tokens
+           as tokens,
+       short_at
 from caps order by scope;

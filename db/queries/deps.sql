@@ -67,10 +67,7 @@ with affected as (
 ), released as (
     update timers t
     set run_at = greatest(now(), t.due_at, t.deadline_at - interval '1 second'),
-        slot = 'epoch'::timestamptz
-               + ceil(extract(epoch from greatest(now(), t.due_at,
-                                                   t.deadline_at - interval '1 second')))
-                 * interval '1 second',
+        slot = timerhook_slot(greatest(now(), t.due_at, t.deadline_at - interval '1 second')),
         waiting_on = null
     from verdict v
     where t.id = v.timer_id and t.bucket = v.bucket and v.ready

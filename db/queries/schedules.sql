@@ -9,8 +9,8 @@ insert into schedules (id, tenant, url, host, payload, headers, timeout_ms, max_
                        delivery, priority, resources, request_id, every_ms, cron, time_zone,
                        first_at, until_at, max_count, misfire, next_at, window_ms)
 values (%(id)s, %(tenant)s, %(url)s, %(host)s, %(payload)s::jsonb, %(headers)s::jsonb,
-        %(timeout_ms)s, coalesce(%(max_attempts)s, 8), coalesce(%(delivery)s, 'at_least_once'),
-        coalesce(%(priority)s, 5), string_to_array(%(resources)s, ' '), %(request_id)s,
+        %(timeout_ms)s, %(max_attempts)s, %(delivery)s,
+        %(priority)s, string_to_array(%(resources)s, ' '), %(request_id)s,
         %(every_ms)s, %(cron)s, %(time_zone)s, %(first_at)s, %(until_at)s, %(max_count)s,
         %(misfire)s, %(first_at)s, %(window_ms)s);
 
@@ -99,7 +99,7 @@ with input as (
     -- referenced once: the ids inserted are made once
     select timerhook_id(i.due_ms) as id, i.series_id, i.occurrence,
            'epoch'::timestamptz + i.due_ms * interval '1 millisecond' as due_at,
-           'epoch'::timestamptz + ceil(i.due_ms / 1000.0) * interval '1 second' as bucket,
+           timerhook_slot('epoch'::timestamptz + i.due_ms * interval '1 millisecond') as bucket,
            floor(random() * %(shards)s)::smallint as shard
     from input i
 ), inserted as (
@@ -109,7 +109,7 @@ with input as (
     -- a windowed occurrence waits for the window planner, and without it goes a second
     -- before its deadline (as timer_insert)
     select r.id, r.bucket, r.due_at, r.run_at,
-           'epoch'::timestamptz + ceil(extract(epoch from r.run_at)) * interval '1 second',
+           timerhook_slot(r.run_at),
            r.shard, s.url, s.payload, s.headers, s.timeout_ms, s.max_attempts, s.delivery,
            s.priority, s.resources, s.request_id, s.tenant, s.host, r.series_id, r.occurrence,
            r.deadline_at

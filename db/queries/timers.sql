@@ -2,10 +2,11 @@
 -- production (the database clock decides) and a chosen instant in tests.
 
 -- name: timer_insert
--- Inserts one timer per element of the input arrays and returns, per input position, its id,
--- due time and time_left. Due times come from the database clock, never a server's (or, for
--- an absolute ``at``, are that instant, at_ms). A null max_attempts or delivery takes the
--- column default.
+-- Inserts one timer per element of the input arrays and returns, per input position, its id
+-- and due time, and the database clock it counted from (now_at; time_left is
+-- core.timing.time_left of the two). Due times come from the database clock, never a server's (or, for
+-- an absolute ``at``, are that instant, at_ms). Every column is given (db.models.DeliveryOptions
+-- holds the defaults, for this statement and the batch's COPY alike).
 with clock as (
     -- now, rounded up to the millisecond so that no due time is early
     select ceil(extract(epoch from coalesce(%(now)s::timestamptz, now())) * 1000)::bigint as now_ms
@@ -32,7 +33,7 @@ with clock as (
            timeout_ms,
            max_attempts, delivery, priority, resources, request_id, tenant, host,
            'epoch'::timestamptz + due_ms * interval '1 millisecond' as due_at,
-           'epoch'::timestamptz + ceil(due_ms / 1000.0) * interval '1 second' as bucket,
+           timerhook_slot('epoch'::timestamptz + due_ms * interval '1 millisecond') as bucket,
            'epoch'::timestamptz + (due_ms + window_ms) * interval '1 millisecond'
                as deadline_at,
            floor(random() * %(shards)s)::smallint as shard
@@ -45,12 +46,9 @@ with clock as (
     -- deadline (never before its due time)
     select id, bucket, due_at,
            greatest(due_at, coalesce(deadline_at - interval '1 second', due_at)),
-           'epoch'::timestamptz
-           + ceil(extract(epoch from greatest(due_at, coalesce(deadline_at - interval '1 second',
-                                                                due_at)))) * interval '1 second',
+           timerhook_slot(greatest(due_at, coalesce(deadline_at - interval '1 second', due_at))),
            shard, url, payload, headers, timeout_ms,
-           coalesce(max_attempts, 8), coalesce(delivery, 'at_least_once'), coalesce(priority, 5),
-           resources, request_id, coalesce(tenant, 'default'), coalesce(host, ''), deadline_at
+           max_attempts, delivery, priority, resources, request_id, tenant, host, deadline_at
     from rows
     returning 1
 ), wake as (
@@ -61,7 +59,8 @@ with clock as (
     where rows.delay_ms < %(wake_ms)s::bigint
     limit 1
 )
-select ord, id, due_at, greatest(ceil(delay_ms / 1000.0), 0)::bigint as time_left,
+select ord, id, due_at,
+       (select 'epoch'::timestamptz + now_ms * interval '1 millisecond' from clock) as now_at,
        (select count(*) from inserted) as inserted, (select count(*) from wake) as woke
 from rows
 order by ord;
@@ -71,8 +70,7 @@ order by ord;
 -- tenant's key reads only its own timers (%(tenant)s; null: any tenant's, for admin keys).
 select id, state, due_at, run_at, url, attempts, created_at, fired_at, finished_at,
        last_status, last_error,
-       greatest(ceil(extract(epoch from due_at - coalesce(%(now)s::timestamptz, now()))), 0)::bigint
-           as time_left,
+       coalesce(%(now)s::timestamptz, now()) as read_at,
        max_attempts, round_start, delivery, payload, headers, timeout_ms, priority, resources,
        waiting_on, request_id, tenant, series_id, occurrence, deadline_at,
        exists (select 1 from timer_deps d where d.timer_id = timers.id
@@ -140,6 +138,26 @@ with recursive keys as (
 )
 select slot, shard from keys limit %(limit)s;
 
+-- part: lease
+-- The lease every claim sets on the rows it picked (as ``t``, with a ``clock`` CTE): in flight
+-- to %(owner)s until %(lease_seconds)s from the clock's now, one more attempt, and a fencing
+-- token one higher than the last lease's (docs/architecture.md, "Once").
+set state = 'inflight', lease_owner = %(owner)s,
+    lease_until = clock.now + %(lease_seconds)s * interval '1 second',
+    attempts = t.attempts + 1, lease_token = t.lease_token + 1, waiting_on = null
+from clock
+
+-- part: claimed_row
+-- The row every claim hands to its dispatcher: db.models.ClaimedTimer, field for field in
+-- order. db_now is the database clock as each row is produced (clock_timestamp(), not the
+-- transaction's start): the later it is read, the tighter the sender's timing.
+returning t.id, t.bucket, t.url, t.run_at, t.attempts, t.max_attempts, t.round_start,
+          t.delivery, t.payload::text as payload, t.headers, t.timeout_ms,
+          case when %(now)s::timestamptz is null then clock_timestamp()
+               else clock.now end as db_now,
+          t.priority, t.resources, t.request_id, t.tenant, t.series_id, t.occurrence,
+          t.lease_token
+
 -- name: bucket_claim
 -- Takes one (slot, shard) key under a transaction-scoped advisory lock and leases up to
 -- %(batch)s of its pending rows to %(owner)s. Returns no row when another dispatcher holds the
@@ -163,24 +181,14 @@ with clock as (
     for update skip locked
 )
 update timers t
-set state = 'inflight', lease_owner = %(owner)s,
-    lease_until = clock.now + %(lease_seconds)s * interval '1 second',
-    attempts = t.attempts + 1, lease_token = t.lease_token + 1, waiting_on = null
-from clock
+-- use: lease
 -- An array of ids, not a join with picked: a generic plan costs a join over the partitioned
 -- table across every partition (368 at the default horizon), and while most of them were
 -- never analyzed it prefers a hash join that reads whole partitions at every claim (5 ms and
 -- more). With the array each partition's scan is its own choice (the primary key), and the
 -- stable bucket bound leaves only the partitions that can hold due rows at executor start-up.
 where t.id = any(array(select id from picked)) and t.bucket <= %(slot)s
--- db_now is the database clock as each row is produced (clock_timestamp(), not the
--- transaction's start): the later it is read, the tighter the sender's timing.
-returning t.id, t.bucket, t.url, t.run_at, t.attempts, t.max_attempts, t.round_start,
-          t.delivery, t.payload::text as payload, t.headers, t.timeout_ms,
-          case when %(now)s::timestamptz is null then clock_timestamp()
-               else clock.now end as db_now,
-          t.priority, t.resources, t.request_id, t.tenant, t.series_id, t.occurrence,
-          t.lease_token;
+-- use: claimed_row
 
 -- name: timer_claim_ranked
 -- Under a binding cap: leases up to %(batch)s pending rows already due, highest priority
@@ -223,18 +231,10 @@ with clock as (
     for update of t skip locked
 )
 update timers t
-set state = 'inflight', lease_owner = %(owner)s,
-    lease_until = clock.now + %(lease_seconds)s * interval '1 second',
-    attempts = t.attempts + 1, lease_token = t.lease_token + 1, waiting_on = null
-from clock
+-- use: lease
 where t.id = any(array(select id from picked))
   and t.bucket <= coalesce(%(now)s::timestamptz, now()) + interval '1 second'
-returning t.id, t.bucket, t.url, t.run_at, t.attempts, t.max_attempts, t.round_start,
-          t.delivery, t.payload::text as payload, t.headers, t.timeout_ms,
-          case when %(now)s::timestamptz is null then clock_timestamp()
-               else clock.now end as db_now,
-          t.priority, t.resources, t.request_id, t.tenant, t.series_id, t.occurrence,
-          t.lease_token;
+-- use: claimed_row
 
 -- name: timer_claim_capped
 -- The capped pass: leases up to %(batch)s pending rows of one capped stream due by now +
@@ -266,25 +266,18 @@ with clock as (
     for update of t skip locked
 )
 update timers t
-set state = 'inflight', lease_owner = %(owner)s,
-    lease_until = clock.now + %(lease_seconds)s * interval '1 second',
-    attempts = t.attempts + 1, lease_token = t.lease_token + 1, waiting_on = null
-from clock
+-- use: lease
 -- ids as an array, not a join, under picked's stable bucket bound (see bucket_claim)
 where t.id = any(array(select id from picked))
   and t.bucket <= coalesce(%(now)s::timestamptz, now())
                   + (%(lookahead)s + 1) * interval '1 second'
-returning t.id, t.bucket, t.url, t.run_at, t.attempts, t.max_attempts, t.round_start,
-          t.delivery, t.payload::text as payload, t.headers, t.timeout_ms,
-          case when %(now)s::timestamptz is null then clock_timestamp()
-               else clock.now end as db_now,
-          t.priority, t.resources, t.request_id, t.tenant, t.series_id, t.occurrence,
-          t.lease_token;
+-- use: claimed_row
 
 -- name: resource_pass_lock
--- One resource pass at a time across the fleet: the choice of which conflicting timers go
--- is made by one dispatcher over one consistent view of the holds. Held to the transaction.
-select pg_try_advisory_xact_lock(hashtext('timerhook.resource_pass')::bigint) as got;
+-- One resource pass applies its choice at a time across the fleet (timer_claim_held, in the
+-- same transaction): each sees the holds every earlier pass took. Held to the transaction,
+-- which is short (one statement after it), so it is waited for.
+select pg_advisory_xact_lock(hashtext('timerhook.resource_pass')::bigint);
 
 -- name: held_candidates
 -- Pending rows that name resources and fall due by now + lookahead (the current second as a
@@ -303,8 +296,10 @@ select resource, timer_id from resource_holds where resource = any(%(resources)s
 
 -- name: timer_claim_held
 -- Leases the rows the resource pass chose and takes their holds, in one statement: a hold
--- exists exactly while its timer is leased. A row cancelled meanwhile is skipped, and so
--- are its holds.
+-- exists exactly while its timer is leased. Run under resource_pass_lock. The choice was
+-- made over a read without the lock, so it is checked here: a row cancelled or claimed
+-- meanwhile is skipped, and so is one whose resources another pass took since (it stays
+-- pending, for the next pass to choose again).
 with clock as (
     select coalesce(%(now)s::timestamptz, now()) as now
 ), picked as (
@@ -314,22 +309,14 @@ with clock as (
     where t.id = any(%(id)s::uuid[])
       and t.bucket between %(first_bucket)s::timestamptz and %(last_bucket)s::timestamptz
       and t.state = 'pending'
+      and not exists (select 1 from resource_holds h where h.resource = any(t.resources))
     for update of t skip locked
 ), leased as (
     update timers t
-    set state = 'inflight', lease_owner = %(owner)s,
-        lease_until = clock.now + %(lease_seconds)s * interval '1 second',
-        attempts = t.attempts + 1, lease_token = t.lease_token + 1,
-        waiting_on = null
-    from clock
+    -- use: lease
     where t.id = any(array(select id from picked))
       and t.bucket between %(first_bucket)s::timestamptz and %(last_bucket)s::timestamptz
-    returning t.id, t.bucket, t.url, t.run_at, t.attempts, t.max_attempts, t.round_start,
-              t.delivery, t.payload::text as payload, t.headers, t.timeout_ms,
-              case when %(now)s::timestamptz is null then clock_timestamp()
-                   else clock.now end as db_now,
-              t.priority, t.resources, t.request_id, t.tenant, t.series_id, t.occurrence,
-              t.lease_token
+    -- use: claimed_row
 ), held as (
     -- the primary key on resource is the last word: two holders of one resource cannot exist
     insert into resource_holds (resource, timer_id, bucket, owner)
@@ -371,9 +358,8 @@ with outcome as (
                       then greatest(now() + r.retry_in * interval '1 second', t.due_at)
                       else t.run_at end,
         slot = case when r.state = 'pending'
-                    then 'epoch'::timestamptz
-                         + ceil(extract(epoch from greatest(now() + r.retry_in * interval '1 second',
-                                                           t.due_at))) * interval '1 second'
+                    then timerhook_slot(greatest(now() + r.retry_in * interval '1 second',
+                                                 t.due_at))
                     else t.slot end,
         fired_at = r.fired_at,
         finished_at = case when r.state in ('delivered', 'failed', 'dead', 'cancelled')
@@ -489,9 +475,7 @@ with released as (
     update timers t
     set state = 'pending', lease_owner = null, lease_until = null, attempts = t.attempts - 1,
         run_at = greatest(%(until)s::timestamptz, t.run_at),
-        slot = 'epoch'::timestamptz
-               + ceil(extract(epoch from greatest(%(until)s::timestamptz, t.run_at)))
-                 * interval '1 second',
+        slot = timerhook_slot(greatest(%(until)s::timestamptz, t.run_at)),
         waiting_on = %(reason)s::text
     from unnest(%(id)s::uuid[], %(bucket)s::timestamptz[], %(token)s::bigint[])
          as r(id, bucket, token)
@@ -726,8 +710,7 @@ with clock as (
 ), requeued as (
     update timers t
     set state = 'pending', run_at = greatest(clock.now, t.due_at),
-        slot = 'epoch'::timestamptz
-               + ceil(extract(epoch from greatest(clock.now, t.due_at))) * interval '1 second',
+        slot = timerhook_slot(greatest(clock.now, t.due_at)),
         round_start = t.attempts, finished_at = null, waiting_on = null
     from target, clock
     where t.id = target.id and t.bucket = target.bucket and target.state in ('dead', 'failed')
@@ -757,8 +740,7 @@ with clock as (
 )
 update timers t
 set state = 'pending', run_at = greatest(clock.now, t.due_at),
-    slot = 'epoch'::timestamptz
-           + ceil(extract(epoch from greatest(clock.now, t.due_at))) * interval '1 second',
+    slot = timerhook_slot(greatest(clock.now, t.due_at)),
     round_start = t.attempts, finished_at = null, waiting_on = null
 from picked, clock
 where t.id = picked.id and t.bucket = picked.bucket

@@ -59,7 +59,7 @@ with locked as (
 )
 update timers t
 set run_at = p.run_at,
-    slot = 'epoch'::timestamptz + ceil(extract(epoch from p.run_at)) * interval '1 second'
+    slot = timerhook_slot(p.run_at)
 from planned p
 where t.id = p.id and t.bucket = p.bucket
   -- the ids and a bucket bound again: partitions pruned, each read by its primary key

@@ -14,8 +14,8 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from api.app import create_app
+from core.settings import Settings
 from db.database import Database
-from db.settings import Settings
 from dispatcher.service import Dispatcher
 from tests.support.sink import Sink
 

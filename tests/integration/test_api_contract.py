@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 
+from core.ids import bucket_of, due_ms_of, partition_of
 from db.database import Database
-from db.ids import bucket_of, due_ms_of, partition_of
 from tests.conftest import MakeTimer
 
 URL = "https://someserver.com"

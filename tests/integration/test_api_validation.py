@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from api.app import create_app
+from core.settings import Settings
 from db.database import Database
-from db.settings import Settings
 from tests.support.processes import Service
 
 URL = "https://someserver.com"

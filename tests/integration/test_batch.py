@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 
 from api.app import create_app
+from core.ids import bucket_of, due_ms_of, parse_timer_id
+from core.settings import Settings
 from db.database import Database
-from db.ids import bucket_of, due_ms_of, parse_timer_id
-from db.settings import Settings
+from db.models import DeliveryOptions
 from dispatcher.service import Dispatcher
 from tests.support.sink import Sink
 
@@ -251,3 +253,56 @@ async def test_a_missing_partition_is_made_on_the_spot(
             response = await api.post("/timer/batch", json={"timers": timers})
     assert response.status_code == 200, response.text
     assert await db.timers.counts() == {"pending": 2}
+
+
+async def test_the_insert_and_the_copy_make_identical_rows_for_every_field_combination(
+    db: Database,
+) -> None:
+    # The two ways of writing a new row (timer_insert's SQL, the batch's COPY in db/bulk.py)
+    # over every combination of the fields that shape a row: each pair of rows is the same
+    # in every column but the random bits of the id and the instant of the write.
+    axes = ["at", "window", "payload", "headers", "timeout", "attempts", "delivery",
+            "priority", "resources", "request_id", "tenant", "port"]  # fmt: skip
+    combos = list(itertools.product([False, True], repeat=len(axes)))
+    now = datetime.now(UTC).replace(microsecond=0)
+    now_ms = int(now.timestamp() * 1000)
+    delays, urls, options = [], [], []
+    for i, combo in enumerate(combos):
+        on = dict(zip(axes, combo, strict=True))
+        delays.append(1000 + (i % 97) * 13)
+        urls.append("https://Api.Example.com:8443/h?x=1" if on["port"] else f"{URL}/{i}")
+        options.append(
+            DeliveryOptions(
+                payload='{"n":1,"s":"tab\\tline\\nquote\\"back\\\\"}' if on["payload"] else None,
+                headers='{"X-A":"b"}' if on["headers"] else None,
+                timeout_ms=2500 if on["timeout"] else None,
+                **({"max_attempts": 3} if on["attempts"] else {}),
+                **({"delivery": "at_most_once"} if on["delivery"] else {}),
+                **({"priority": 9} if on["priority"] else {}),
+                resources=("a", "b:c") if on["resources"] else None,
+                request_id="req-1" if on["request_id"] else None,
+                tenant="acme" if on["tenant"] else "default",
+                at_ms=now_ms + 60_000 + i if on["at"] else None,
+                window_ms=30_000 if on["window"] else None,
+            )
+        )
+    by_insert = await db.creates.insert(delays, urls, shards=1, now=now, options=options)
+    by_copy = await db.creates.insert_batch(delays, urls, options, shards=1, now=now)
+    assert [t.due_at for t in by_insert] == [t.due_at for t in by_copy.timers]
+    assert [t.time_left for t in by_insert] == [t.time_left for t in by_copy.timers]
+    skip = {"id", "created_at"}
+    async with db.timers.connection() as conn:
+        cur = await conn.execute("select * from timers where id = any(%s)",
+                                 [[t.id for t in (*by_insert, *by_copy.timers)]])  # fmt: skip
+        names = [c.name for c in cur.description or ()]
+        rows = {r[0]: dict(zip(names, r, strict=True)) for r in await cur.fetchall()}
+    assert len(rows) == 2 * len(combos)
+    for one, other in zip(by_insert, by_copy.timers, strict=True):
+        a, b = rows[one.id], rows[other.id]
+        assert {k: v for k, v in a.items() if k not in skip} == {
+            k: v for k, v in b.items() if k not in skip
+        }
+        # the id: the due time in its leading 48 bits, version 7, the RFC 4122 variant
+        assert due_ms_of(one.id) == due_ms_of(other.id) == int(a["due_at"].timestamp() * 1000)
+        assert one.id.version == other.id.version == 7
+        assert one.id.variant == other.id.variant

@@ -9,28 +9,28 @@ import httpx
 import pytest
 
 from api.batcher import CreateBatcher
+from core.ids import due_ms_of
 from db.database import Database
-from db.ids import due_ms_of
 
 
 async def test_concurrent_creates_share_inserts_and_each_gets_its_own_timer(db: Database) -> None:
     batcher = CreateBatcher(db, shards=16, max_batch=100)
     await batcher.start()
     inserts = 0
-    original = db.timers.insert
+    original = db.creates.insert
 
     async def counting(*args: object, **kwargs: object) -> object:
         nonlocal inserts
         inserts += 1
         return await original(*args, **kwargs)  # type: ignore[arg-type]
 
-    db.timers.insert = counting  # type: ignore[method-assign]
+    db.creates.insert = counting  # type: ignore[method-assign]
     try:
         created = await asyncio.gather(
             *(batcher.create(1000 * (i + 1), f"https://x.org/{i}") for i in range(300))
         )
     finally:
-        db.timers.insert = original  # type: ignore[method-assign]
+        db.creates.insert = original  # type: ignore[method-assign]
         await batcher.stop()
     assert len({c.id for c in created}) == 300
     assert [c.time_left for c in created] == [i + 1 for i in range(300)]

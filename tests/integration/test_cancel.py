@@ -11,9 +11,9 @@ from typing import Any
 
 import httpx
 
+from core.ids import bucket_of
+from core.settings import Settings
 from db.database import Database
-from db.ids import bucket_of
-from db.settings import Settings
 from dispatcher.service import Dispatcher
 from tests.conftest import MakeTimer
 from tests.support.sink import Sink
@@ -66,8 +66,8 @@ async def test_an_in_flight_timer_cannot_be_cancelled(
     client: httpx.AsyncClient, db: Database, make_timer: MakeTimer
 ) -> None:
     timer = await make_timer(delay_ms=0)
-    [key] = await db.timers.due_keys(limit=1, lookahead_seconds=1)
-    await db.timers.claim(key, owner="someone", batch=1, lease_seconds=30)
+    [key] = await db.leases.due_keys(limit=1, lookahead_seconds=1)
+    await db.leases.claim(key, owner="someone", batch=1, lease_seconds=30)
     response = await client.delete(f"/timer/{timer.id}")
     assert response.status_code == 409
     assert "being sent" in response.json()["detail"]
@@ -88,14 +88,16 @@ async def test_cancel_racing_claims_never_both_cancels_and_sends(
     A cancel that met a claimed row revoked it: it cancelled the timer if its dispatcher
     dropped it unsent (the answer DELETE waits for)."""
     count = 300
-    created = await db.timers.insert([0] * count, [f"{sink.url}/r"] * count, shards=16)
+    created = await db.creates.insert([0] * count, [f"{sink.url}/r"] * count, shards=16)
     dispatcher = await start_dispatcher()
 
     async def cancel(timer_id: uuid.UUID) -> bool:
-        result = await db.timers.cancel(timer_id)
+        result = await db.revocations.cancel(timer_id)
         assert result is not None
         if result.revoke_token is not None:
-            [state] = await db.timers.settle([(timer_id, bucket_of(timer_id), result.revoke_token)])
+            [state] = await db.revocations.settle(
+                [(timer_id, bucket_of(timer_id), result.revoke_token)]
+            )
             assert state.settled, "the dispatcher answered the revocation"
             return not state.sent
         return result.cancelled
@@ -132,11 +134,11 @@ async def test_a_row_dropped_before_its_send_task_ever_ran_is_let_go(
             done.set()
 
     pipeline.schedule = schedule_then_drop  # type: ignore[method-assign]
-    first = await db.timers.insert([0] * 20, [f"{sink.url}/r"] * 20, shards=1)
+    first = await db.creates.insert([0] * 20, [f"{sink.url}/r"] * 20, shards=1)
     await asyncio.wait_for(done.wait(), 10)
     await dispatcher.wait_idle(timeout=5)
     assert pipeline.waiting() == {} and not pipeline._waiting  # no host slot counted either
-    later = await db.timers.insert([0] * 5, [f"{sink.url}/later"] * 5, shards=1)
+    later = await db.creates.insert([0] * 5, [f"{sink.url}/later"] * 5, shards=1)
     await sink.wait_for(5, timeout=10)
     sent = {json.loads(r.body)["id"] for r in sink.received}
     assert sent == {str(t.id) for t in later}
@@ -153,18 +155,18 @@ async def test_revocations_are_purged_after_a_day_unless_their_claim_still_holds
     hour_ago = datetime.now(UTC) - timedelta(hours=1)
     answered, unanswered = [await make_timer(delay_ms=0, now=hour_ago) for _ in range(2)]
     rows = []
-    for key in await db.timers.due_keys(limit=10):
-        rows += (await db.timers.claim(key, owner="holder", batch=10, lease_seconds=60)).rows
+    for key in await db.leases.due_keys(limit=10):
+        rows += (await db.leases.claim(key, owner="holder", batch=10, lease_seconds=60)).rows
     held = {row.id: row for row in rows}
     assert set(held) >= {answered.id, unanswered.id}
     for timer in (answered, unanswered):
-        result = await db.timers.cancel(timer.id)
+        result = await db.revocations.cancel(timer.id)
         assert result is not None and result.revoke_token == held[timer.id].lease_token
-    await db.timers.answer_revocation(held[answered.id], owner="holder", dropped=True)
-    assert await db.timers.purge_revocations() == 0  # both are new
-    assert await db.timers.purge_revocations(now=datetime.now(UTC) + timedelta(days=2)) == 1
+    await db.revocations.answer(held[answered.id], owner="holder", dropped=True)
+    assert await db.revocations.purge() == 0  # both are new
+    assert await db.revocations.purge(now=datetime.now(UTC) + timedelta(days=2)) == 1
     kept = held[unanswered.id]
-    [state] = await db.timers.revoked([(kept.id, kept.bucket, kept.lease_token)])
+    [state] = await db.revocations.revoked([(kept.id, kept.bucket, kept.lease_token)])
     assert (state.answer, state.held) == (None, True)  # kept: its claim still holds the row
     gone = held[answered.id]
-    assert await db.timers.revoked([(gone.id, gone.bucket, gone.lease_token)]) == []
+    assert await db.revocations.revoked([(gone.id, gone.bucket, gone.lease_token)]) == []

@@ -8,10 +8,10 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
-from db.caps import GLOBAL
+from core.caps import GLOBAL
+from core.ids import bucket_of
+from core.settings import Settings
 from db.database import Database
-from db.ids import bucket_of
-from db.settings import Settings
 from dispatcher.service import Dispatcher
 from tests.support.sink import Received, Sink
 
@@ -63,7 +63,7 @@ async def test_a_capped_backlog_drains_as_a_paced_stream_oldest_first(
     start_dispatcher: StartDispatcher,
 ) -> None:
     past = datetime.now(UTC) - timedelta(minutes=5)
-    created = await db.timers.insert(
+    created = await db.creates.insert(
         [i * 10 for i in range(120)], [f"{sink.url}/h"] * 120, shards=16, now=past
     )
     await start_dispatcher(make_settings(max_per_minute=3000))  # 50 per second
@@ -85,7 +85,7 @@ async def test_a_cap_set_at_run_time_applies_without_a_restart(
 ) -> None:
     dispatcher = await start_dispatcher()
     await db.caps.set(scope=GLOBAL, per_minute=60)  # one a second, set while running
-    await db.timers.insert([0] * 30, [f"{sink.url}/h"] * 30, shards=16)
+    await db.creates.insert([0] * 30, [f"{sink.url}/h"] * 30, shards=16)
     await sink.wait_for(1, timeout=10)
     first = sink.received[0].at
     await sink.wait_for(2, timeout=10)
@@ -112,7 +112,7 @@ async def test_retries_are_held_to_the_cap_like_any_timer(
         return 503
 
     sink.status_for = fail_once
-    await db.timers.insert([0] * 10, [f"{sink.url}/h"] * 10, shards=16)
+    await db.creates.insert([0] * 10, [f"{sink.url}/h"] * 10, shards=16)
     settings = make_settings(max_per_minute=240, retry_base_seconds=0.1)  # 4 per second
     await start_dispatcher(settings)
     received = await sink.wait_for(20, timeout=30)

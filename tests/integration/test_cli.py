@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from db.caps import GLOBAL
+from core.caps import GLOBAL
 from db.database import Database
 
 pytestmark = pytest.mark.slow
@@ -29,8 +29,8 @@ async def _timerhook(
 async def test_backlog_shows_pending_per_step_and_the_overdue(
     db: Database, database_url: str
 ) -> None:
-    await db.timers.insert([30_000] * 7 + [90_000] * 3, ["https://x.org"] * 10, shards=16)
-    await db.timers.insert([-65_000] * 4, ["https://x.org"] * 4, shards=16)  # a minute overdue
+    await db.creates.insert([30_000] * 7 + [90_000] * 3, ["https://x.org"] * 10, shards=16)
+    await db.creates.insert([-65_000] * 4, ["https://x.org"] * 4, shards=16)  # a minute overdue
     result = await _timerhook(database_url, "backlog", "--window", "2m")
     assert result.returncode == 0, result.stderr
     out = result.stdout
@@ -98,7 +98,7 @@ async def test_caps_set_and_show(db: Database, database_url: str) -> None:
 async def test_dead_lists_dead_letters_and_requeue_puts_them_back(
     db: Database, database_url: str
 ) -> None:
-    created = await db.timers.insert(
+    created = await db.creates.insert(
         [0] * 4, ["https://a.example/1", "https://a.example/2", "https://b.example/1",
                   "https://b.example/2"], shards=16,
     )  # fmt: skip
@@ -140,11 +140,11 @@ async def test_plan_shows_what_goes_now_and_why_the_rest_waits(
         await conn.execute("update caps set tokens = 1, updated_at = now()")
     from db.models import DeliveryOptions
 
-    await db.timers.insert(
+    await db.creates.insert(
         [-5000] * 3, ["https://a.example/x"] * 3, shards=16,
         options=[DeliveryOptions(priority=p) for p in (2, 9, 4)],
     )  # fmt: skip
-    [holder] = await db.timers.insert(
+    [holder] = await db.creates.insert(
         [-5000], ["https://b.example/y"], shards=16,
         options=[DeliveryOptions(priority=10, resources=("scanner",))],
     )  # fmt: skip
@@ -154,7 +154,7 @@ async def test_plan_shows_what_goes_now_and_why_the_rest_waits(
             "values ('scanner', gen_random_uuid(), now(), 'd1')"
         )
     await db.circuits.open(host="c.example", seconds=60, failures=5, reason="refused", owner="d1")
-    await db.timers.insert([-5000], ["https://c.example/z"], shards=16)
+    await db.creates.insert([-5000], ["https://c.example/z"], shards=16)
     result = await _timerhook(database_url, "plan")
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.splitlines() if line.startswith("│")]

@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
+from core.settings import Settings
 from db.database import Database
 from db.models import DueKey
-from db.settings import Settings
 from dispatcher.recorder import Recorder
 from dispatcher.retry import ceiling
 from dispatcher.sender import Result
@@ -67,12 +67,12 @@ async def test_nothing_is_claimed_before_its_bucket_by_the_database_clock(
     dispatcher = Dispatcher(db, settings)
     ahead = dispatcher.lookahead_seconds
     early = base + timedelta(seconds=11 - ahead) - timedelta(milliseconds=1)
-    assert await db.timers.due_keys(limit=10, lookahead_seconds=ahead, now=early) == []
-    keys = await db.timers.due_keys(
+    assert await db.leases.due_keys(limit=10, lookahead_seconds=ahead, now=early) == []
+    keys = await db.leases.due_keys(
         limit=10, lookahead_seconds=ahead, now=early + timedelta(milliseconds=2)
     )
     assert [k.slot for k in keys] == [base + timedelta(seconds=11)]
-    claim = await db.timers.claim(
+    claim = await db.leases.claim(
         keys[0], owner="t", batch=10, lease_seconds=30, now=base + timedelta(seconds=11)
     )
     claimed = claim.rows
@@ -84,13 +84,13 @@ async def test_a_claimed_key_is_skipped_by_a_second_claimer_while_locked(
     make_timer: MakeTimer, db: Database, database_url: str
 ) -> None:
     timer = await make_timer(delay_ms=0)
-    [key] = await db.timers.due_keys(limit=10, lookahead_seconds=2)
-    from db.ids import lock_key
+    [key] = await db.leases.due_keys(limit=10, lookahead_seconds=2)
+    from core.ids import lock_key
 
     async with db.pool.connection() as holder, holder.transaction():
         await holder.execute("select pg_advisory_xact_lock(%s)", (lock_key(key.slot, key.shard),))
-        assert (await db.timers.claim(key, owner="b", batch=10, lease_seconds=30)).rows == []
-    claimed = (await db.timers.claim(key, owner="b", batch=10, lease_seconds=30)).rows
+        assert (await db.leases.claim(key, owner="b", batch=10, lease_seconds=30)).rows == []
+    claimed = (await db.leases.claim(key, owner="b", batch=10, lease_seconds=30)).rows
     assert [c.id for c in claimed] == [timer.id]
 
 
@@ -174,7 +174,7 @@ async def test_two_dispatchers_share_the_work_and_send_each_timer_once(
     db: Database, sink: Sink, settings: Settings, start_dispatcher: StartDispatcher
 ) -> None:
     count = 600
-    created = await db.timers.insert(
+    created = await db.creates.insert(
         [1500 + i % 1000 for i in range(count)], [f"{sink.url}/h"] * count, shards=settings.shards
     )
     first = await start_dispatcher()
@@ -283,18 +283,18 @@ async def test_leases_of_a_dead_dispatcher_are_reaped_at_once(
 ) -> None:
     timer = await make_timer(delay_ms=0)
     await db.dispatchers.register(dispatcher_id="ghost", host="h", pid=1)
-    [key] = await db.timers.due_keys(limit=1, lookahead_seconds=1)
-    await db.timers.claim(key, owner="ghost", batch=10, lease_seconds=3600)
+    [key] = await db.leases.due_keys(limit=1, lookahead_seconds=1)
+    await db.leases.claim(key, owner="ghost", batch=10, lease_seconds=3600)
     seen = await _beat(db, "ghost")
     # Alive (nobody declared it dead): its lease stands, however old its heartbeat looks.
     later = datetime.now(UTC) + timedelta(hours=2)
-    assert await db.timers.reap(now=later) == []
+    assert await db.leases.reap(now=later) == []
     # Declared dead with the heartbeat an observer saw unchanged: taken over at once.
-    reaped = await db.timers.reap(dead=[("ghost", seen)])
+    reaped = await db.leases.reap(dead=[("ghost", seen)])
     assert [(r.id, r.lease_owner) for r in reaped] == [(timer.id, "ghost")]
     assert await _state(db, timer.id) == ("pending", 1, None, None)
     # ... and the ghost learns it at its next heartbeat: nothing renewed, registered again.
-    renewal = await db.timers.renew([], owner="ghost", lease_seconds=90)
+    renewal = await db.leases.renew([], owner="ghost", lease_seconds=90)
     assert not renewal.alive
 
 
@@ -306,15 +306,15 @@ async def test_a_peer_that_heartbeated_since_it_was_seen_is_not_declared_dead(
     and its leases stand."""
     timer = await make_timer(delay_ms=0)
     await db.dispatchers.register(dispatcher_id="slow", host="h", pid=1)
-    [key] = await db.timers.due_keys(limit=1, lookahead_seconds=1)
-    claim = await db.timers.claim(key, owner="slow", batch=10, lease_seconds=3600)
+    [key] = await db.leases.due_keys(limit=1, lookahead_seconds=1)
+    claim = await db.leases.claim(key, owner="slow", batch=10, lease_seconds=3600)
     seen = await _beat(db, "slow")
     [row] = claim.rows
-    renewal = await db.timers.renew(
+    renewal = await db.leases.renew(
         [(row.id, row.bucket, row.lease_token)], owner="slow", lease_seconds=90
     )
     assert renewal.alive and renewal.owned == [timer.id]
-    assert await db.timers.reap(dead=[("slow", seen)]) == []
+    assert await db.leases.reap(dead=[("slow", seen)]) == []
     assert await _state(db, timer.id) == ("inflight", 1, None, None)
     assert (await _beat(db, "slow")) > seen
 
@@ -326,13 +326,13 @@ async def test_a_reap_takes_at_most_its_limit_and_none_at_zero(
     nothing, even with a dead owner's leases there; a limit bounds what one call takes."""
     timers = [await make_timer(delay_ms=0) for _ in range(3)]
     await db.dispatchers.register(dispatcher_id="ghost", host="h", pid=1)
-    for key in await db.timers.due_keys(limit=10, lookahead_seconds=1):
-        await db.timers.claim(key, owner="ghost", batch=10, lease_seconds=3600)
+    for key in await db.leases.due_keys(limit=10, lookahead_seconds=1):
+        await db.leases.claim(key, owner="ghost", batch=10, lease_seconds=3600)
     await db.dispatchers.deregister(dispatcher_id="ghost")  # stopped: its leases are free
-    assert await db.timers.reap(limit=0) == []
+    assert await db.leases.reap(limit=0) == []
     assert [await _state(db, t.id) for t in timers] == [("inflight", 1, None, None)] * 3
-    first = await db.timers.reap(limit=2)
-    rest = await db.timers.reap(limit=2)
+    first = await db.leases.reap(limit=2)
+    rest = await db.leases.reap(limit=2)
     assert (len(first), len(rest)) == (2, 1)
     assert {r.id for r in first + rest} == {t.id for t in timers}
 
@@ -346,13 +346,13 @@ async def test_an_expired_lease_its_live_owner_does_not_hold_is_given_back_by_it
     timer, kept = await make_timer(delay_ms=0), await make_timer(delay_ms=0)
     await db.dispatchers.register(dispatcher_id="slow", host="h", pid=1)
     claimed = []
-    for key in await db.timers.due_keys(limit=10, lookahead_seconds=1):
-        claimed += (await db.timers.claim(key, owner="slow", batch=10, lease_seconds=0.2)).rows
+    for key in await db.leases.due_keys(limit=10, lookahead_seconds=1):
+        claimed += (await db.leases.claim(key, owner="slow", batch=10, lease_seconds=0.2)).rows
     assert {c.id for c in claimed} == {timer.id, kept.id}
     await asyncio.sleep(0.3)
-    assert await db.timers.reap() == []  # alive: nobody else touches its leases
+    assert await db.leases.reap() == []  # alive: nobody else touches its leases
     [held] = [c for c in claimed if c.id == kept.id]
-    renewal = await db.timers.renew(
+    renewal = await db.leases.renew(
         [(held.id, held.bucket, held.lease_token)], owner="slow", lease_seconds=90
     )
     assert (renewal.alive, renewal.owned, renewal.given_back) == (True, [kept.id], 1)
@@ -367,13 +367,13 @@ async def test_an_outcome_with_a_stale_token_changes_nothing_and_is_counted(
     so it records nothing, even for the same owner; the recorder counts it as stale."""
     timer = await make_timer(delay_ms=0)
     await db.dispatchers.register(dispatcher_id="d1", host="h", pid=1)
-    [key] = await db.timers.due_keys(limit=1, lookahead_seconds=1)
-    [first] = (await db.timers.claim(key, owner="d1", batch=1, lease_seconds=90)).rows
+    [key] = await db.leases.due_keys(limit=1, lookahead_seconds=1)
+    [first] = (await db.leases.claim(key, owner="d1", batch=1, lease_seconds=90)).rows
     seen = await _beat(db, "d1")
-    assert [r.id for r in await db.timers.reap(dead=[("d1", seen)])] == [timer.id]
+    assert [r.id for r in await db.leases.reap(dead=[("d1", seen)])] == [timer.id]
     await db.dispatchers.register(dispatcher_id="d1", host="h", pid=1)  # back, same id
-    [key] = await db.timers.due_keys(limit=1, lookahead_seconds=1)
-    [second] = (await db.timers.claim(key, owner="d1", batch=1, lease_seconds=90)).rows
+    [key] = await db.leases.due_keys(limit=1, lookahead_seconds=1)
+    [second] = (await db.leases.claim(key, owner="d1", batch=1, lease_seconds=90)).rows
     assert second.lease_token == first.lease_token + 1
     stats = SendStats(db)
     recorder = Recorder(
@@ -396,7 +396,7 @@ async def test_timers_due_while_nothing_ran_fire_once_at_start(
     db: Database, sink: Sink, settings: Settings, start_dispatcher: StartDispatcher
 ) -> None:
     past = datetime.now(UTC) - timedelta(hours=2)
-    created = await db.timers.insert(
+    created = await db.creates.insert(
         [i * 1000 for i in range(30)], [f"{sink.url}/late"] * 30, shards=settings.shards, now=past
     )
     dispatcher = await start_dispatcher()
@@ -436,7 +436,7 @@ async def test_live_dispatchers_split_the_keys_and_take_a_peers_once_it_is_late(
     """Each live dispatcher claims its own (slot, shard) keys first; another's only once its
     owner should have claimed it (the lookahead less HELP_MARGIN_SECONDS before the slot), so
     that two do not each try every key, and a dead peer's keys still go on time."""
-    created = await db.timers.insert([60_000] * 64, [f"{sink.url}/hook"] * 64, shards=16)
+    created = await db.creates.insert([60_000] * 64, [f"{sink.url}/hook"] * 64, shards=16)
     async with db.pool.connection() as conn:
         cur = await conn.execute("select distinct slot from timers")
         [(slot,)] = await cur.fetchall()  # one slot, up to 16 keys

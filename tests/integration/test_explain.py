@@ -6,9 +6,9 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from core.caps import NO_CAPPED
+from core.ids import bucket_of, partition_of
 from db.database import Database
-from db.ids import bucket_of, partition_of
-from db.models import NO_CAPPED
 from db.query_loader import query
 
 
@@ -47,7 +47,7 @@ async def _history(db: Database) -> None:
             {"now": now},
         )
         await conn.execute("analyze timers")
-    await db.timers.insert([0, 500, 2000], ["https://x.org"] * 3, shards=16)
+    await db.creates.insert([0, 500, 2000], ["https://x.org"] * 3, shards=16)
 
 
 async def _rows(db: Database) -> dict[str, float]:
@@ -88,7 +88,7 @@ async def test_the_due_query_reads_the_partial_pending_index(db: Database) -> No
 
 async def test_the_claim_reads_the_partial_pending_index(db: Database) -> None:
     await _history(db)
-    [key, *_] = await db.timers.due_keys(limit=1, lookahead_seconds=3)
+    [key, *_] = await db.leases.due_keys(limit=1, lookahead_seconds=3)
     params = {
         "slot": key.slot,
         "shard": key.shard,
@@ -112,7 +112,7 @@ async def test_the_claim_reads_the_partial_pending_index(db: Database) -> None:
 
 
 async def test_get_by_id_touches_exactly_one_partition(db: Database) -> None:
-    [created] = await db.timers.insert([86_400_000 * 3], ["https://x.org"], shards=16)
+    [created] = await db.creates.insert([86_400_000 * 3], ["https://x.org"], shards=16)
     bucket = bucket_of(created.id)
     nodes = await _explain(
         db, query("timer_get"), {"id": created.id, "bucket": bucket, "now": None, "tenant": None}

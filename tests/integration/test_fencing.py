@@ -20,8 +20,8 @@ import httpx
 import psycopg
 import pytest
 
+from core.settings import Settings
 from db.database import Database
-from db.settings import Settings
 from dispatcher.service import Dispatcher
 from tests.support.processes import Service
 from tests.support.sink import Reply, Sink
@@ -87,7 +87,7 @@ async def test_a_dispatcher_paused_past_dead_after_sends_none_of_what_it_lost(
     first = dispatchers("first", TIMERHOOK_HOST_CONCURRENCY="2")
     await _until(lambda: _registered(database_url, first) is not None, "first", 60)
     first_id = _registered(database_url, first)
-    created = await db.timers.insert([500] * 30, [f"{sink.url}/h"] * 30, shards=16)
+    created = await db.creates.insert([500] * 30, [f"{sink.url}/h"] * 30, shards=16)
     ids = {str(t.id) for t in created}
     leased = "select count(*) from timers where state = 'inflight' and lease_owner = %s"
     await _until(lambda: _query(database_url, leased, first_id)[0][0] == 30, "the claim", 30)
@@ -209,7 +209,7 @@ async def test_timers_queued_behind_a_host_slower_than_their_lease_are_each_sent
     settings = make_settings(http_timeout_seconds=10.0)  # the default timeout
     assert (settings.host_concurrency, settings.lease_seconds) == (128, 90.0)
     dispatcher = await start_dispatcher(settings)
-    created = await db.timers.insert([0] * 2000, [f"{sink.url}/slow"] * 2000, shards=16)
+    created = await db.creates.insert([0] * 2000, [f"{sink.url}/slow"] * 2000, shards=16)
     held: list[int] = []
 
     async def sample() -> None:

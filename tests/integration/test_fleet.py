@@ -77,7 +77,7 @@ def _counts(sink: Sink) -> Counter[str]:
 async def _stream(db: Database, sink: Sink, count: int, seconds: float) -> set[str]:
     """``count`` timers due evenly over ``seconds``, starting 3 s from now."""
     delays = [3000 + int(i * seconds * 1000 / count) for i in range(count)]
-    created = await db.timers.insert(delays, [f"{sink.url}/h"] * count, shards=16)
+    created = await db.creates.insert(delays, [f"{sink.url}/h"] * count, shards=16)
     return {str(t.id) for t in created}
 
 
@@ -169,8 +169,8 @@ async def test_sigkill_mid_send_repeats_at_least_once_and_never_at_most_once(
     [victim] = fleet(1)
     await _registered(database_url, [victim])
     urls = [f"{sink.url}/h"] * 20
-    least = await db.timers.insert([500] * 20, urls, shards=16)
-    most = await db.timers.insert(
+    least = await db.creates.insert([500] * 20, urls, shards=16)
+    most = await db.creates.insert(
         [500] * 20, urls, shards=16, options=[DeliveryOptions(delivery="at_most_once")] * 20
     )
     await sink.wait_for(40, timeout=30)

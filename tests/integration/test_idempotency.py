@@ -81,5 +81,5 @@ async def test_keys_are_remembered_for_the_window_then_purged(
 ) -> None:
     await client.post("/timer", json={"seconds": 9, "url": URL}, headers={"Idempotency-Key": "k"})
     day_later = datetime.now(UTC) + timedelta(hours=24)
-    assert await db.timers.purge_idempotency(hours=48, now=day_later) == 0  # kept 24 h on
-    assert await db.timers.purge_idempotency(hours=48, now=day_later + timedelta(hours=25)) == 1
+    assert await db.creates.purge_idempotency(hours=48, now=day_later) == 0  # kept 24 h on
+    assert await db.creates.purge_idempotency(hours=48, now=day_later + timedelta(hours=25)) == 1

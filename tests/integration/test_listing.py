@@ -76,7 +76,7 @@ async def test_bad_listing_parameters_are_refused_by_name(client: httpx.AsyncCli
 async def test_listing_dead_letters_reads_the_state_index(
     db: Database, make_timer: MakeTimer
 ) -> None:
-    await db.timers.insert([1000] * 200, ["https://x.org"] * 200, shards=16)
+    await db.creates.insert([1000] * 200, ["https://x.org"] * 200, shards=16)
     dead = await make_timer(delay_ms=5000)
     await _set_states(db, {str(dead.id): "dead"})
     async with db.pool.connection() as conn:

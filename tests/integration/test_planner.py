@@ -11,9 +11,10 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 
+from core.plan import choose_held
+from core.settings import Settings
 from db.database import Database
 from db.models import CreatedTimer, DeliveryOptions, Timer
-from db.settings import Settings
 from dispatcher.service import Dispatcher
 from tests.support.sink import Received, Reply, Sink
 
@@ -28,7 +29,7 @@ async def _insert(
     db: Database, url: str, delays_ms: list[int], **options: object
 ) -> list[CreatedTimer]:
     opts = [DeliveryOptions(**options)] * len(delays_ms)  # type: ignore[arg-type]
-    return await db.timers.insert(delays_ms, [url] * len(delays_ms), shards=16, options=opts)
+    return await db.creates.insert(delays_ms, [url] * len(delays_ms), shards=16, options=opts)
 
 
 async def test_priority_goes_first_under_a_binding_cap(
@@ -111,7 +112,7 @@ async def test_the_selectors_example_capture_first_then_clean_and_upgrade_togeth
         assert at[path] >= at["/capture"] + 1.0, at
     assert abs(at["/clean"] - at["/upgrade"]) < 0.2, at
     await dispatcher.wait_recorded(3, timeout=10)
-    assert await db.timers.holds(["camera", "disk", "proc"]) == {}
+    assert await db.leases.holds(["camera", "disk", "proc"]) == {}
 
 
 async def test_waiting_on_names_the_resource_and_its_holder(
@@ -162,6 +163,30 @@ async def test_waiting_on_names_a_binding_cap(
     assert shown["waiting_on"] == "global cap: 60/min, no token left now"
 
 
+async def test_every_due_timer_a_cap_holds_back_says_so_at_any_look(
+    sink: Sink, client: httpx.AsyncClient, start_dispatcher: StartDispatcher, db: Database
+) -> None:
+    # Not polled until some look shows a reason: one look at each timer, 2 s past its due
+    # time, while the cap lets one out a second. Pending or claimed and paced, each unsent
+    # one names the cap.
+    await db.caps.set(scope="global", per_minute=60)
+    await start_dispatcher()
+    ids = [
+        (await client.post("/timer", json={"url": f"{sink.url}/h"})).json()["id"] for _ in range(8)
+    ]
+    await sink.wait_for(1, timeout=5)
+    await asyncio.sleep(2.0)  # the timers are due now: 2 s of the cap's pace go by
+    unsent = []
+    for timer_id in ids:
+        body = (await client.get(f"/timer/{timer_id}")).json()
+        if body["status"] in ("pending", "inflight") and body["last_result"] is None:
+            unsent.append(body)
+    assert len(unsent) >= 3, unsent
+    for body in unsent:
+        assert body["waiting_on"] is not None, body
+        assert body["waiting_on"].startswith("global cap: 60/min"), body
+
+
 async def test_a_slow_host_does_not_hold_up_the_others(
     db: Database,
     sink: Sink,
@@ -176,7 +201,7 @@ async def test_a_slow_host_does_not_hold_up_the_others(
     assert (settings.concurrency, settings.host_concurrency) == (256, 128)
     # One statement: all 900 due at the same instant.
     urls = [f"{other_sink.url}/s"] * 600 + [f"{sink.url}/f"] * 300
-    created = await db.timers.insert([2500] * 900, urls, shards=16)
+    created = await db.creates.insert([2500] * 900, urls, shards=16)
     slow, fast = created[:600], created[600:]
     assert slow[0].due_at == fast[-1].due_at
     dispatcher = await start_dispatcher(settings)
@@ -215,7 +240,7 @@ async def test_a_host_that_keeps_refusing_is_backed_off_without_using_attempts(
     # Paced at 10/s, so that most of them fall due after the circuit opened; a long cool-down
     # keeps it open for the whole test.
     settings = make_settings(circuit_failures=3, circuit_seconds=60.0, max_per_minute=600)
-    refused = await db.timers.insert([0] * 20, [dead_url] * 20, shards=16)
+    refused = await db.creates.insert([0] * 20, [dead_url] * 20, shards=16)
     await start_dispatcher(settings)
     circuits = await _wait_circuit(db)
     assert [(c.host, c.open, c.failures) for c in circuits] == [("127.0.0.3", True, 3)]
@@ -268,7 +293,7 @@ async def test_a_circuit_closes_when_the_host_answers_again(
     url = f"{sink.url}/back"
     await sink.stop()
     settings = make_settings(circuit_failures=2, circuit_seconds=1.0, retry_base_seconds=0.2)
-    created = await db.timers.insert([0] * 6, [url] * 6, shards=16)
+    created = await db.creates.insert([0] * 6, [url] * 6, shards=16)
     await start_dispatcher(settings)
     await _wait_circuit(db)
     port = int(url.split(":")[2].split("/")[0])
@@ -306,18 +331,15 @@ async def test_holds_are_released_when_a_dead_dispatchers_leases_are_reaped(
     rest = await _insert(db, f"{sink.url}/b", [0] * 3, resources=("printer",))
     await db.dispatchers.register(dispatcher_id="ghost", host="h", pid=1)
 
-    async def choose(cands, holds):  # type: ignore[no-untyped-def]
-        from dispatcher.planner import choose_held
-
-        return choose_held(cands, holds, room=10)
-
-    claim = await db.timers.claim_held(choose, owner="ghost", lookahead_seconds=2, lease_seconds=60)
+    candidates, holds = await db.leases.held_view(lookahead_seconds=2)
+    chosen = choose_held(candidates, holds, room=10).chosen
+    claim = await db.leases.claim_held(chosen, owner="ghost", lease_seconds=60)
     assert claim is not None and [r.id for r in claim.rows] == [first.id]
-    assert await db.timers.holds(["printer"]) == {"printer": first.id}
+    assert await db.leases.holds(["printer"]) == {"printer": first.id}
     [ghost] = [b for b in await db.dispatchers.peers(dead_after_seconds=10) if b.id == "ghost"]
-    reaped = await db.timers.reap(dead=[("ghost", ghost.heartbeat_at)])
+    reaped = await db.leases.reap(dead=[("ghost", ghost.heartbeat_at)])
     assert [r.id for r in reaped] == [first.id]
-    assert await db.timers.holds(["printer"]) == {}
+    assert await db.leases.holds(["printer"]) == {}
     assert {t.id for t in rest} | {first.id} == {
         t.id
         for t in [first, *rest]

@@ -20,11 +20,13 @@ from typing import Any
 import psycopg
 import pytest
 
+from core.ids import bucket_of, lock_key
+from core.settings import Settings
+from db.creating import insert_params
 from db.database import Database
-from db.ids import bucket_of, lock_key
+from db.leases import REAP_LIMIT
+from db.params import named_rows
 from db.query_loader import query
-from db.settings import Settings
-from db.timers import REAP_LIMIT, insert_params, named_rows
 from tests.support import postgres
 
 HORIZON_DAYS = Settings.model_fields["horizon_days"].default
@@ -159,7 +161,7 @@ async def _planning_ms(
 async def test_every_hot_statement_plans_within_5_ms_at_the_default_horizon(
     horizon_db: Database,
 ) -> None:
-    (created,) = await horizon_db.timers.insert([0], ["http://127.0.0.1:9/h"], shards=16)
+    (created,) = await horizon_db.creates.insert([0], ["http://127.0.0.1:9/h"], shards=16)
     async with horizon_db.pool.connection() as conn:
         partitions = await conn.execute(
             "select count(*) from pg_inherits where inhparent = 'timers'::regclass"
@@ -210,7 +212,7 @@ async def test_a_claim_and_a_record_read_only_the_rows_they_name_at_the_default_
     partitioned table came out as a hash join over whole partitions: the claim read all of
     today's rows and the record set up all 368 partitions and scanned each one's in-flight
     rows, at every call. Both now name their rows by arrays of ids (and buckets)."""
-    created = await horizon_db.timers.insert([0] * 3000, ["http://127.0.0.1:9/h"] * 3000, shards=1)
+    created = await horizon_db.creates.insert([0] * 3000, ["http://127.0.0.1:9/h"] * 3000, shards=1)
     first = created[0]
     async with horizon_db.pool.connection() as conn:
         cur = await conn.execute("select now()")
@@ -248,7 +250,7 @@ async def test_a_record_reads_no_other_in_flight_rows_at_the_default_horizon(
     dispatcher's) through the in-flight index and tested each against the whole id array, a
     cost that grew with the fleet. Now it looks the ids up in the primary key: recording 200
     rows beside 2,800 rows another dispatcher holds reads the 200 and no more."""
-    created = await horizon_db.timers.insert([0] * 3000, ["http://127.0.0.1:9/h"] * 3000, shards=1)
+    created = await horizon_db.creates.insert([0] * 3000, ["http://127.0.0.1:9/h"] * 3000, shards=1)
     mine = [t.id for t in created[:200]]
     theirs = [t.id for t in created[200:]]
     async with horizon_db.pool.connection() as conn:

@@ -13,7 +13,7 @@ import httpx
 import psycopg
 import pytest
 
-from db.ids import due_ms_of, parse_timer_id
+from core.ids import due_ms_of, parse_timer_id
 from tests.support.processes import Service, postmasters_of, stop_embedded
 from tests.support.sink import Sink
 

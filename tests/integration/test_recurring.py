@@ -15,8 +15,8 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 
+from core.settings import Settings
 from db.database import Database
-from db.settings import Settings
 from dispatcher.service import Dispatcher
 from tests.support.sink import Received, Sink
 

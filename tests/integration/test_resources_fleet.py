@@ -33,7 +33,7 @@ async def test_three_dispatchers_never_have_two_holders_of_a_resource_in_flight(
     dispatchers = fleet(3)
     await _registered(database_url, dispatchers)
     count = 300
-    created = await db.timers.insert(
+    created = await db.creates.insert(
         [1000] * count, [f"{sink.url}/lock"] * count, shards=16,
         options=[DeliveryOptions(resources=("the-lock",))] * count,
     )  # fmt: skip
@@ -66,9 +66,9 @@ async def test_sigkill_while_holding_resources_releases_them_when_the_lease_is_t
     [victim] = fleet(1)
     await _registered(database_url, [victim])
     opts = DeliveryOptions(resources=("printer", "paper"))
-    [first] = await db.timers.insert([0], [f"{sink.url}/first"], shards=16, options=[opts])
+    [first] = await db.creates.insert([0], [f"{sink.url}/first"], shards=16, options=[opts])
     await sink.wait_for(1, timeout=10)
-    rest = await db.timers.insert(
+    rest = await db.creates.insert(
         [0] * 3, [f"{sink.url}/rest"] * 3, shards=16,
         options=[DeliveryOptions(resources=("printer",))] * 3,
     )  # fmt: skip

@@ -10,9 +10,9 @@ from email.utils import format_datetime
 
 import httpx
 
+from core.settings import Settings
 from db.database import Database
 from db.models import ClaimedTimer
-from db.settings import Settings
 from dispatcher.retry import ceiling
 from dispatcher.sender import Result, Sender
 from dispatcher.service import Dispatcher

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 
-from db.ids import due_ms_of
+from core.ids import due_ms_of
 from dispatcher.service import Dispatcher
 from tests.support.sink import Sink
 

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from db.settings import Settings
+from core.settings import Settings
 from dispatcher.service import Dispatcher
 from tests.conftest import MakeTimer
 from tests.support.sink import Sink

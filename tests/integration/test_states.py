@@ -1,4 +1,4 @@
-"""The timer states are defined once (db/states.py): the SQL check, the API schema and every
+"""The timer states are defined once (core/states.py): the SQL check, the API schema and every
 transition the real queries make are checked against that one definition."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 
+from core.settings import Settings
+from core.states import DEAD_LETTER_STATES, TIMER_STATES, TRANSITIONS, legal
 from db.database import Database
-from db.settings import Settings
-from db.states import DEAD_LETTER_STATES, TIMER_STATES, TRANSITIONS, legal
 from dispatcher.service import Dispatcher
 from tests.conftest import MakeTimer
 from tests.support.sink import Sink
@@ -67,17 +67,17 @@ async def test_every_transition_the_queries_make_is_a_defined_one(
     cancelled = await make_timer(delay_ms=60_000)
     held = await make_timer(delay_ms=0, url=f"{sink.url}/ok", resources=("r",))
     # a timer waiting for the one that is cancelled below fails at once (issue 9's after)
-    waiting = await db.timers.insert_idempotent(
+    waiting = await db.creates.insert_idempotent(
         key=None, fingerprint="", delay_ms=0, url=f"{sink.url}/ok", shards=16,
         after=[cancelled.id],
     )  # fmt: skip
     dispatcher = await start_dispatcher()
     await dispatcher.wait_recorded(5, timeout=10)
-    assert (await db.timers.cancel(cancelled.id)) is not None
+    assert (await db.revocations.cancel(cancelled.id)) is not None
     found = await db.timers.get(waiting.timer_id)
     assert found is not None and found.state == "failed", found
     for timer in (failed, dead):
-        assert (await db.timers.requeue(timer.id)) is not None
+        assert (await db.requeues.requeue(timer.id)) is not None
     # A lease given back unsent (a clean stop), one deferred for an open circuit, one reaped.
     later = await make_timer(delay_ms=30_000)
     other = Dispatcher(db, settings)
@@ -85,26 +85,26 @@ async def test_every_transition_the_queries_make_is_a_defined_one(
     await dispatcher.stop()  # the running one would claim it too
     assert await other.drain(now=later.due_at - timedelta(milliseconds=200)) >= 1
     await other.stop()
-    [key] = await db.timers.due_keys(limit=1, lookahead_seconds=31)
-    claim = await db.timers.claim(key, owner="someone", batch=1, lease_seconds=60)
+    [key] = await db.leases.due_keys(limit=1, lookahead_seconds=31)
+    claim = await db.leases.claim(key, owner="someone", batch=1, lease_seconds=60)
     until = datetime.now(UTC) + timedelta(minutes=1)
-    assert await db.timers.release(claim.rows, owner="someone", until=until, reason="t") == 1
+    assert await db.leases.release(claim.rows, owner="someone", until=until, reason="t") == 1
     await db.dispatchers.register(dispatcher_id="ghost", host="h", pid=1)
-    [key] = await db.timers.due_keys(limit=1, lookahead_seconds=120)  # its deferred slot
-    claim = await db.timers.claim(key, owner="ghost", batch=1, lease_seconds=1)
+    [key] = await db.leases.due_keys(limit=1, lookahead_seconds=120)  # its deferred slot
+    claim = await db.leases.claim(key, owner="ghost", batch=1, lease_seconds=1)
     assert claim.rows
     [ghost] = [b for b in await db.dispatchers.peers(dead_after_seconds=10) if b.id == "ghost"]
-    assert await db.timers.reap(dead=[("ghost", ghost.heartbeat_at)])
+    assert await db.leases.reap(dead=[("ghost", ghost.heartbeat_at)])
     # A claim revoked by a cancel before its request went out: dropped unsent, cancelled.
     revoked = await make_timer(delay_ms=0, now=datetime.now(UTC) - timedelta(hours=1))
     await db.dispatchers.register(dispatcher_id="holder", host="h", pid=1)
-    [key] = await db.timers.due_keys(limit=1)  # the oldest key: the revoked timer's
-    [row] = (await db.timers.claim(key, owner="holder", batch=1, lease_seconds=60)).rows
+    [key] = await db.leases.due_keys(limit=1)  # the oldest key: the revoked timer's
+    [row] = (await db.leases.claim(key, owner="holder", batch=1, lease_seconds=60)).rows
     assert row.id == revoked.id
-    answer = await db.timers.cancel(revoked.id)
+    answer = await db.revocations.cancel(revoked.id)
     assert answer is not None and answer.revoke_token == row.lease_token
-    await db.timers.answer_revocation(row, owner="holder", dropped=True)
-    [state] = await db.timers.settle([(row.id, row.bucket, row.lease_token)])
+    await db.revocations.answer(row, owner="holder", dropped=True)
+    [state] = await db.revocations.settle([(row.id, row.bucket, row.lease_token)])
     assert (state.answer, state.state, state.sent) == ("dropped", "cancelled", False)
     async with db.pool.connection() as conn:
         cur = await conn.execute("select distinct before, after from seen")

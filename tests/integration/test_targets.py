@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from api.app import create_app
+from core.settings import Settings
 from db.database import Database
-from db.settings import Settings
 from dispatcher.service import Dispatcher
 from tests.support.sink import Sink
 

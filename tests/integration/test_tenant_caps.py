@@ -8,9 +8,9 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
+from core.settings import Settings
 from db.database import Database
 from db.models import DeliveryOptions
-from db.settings import Settings
 from dispatcher.service import Dispatcher
 from tests.support.sink import Received, Sink
 
@@ -36,7 +36,7 @@ async def test_two_capped_tenants_drain_at_their_own_rates_with_two_dispatchers(
     await db.caps.set(scope="tenant:fast", per_minute=3000)  # 50/s
     past = datetime.now(UTC) - timedelta(seconds=30)
     for tenant, n in (("slow", 120), ("fast", 600)):
-        await db.timers.insert(
+        await db.creates.insert(
             [0] * n, [f"{sink.url}/{tenant}"] * n, shards=16, now=past,
             options=[DeliveryOptions(tenant=tenant)] * n,
         )  # fmt: skip
@@ -60,7 +60,7 @@ async def test_a_capped_host_waits_while_another_host_goes_on_time(
     make_settings: Callable[..., Settings],
 ) -> None:  # fmt: skip
     await db.caps.set(scope="host:127.0.0.2", per_minute=60)  # 1/s
-    created = await db.timers.insert(
+    created = await db.creates.insert(
         [2000] * 400,
         [f"{other_sink.url}/capped"] * 200 + [f"{sink.url}/free"] * 200,
         shards=16,

@@ -47,8 +47,8 @@ async def test_a_connection_the_pool_adds_plans_the_rehearsed_statements_before_
     db: Database,
 ) -> None:
     with rehearsal():
-        await db.timers.due_keys(limit=64, lookahead_seconds=2.5)
-        await db.timers.held_due(lookahead_seconds=1.5)
+        await db.leases.due_keys(limit=64, lookahead_seconds=2.5)
+        await db.leases.held_due(lookahead_seconds=1.5)
     assert await db.warm(3)
     held = await _holding(db.pool, 3)
     try:
@@ -61,7 +61,7 @@ async def test_a_connection_the_pool_adds_plans_the_rehearsed_statements_before_
         added = held.pop()
         await db.pool.putconn(added)
         before = len(await _prepared_names(db, added))
-        await db.timers.due_keys(limit=64, lookahead_seconds=2.5)
+        await db.leases.due_keys(limit=64, lookahead_seconds=2.5)
         assert len(await _prepared_names(db, added)) == before
     finally:
         for conn in held:

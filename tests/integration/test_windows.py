@@ -10,10 +10,10 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 
+from core.ids import due_ms_of
+from core.settings import Settings
 from db.database import Database
-from db.ids import due_ms_of
 from db.models import DeliveryOptions
-from db.settings import Settings
 from dispatcher.service import Dispatcher
 from tests.support.sink import Sink
 
@@ -27,13 +27,13 @@ async def test_a_windowed_herd_is_spread_evenly_to_its_deadline_beside_exact_tim
     # two dispatchers share the plan: the stream is one, not one per dispatcher
     await start_dispatcher()
     await start_dispatcher()
-    windowed = await db.timers.insert(
+    windowed = await db.creates.insert(
         [0] * 1200, [f"{sink.url}/w"] * 1200, shards=settings.shards,
         options=[DeliveryOptions(window_ms=30_000)] * 1200,
     )  # fmt: skip
     # exact timers beside them, one every 250 ms over the same 30 s, made as POST /timer
     # makes them: those due within the claim window wake the dispatchers at their commit
-    await db.timers.insert(
+    await db.creates.insert(
         [250 * i for i in range(1, 120)], [f"{other_sink.url}/e"] * 119, shards=settings.shards,
         wake_within_ms=settings.wake_within_ms,
     )  # fmt: skip
@@ -76,9 +76,9 @@ async def test_the_backlog_shows_the_released_windowed_work_and_its_planned_rate
     client: httpx.AsyncClient, db: Database, settings: Settings
 ) -> None:
     # nothing plans them here (no dispatcher): 600 due now within 60 s, 100 within 10 s
-    await db.timers.insert([0] * 600, ["https://example.com/a"] * 600, shards=settings.shards,
+    await db.creates.insert([0] * 600, ["https://example.com/a"] * 600, shards=settings.shards,
                            options=[DeliveryOptions(window_ms=60_000)] * 600)  # fmt: skip
-    await db.timers.insert([0] * 100, ["https://example.com/b"] * 100, shards=settings.shards,
+    await db.creates.insert([0] * 100, ["https://example.com/b"] * 100, shards=settings.shards,
                            options=[DeliveryOptions(window_ms=10_000)] * 100)  # fmt: skip
     shown = (await client.get("/backlog", params={"window": "2m"})).json()
     windowed = shown["windowed"]
@@ -97,12 +97,12 @@ async def test_under_a_binding_cap_exact_timers_take_the_tokens_before_windowed_
 ) -> None:
     await db.caps.set(scope="global", per_minute=240)  # 4/s
     # windowed work that alone fits the cap (40 in 60 s: 0.7/s) ...
-    await db.timers.insert([0] * 40, [f"{sink.url}/w"] * 40, shards=settings.shards,
+    await db.creates.insert([0] * 40, [f"{sink.url}/w"] * 40, shards=settings.shards,
                            options=[DeliveryOptions(window_ms=60_000)] * 40)  # fmt: skip
     await start_dispatcher()
     await sink.wait_for(2, timeout=10)
     # ... then a herd of exact timers that makes the cap bind for 5 s
-    exact = await db.timers.insert([300] * 20, [f"{sink.url}/e"] * 20, shards=settings.shards)
+    exact = await db.creates.insert([300] * 20, [f"{sink.url}/e"] * 20, shards=settings.shards)
     due = exact[0].due_at.timestamp()
     await sink.wait_until(lambda: sum(r.path == "/e" for r in sink.received) == 20, timeout=15)
     last = max(r.at for r in sink.received if r.path == "/e")

@@ -120,6 +120,6 @@ async def test_0005_keeps_existing_timers_and_gives_each_day_its_attempts_partit
         ).fetchone()
     assert row == ("failed", 8, 0, "at_least_once", None)
     async with Database(empty_database, max_size=1, name="test") as db:
-        assert (await db.timers.requeue(old_id)) is not None  # the old row is a dead letter now
+        assert (await db.requeues.requeue(old_id)) is not None  # the old row is a dead letter now
         found = await db.timers.get(old_id)
         assert found is not None and found.state == "pending"

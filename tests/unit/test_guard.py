@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from db.targets import literal_refused, refused_reason
+from core.targets import literal_refused, refused_reason
 
 
 @pytest.mark.parametrize(
@@ -58,7 +58,7 @@ def test_allowed_networks_let_private_addresses_through() -> None:
 
 @pytest.mark.parametrize("value", ["10.0.0.0/8 nonsense", "10.0.0.0/33", "fd00::/200"])
 def test_malformed_allowed_networks_are_refused_at_start(value: str) -> None:
-    from db.settings import Settings
+    from core.settings import Settings
 
     with pytest.raises(ValueError, match="is not a network"):
         Settings(_env_file=None, allowed_networks=value)  # type: ignore[call-arg]

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from db.ids import (
+from core.ids import (
     bucket_of,
     bucket_of_ms,
     due_at_of,

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from api.observe import Cached, history, quantile
-from db.logs import formatter, target_host, timer_context
+from core.logs import formatter, target_host, timer_context
 from db.stats import BOUNDS, BUCKETS, SecondStats
 
 

@@ -7,9 +7,10 @@ import itertools
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from db.models import CappedScopes, CappedStream, Grant, HeldCandidate, PlanRow
+from core.caps import CappedScopes, CappedStream, Grant
+from core.plan import HeldCandidate, PlanRow, choose_held, plan_pass
 from dispatcher.hosts import Breaker, HostGate, host_of
-from dispatcher.planner import CAP_SEND_DELAY_SECONDS, Planner, choose_held, minted, plan_pass
+from dispatcher.planner import CAP_SEND_DELAY_SECONDS, Planner, minted
 
 T0 = datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC)
 

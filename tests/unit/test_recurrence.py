@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from db.recurrence import Schedule, ScheduleError, cron_trigger, plan_emission
+from core.recurrence import Schedule, ScheduleError, cron_trigger, plan_emission
 
 LOOKAHEAD = timedelta(seconds=2.5)
 

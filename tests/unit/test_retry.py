@@ -8,7 +8,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from db.settings import Settings
+from core.settings import Settings
 from dispatcher.retry import Failure, backoff, ceiling, decide, parse_retry_after, retryable
 
 ANSWERED = True

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from db.windows import yds_curve, yds_rate
+from core.windows import yds_curve, yds_rate
 
 NOW = datetime(2026, 12, 6, 12, tzinfo=UTC)
 

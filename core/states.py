@@ -49,6 +49,9 @@ DeadLetterState = Literal["dead", "failed"]
 
 # States no dispatcher will move on its own.
 FINAL_STATES: frozenset[TimerState] = frozenset({"delivered", "failed", "dead", "cancelled"})
+# The final states of a dependency (``after``) that fail its dependents (deps.sql's
+# ``deps_resolve`` says the same for dependencies that end later).
+FAILING_DEPENDENCY_STATES: frozenset[TimerState] = frozenset({"failed", "dead", "cancelled"})
 # The dead letters: what a requeue takes.
 DEAD_LETTER_STATES: tuple[DeadLetterState, ...] = ("dead", "failed")
 
@@ -56,6 +59,16 @@ DEAD_LETTER_STATES: tuple[DeadLetterState, ...] = ("dead", "failed")
 def legal(before: TimerState, after: TimerState) -> bool:
     """Whether a row may move from ``before`` to ``after`` (staying put is always legal)."""
     return before == after or (before, after) in TRANSITIONS
+
+
+def dependency_verdict(
+    deps: Sequence[tuple[object, TimerState]],
+) -> tuple[tuple[object, TimerState] | None, int]:
+    """What a new timer's dependencies (id, state) make of it: the first that ended in a
+    failing state (the timer fails at once, naming it), and how many are not delivered yet
+    (while any is not, the timer is blocked)."""
+    failure = next((d for d in deps if d[1] in FAILING_DEPENDENCY_STATES), None)
+    return failure, sum(1 for d in deps if d[1] != "delivered")
 
 
 def parse_states(

@@ -210,10 +210,17 @@ class Settings(BaseSettings):
         return self.max_payload_bytes + 32 * 1024
 
     @property
+    def claim_window_seconds(self) -> float:
+        """How far ahead the dispatchers claim (dispatcher/claimer.py): every slot that can
+        fall due before the tick after next, so a row is in hand at least one tick before its
+        time and the claim's own duration never makes it late."""
+        return self.tick_seconds + 1.5
+
+    @property
     def wake_within_ms(self) -> int:
         """A create whose timer falls due sooner than this wakes the dispatchers at once: the
-        dispatchers' claim window (a tick plus 1.5 s, dispatcher/claimer.py)."""
-        return round((self.tick_seconds + 1.5) * 1000)
+        claim window, in which their next tick may come too late."""
+        return round(self.claim_window_seconds * 1000)
 
     @property
     def dispatcher_db_timeout(self) -> float:
