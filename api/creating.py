@@ -23,9 +23,7 @@ from api.deps import AppParts, app_parts
 from api.problems import FieldError
 from api.schemas import PRIORITY_DEFAULT, TimerCreate, TimerPublic
 from core.logs import request_id_var, timer_context
-from core.recurrence import ScheduleError, cron_trigger
 from core.settings import Settings
-from core.targets import literal_refused
 from db.access import DEFAULT_TENANT
 from db.creating import QuotaExceeded
 from db.database import Database
@@ -77,9 +75,12 @@ def json_body(raw: bytes) -> Any:
         ) from None  # fmt: skip
 
 
-def validate_create(data: object, loc: tuple[str, ...] = ("body",)) -> ParsedCreate:
-    """One timer object validated; RequestValidationError (fields under ``loc``) when refused."""
-    context: dict[str, Any] = {}
+def validate_create(
+    data: object, settings: Settings, loc: tuple[str, ...] = ("body",)
+) -> ParsedCreate:
+    """One timer object validated, against the settings too; RequestValidationError (fields
+    under ``loc``) when refused, FieldError when a check against the settings refuses it."""
+    context: dict[str, Any] = {"settings": settings}
     try:
         body = TimerCreate.model_validate(data, context=context)
     except ValidationError as exc:
@@ -88,18 +89,19 @@ def validate_create(data: object, loc: tuple[str, ...] = ("body",)) -> ParsedCre
     return ParsedCreate(body, context.get("payload_json"))
 
 
-def parse_create(raw: bytes) -> ParsedCreate:
-    """A POST /timer body, parsed and validated; RequestValidationError when refused."""
-    return validate_create(json_body(raw))
+def parse_create(raw: bytes, settings: Settings) -> ParsedCreate:
+    """A POST /timer body, parsed and validated; RequestValidationError or FieldError when
+    refused."""
+    return validate_create(json_body(raw), settings)
 
 
-async def _create_body(request: Request) -> ParsedCreate:
+async def _create_body(request: Request, settings: Settings) -> ParsedCreate:
     """The body of POST /timer: parsed on the event loop when small, in a worker thread when
     large, so that one request never holds the loop for long."""
     raw = await request.body()
     if len(raw) <= INLINE_BODY_BYTES:
-        return parse_create(raw)
-    return await asyncio.to_thread(parse_create, raw)
+        return parse_create(raw, settings)
+    return await asyncio.to_thread(parse_create, raw, settings)
 
 
 async def create(
@@ -110,7 +112,6 @@ async def create(
     db, settings, batcher, metrics = parts.db, parts.settings, parts.batcher, parts.metrics
     access = parts.access
     body = parsed.body
-    check_when(body, settings)
     options = delivery_options(
         parsed, settings, request_id=request_id_var.get(), tenant=principal.tenant
     )
@@ -172,9 +173,9 @@ async def endpoint(request: Request) -> Response:
     route, its dependency resolution and its response model cost more per create than the
     create itself, docs/benchmarks.md) and documented by the APIRoute there, which calls it
     too. Errors go through the app's exception handlers as from any route."""
-    parsed = await _create_body(request)  # the body first: a refused body is a 422
-    key = idempotency_key(request)
     parts = await app_parts(request)
+    parsed = await _create_body(request, parts.settings)  # the body first: refused, a 422
+    key = idempotency_key(request)
     principal = await parts.access.principal(request)
     return await create(parsed, principal, parts, key)
 
@@ -247,56 +248,6 @@ def check_payload_quota(tenant: Tenant, options: DeliveryOptions) -> None:
         )
 
 
-def check_when(body: TimerCreate, settings: Settings, *, now: datetime | None = None) -> None:
-    """Refuses what no schedule can mean: both an absolute time and a delay, a time in the
-    past or past the horizon (the longest accepted delay), recurring fields on a one-shot
-    timer, both every and cron, a cron or time zone that cannot be read. The API's clock
-    only judges the input here; due times come from the database clock."""
-    horizon = settings.horizon_days * 86_400
-    delays = [name for name in ("hours", "minutes", "seconds") if name in body.model_fields_set]
-    if body.at is not None:
-        if delays:
-            raise FieldError(
-                ", ".join(["at", *delays]),
-                "give either an absolute time (at) or a delay (hours, minutes, seconds), not both",
-            )
-        now = now or datetime.now(UTC)
-        if body.at < now:
-            raise FieldError(
-                "at", f"is in the past ({body.at.isoformat()}; it is {now.isoformat()} now)"
-            )
-        if (body.at - now).total_seconds() > horizon:
-            raise FieldError(
-                "at",
-                f"is more than {horizon} s ahead; the longest accepted delay is "
-                f"{settings.horizon_days} days",
-            )
-    elif body.delay_seconds > horizon:
-        raise FieldError(
-            "hours, minutes, seconds",
-            f"add up to {body.delay_seconds} s; the longest accepted delay is {horizon} s "
-            f"({settings.horizon_days} days)",
-        )
-    if body.every is not None and body.cron is not None:
-        raise FieldError("every, cron", "give one of them: a period (every) or a cron, not both")
-    if body.after and body.recurring:
-        raise FieldError("after", "a recurring timer cannot wait for other timers")
-    if not body.recurring:
-        for name in ("timezone", "until", "count", "misfire"):
-            if getattr(body, name) is not None:
-                raise FieldError(name, "applies only to a recurring timer (every or cron)")
-        return
-    if body.timezone is not None and body.cron is None:
-        raise FieldError("timezone", "applies only to cron (an every series has no time zone)")
-    if body.cron is not None:
-        try:
-            cron_trigger(body.cron, body.timezone or "UTC")
-        except ScheduleError as exc:
-            raise FieldError(exc.field, exc.reason) from None
-    if body.until is not None and body.until < (now or datetime.now(UTC)):
-        raise FieldError("until", f"is in the past ({body.until.isoformat()})")
-
-
 def delay_ms_of(body: TimerCreate) -> int:
     """The delay of a create in milliseconds; for an absolute ``at``, as this process's clock
     sees it (only to size what is made ahead: the due time is ``at`` itself)."""
@@ -354,34 +305,15 @@ def delivery_options(
     request_id: str | None = None,
     tenant: str = DEFAULT_TENANT,
 ) -> DeliveryOptions:
-    """The stored request shape and policy of a create, checked against the settings' limits;
-    ``request_id``: the create's, stored with the timer; ``tenant``: whose it is."""
+    """The stored request shape and policy of a create (checked against the settings when it
+    was validated, ``TimerCreate.within``); ``request_id``: the create's, stored with the
+    timer; ``tenant``: whose it is."""
     body = parsed.body
-    if not settings.allow_private_targets:
-        refused = literal_refused(body.url, settings.allowed_network_list)
-        if refused is not None:
-            raise FieldError(
-                "url",
-                f"{refused}, and private targets are not allowed "
-                "(TIMERHOOK_ALLOW_PRIVATE_TARGETS=1 or TIMERHOOK_ALLOWED_NETWORKS allows them)",
-            )
-    payload = parsed.payload_json
-    if payload is not None:
-        size = len(payload.encode())
-        if size > settings.max_payload_bytes:
-            raise FieldError(
-                "payload",
-                f"is {size} bytes as compact JSON; at most {settings.max_payload_bytes} allowed",
-            )
     timeout_ms = None
     if body.timeout_seconds is not None:
-        if body.timeout_seconds > settings.max_timeout_seconds:
-            raise FieldError(
-                "timeout_seconds", f"must be at most {settings.max_timeout_seconds:g} seconds"
-            )
         timeout_ms = max(1, round(body.timeout_seconds * 1000))
     return DeliveryOptions(
-        payload=payload,
+        payload=parsed.payload_json,
         headers=json.dumps(body.headers) if body.headers else None,
         timeout_ms=timeout_ms,
         max_attempts=body.max_attempts or settings.max_attempts,

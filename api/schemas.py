@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any, Literal, NoReturn
 
@@ -18,12 +18,15 @@ from pydantic import (
     TypeAdapter,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
+from api.problems import FieldError
 from core.ids import parse_series_id, parse_timer_id
-from core.recurrence import Misfire
+from core.recurrence import Misfire, ScheduleError, cron_trigger
+from core.settings import Settings
 from core.states import DeadLetterState, TimerState
-from core.targets import host_problem
+from core.targets import host_problem, literal_refused
 from db.models import Delivery
 
 MAX_URL_LENGTH = 2048
@@ -370,7 +373,7 @@ class TimerCreate(BaseModel):
         return value  # stored exactly as given, not normalised
 
     # The payload's validator keeps its compact JSON in the validation context (the create
-    # routes pass one), so that it is not encoded twice; see api/routes/timers.py.
+    # routes pass one), so that it is not encoded twice; see api/creating.py.
     @field_validator("payload")
     @classmethod
     def _storable_payload(cls, value: object, info: ValidationInfo) -> object:
@@ -409,6 +412,19 @@ class TimerCreate(BaseModel):
                 )
         return value
 
+    @model_validator(mode="after")
+    def _within_settings(self, info: ValidationInfo) -> TimerCreate:
+        """The checks against the running settings, once every field is valid, when the
+        caller passes them in the validation context (``settings``; ``now`` for a chosen
+        instant): the schedule (``_check_when``) and the delivery (``_check_delivery``).
+        They raise FieldError, which names the field (several, where they clash)."""
+        context = info.context if isinstance(info.context, dict) else {}
+        settings = context.get("settings")
+        if settings is not None:
+            _check_when(self, settings, context.get("now"))
+            _check_delivery(self, context.get("payload_json"), settings)
+        return self
+
     @property
     def delay_seconds(self) -> int:
         """The whole delay in seconds."""
@@ -429,6 +445,80 @@ class TimerCreate(BaseModel):
     def recurring(self) -> bool:
         """Whether this create makes a series (``every`` or ``cron``)."""
         return self.every is not None or self.cron is not None
+
+
+def _check_when(body: TimerCreate, settings: Settings, now: datetime | None) -> None:
+    """Refuses what no schedule can mean: both an absolute time and a delay, a time in the
+    past or past the horizon (the longest accepted delay), recurring fields on a one-shot
+    timer, both every and cron, a cron or time zone that cannot be read. The API's clock
+    only judges the input here; due times come from the database clock."""
+    horizon = settings.horizon_days * 86_400
+    delays = [name for name in ("hours", "minutes", "seconds") if name in body.model_fields_set]
+    if body.at is not None:
+        if delays:
+            raise FieldError(
+                ", ".join(["at", *delays]),
+                "give either an absolute time (at) or a delay (hours, minutes, seconds), not both",
+            )
+        now = now or datetime.now(UTC)
+        if body.at < now:
+            raise FieldError(
+                "at", f"is in the past ({body.at.isoformat()}; it is {now.isoformat()} now)"
+            )
+        if (body.at - now).total_seconds() > horizon:
+            raise FieldError(
+                "at",
+                f"is more than {horizon} s ahead; the longest accepted delay is "
+                f"{settings.horizon_days} days",
+            )
+    elif body.delay_seconds > horizon:
+        raise FieldError(
+            "hours, minutes, seconds",
+            f"add up to {body.delay_seconds} s; the longest accepted delay is {horizon} s "
+            f"({settings.horizon_days} days)",
+        )
+    if body.every is not None and body.cron is not None:
+        raise FieldError("every, cron", "give one of them: a period (every) or a cron, not both")
+    if body.after and body.recurring:
+        raise FieldError("after", "a recurring timer cannot wait for other timers")
+    if not body.recurring:
+        for name in ("timezone", "until", "count", "misfire"):
+            if getattr(body, name) is not None:
+                raise FieldError(name, "applies only to a recurring timer (every or cron)")
+        return
+    if body.timezone is not None and body.cron is None:
+        raise FieldError("timezone", "applies only to cron (an every series has no time zone)")
+    if body.cron is not None:
+        try:
+            cron_trigger(body.cron, body.timezone or "UTC")
+        except ScheduleError as exc:
+            raise FieldError(exc.field, exc.reason) from None
+    if body.until is not None and body.until < (now or datetime.now(UTC)):
+        raise FieldError("until", f"is in the past ({body.until.isoformat()})")
+
+
+def _check_delivery(body: TimerCreate, payload_json: str | None, settings: Settings) -> None:
+    """Refuses a target the settings do not allow, a payload over the size limit, and a
+    timeout over the longest allowed."""
+    if not settings.allow_private_targets:
+        refused = literal_refused(body.url, settings.allowed_network_list)
+        if refused is not None:
+            raise FieldError(
+                "url",
+                f"{refused}, and private targets are not allowed "
+                "(TIMERHOOK_ALLOW_PRIVATE_TARGETS=1 or TIMERHOOK_ALLOWED_NETWORKS allows them)",
+            )
+    if payload_json is not None:
+        size = len(payload_json.encode())
+        if size > settings.max_payload_bytes:
+            raise FieldError(
+                "payload",
+                f"is {size} bytes as compact JSON; at most {settings.max_payload_bytes} allowed",
+            )
+    if body.timeout_seconds is not None and body.timeout_seconds > settings.max_timeout_seconds:
+        raise FieldError(
+            "timeout_seconds", f"must be at most {settings.max_timeout_seconds:g} seconds"
+        )
 
 
 class TimerPublic(BaseModel):

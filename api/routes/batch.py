@@ -21,7 +21,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from api.auth import Principal
 from api.creating import (
     check_payload_quota,
-    check_when,
     delay_ms_of,
     delivery_options,
     fingerprint,
@@ -79,8 +78,7 @@ def prepare_batch(
     for index, item in enumerate(envelope.timers):
         at = f"timers[{index}]"
         try:
-            parsed = validate_create(item, loc=("body", at))
-            check_when(parsed.body, settings)
+            parsed = validate_create(item, settings, loc=("body", at))
             if parsed.body.after:
                 raise FieldError("after", "a timer with dependencies is created with POST /timer")
             if parsed.body.recurring:
