@@ -9,7 +9,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Coroutine
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from core.caps import GLOBAL, CappedStream
@@ -114,6 +114,8 @@ class Dispatcher:
         )  # fmt: skip
         self._progress = asyncio.Condition()
         self._progress_waiters = 0
+        # When the last whole claim pass began (UTC), for wait_pass_after.
+        self.last_pass: datetime | None = None
         self._next_sweep = float("-inf")  # when the heartbeat next looks for unheld rows
         self._drain_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -300,12 +302,16 @@ class Dispatcher:
         while not self._stopping:
             await self._wake.wait()
             self._wake.clear()
+            started = datetime.now(UTC)
             try:
                 if self._take_back_pending:
                     await self._take_back()
                 await self.schedules.run()
                 await self.windows.run()
                 await self.drain()
+                self.last_pass = started
+                if self._waited():
+                    await self._notify()
             except DatabaseUnavailable as exc:
                 # The outage is logged once by the pool; claims resume when it ends.
                 log.debug("claim pass failed, trying again at the next tick: %s", exc)
@@ -367,6 +373,14 @@ class Dispatcher:
     async def wait_recorded(self, count: int, timeout: float) -> None:
         """Waits until at least ``count`` outcomes were recorded in the database."""
         await self._wait_for(lambda: self.recorded_total >= count, timeout)
+
+    async def wait_pass_after(self, instant: datetime, timeout: float) -> None:
+        """Waits until a whole pass (the schedule pass, the window plan and the claims) began
+        after ``instant`` (UTC) and ended: every occurrence due by then was made, and every
+        row due by then plus the claim window was claimed or found held back."""
+        await self._wait_for(
+            lambda: self.last_pass is not None and self.last_pass > instant, timeout
+        )
 
     async def wait_idle(self, timeout: float) -> None:
         """Waits until nothing claimed is waiting, being sent or unrecorded."""

@@ -54,7 +54,7 @@ async def test_an_every_second_series_sends_each_occurrence_once_on_its_grid(
     signed_api: Any, sink: Sink, start_dispatcher: StartDispatcher
 ) -> None:
     client, settings = signed_api
-    await start_dispatcher(settings)
+    dispatcher = await start_dispatcher(settings)
     first = _at(2.0)
     until = first + timedelta(seconds=20)
     created = await client.post("/timer", json={
@@ -65,7 +65,9 @@ async def test_an_every_second_series_sends_each_occurrence_once_on_its_grid(
     assert uuid.UUID(series_id).version == 8
     assert created.json()["time_left"] in (1, 2)
     received = await sink.wait_for(21, timeout=30)
-    await asyncio.sleep(1.5)  # nothing after until
+    # nothing after until: a whole pass after it and its claim window made and sent nothing
+    await dispatcher.wait_pass_after(until + _window(settings), timeout=10)
+    await dispatcher.wait_idle(timeout=5)
     assert len(sink.received) == 21
     numbers = [_occurrence(r) for r in received]
     assert sorted(numbers) == list(range(1, 22))  # each occurrence once
@@ -119,7 +121,8 @@ async def test_a_dead_occurrence_does_not_end_the_series_and_retries_keep_its_ke
 async def test_pause_skips_what_falls_in_it_and_resume_goes_on_on_the_grid(
     client: httpx.AsyncClient, sink: Sink, start_dispatcher: StartDispatcher
 ) -> None:
-    await start_dispatcher()
+    dispatcher = await start_dispatcher()
+    window = _window(dispatcher.settings)
     first = _at(1.5)
     created = await client.post(
         "/timer", json={"url": f"{sink.url}/p", "every": 1, "at": first.isoformat()}
@@ -130,12 +133,15 @@ async def test_pause_skips_what_falls_in_it_and_resume_goes_on_on_the_grid(
     assert paused.status_code == 200 and paused.json()["status"] == "paused"
     assert paused.json()["time_left"] == 0 and paused.json()["next_occurrence_at"] is None
     paused_at = datetime.now(UTC).timestamp()
-    await asyncio.sleep(4.0)
+    # the passes of the next 4 s: what they would have made and claimed was skipped
+    await dispatcher.wait_pass_after(datetime.now(UTC) + timedelta(seconds=4) - window, 10)
+    await dispatcher.wait_idle(timeout=5)
     # an occurrence already handed to a dispatcher (claimed ahead) may still go; no later one
     during = [_occurrence(r) for r in sink.received if r.at > paused_at]
     assert all(first.timestamp() + n - 1 < paused_at + 3.0 for n in during), during
     count = len(sink.received)
-    await asyncio.sleep(1.2)
+    await dispatcher.wait_pass_after(datetime.now(UTC) + timedelta(seconds=1.2), timeout=10)
+    await dispatcher.wait_idle(timeout=5)
     assert len(sink.received) == count  # nothing more while paused
     resumed = await client.post(f"/timer/{series_id}/resume")
     assert resumed.status_code == 200 and resumed.json()["status"] == "active"
@@ -155,7 +161,8 @@ async def test_pause_skips_what_falls_in_it_and_resume_goes_on_on_the_grid(
     assert ended["status"] == "cancelled" and ended["time_left"] == 0
     assert (await client.post(f"/timer/{series_id}/resume")).status_code == 409
     count = len(sink.received)
-    await asyncio.sleep(3.0)
+    await dispatcher.wait_pass_after(datetime.now(UTC) + timedelta(seconds=3.0) - window, 10)
+    await dispatcher.wait_idle(timeout=5)
     assert len(sink.received) <= count + 1  # at most one claimed before the delete
 
 
@@ -268,3 +275,8 @@ async def test_a_delete_that_waited_for_a_schedule_pass_cancels_the_occurrence_i
             "select occurrence, state from timers where series_id = %s", [series_id]
         )
         assert await found.fetchall() == [(1, "cancelled")]
+
+
+def _window(settings: Settings) -> timedelta:
+    """The dispatchers' claim window: a pass claims what falls due within it."""
+    return timedelta(seconds=settings.claim_window_seconds)
