@@ -21,6 +21,7 @@ from api.routes import backlog, batch, dashboard, health, history, metrics, time
 from api.schemas import TimerBatch, TimerCreate
 from core import logs
 from core.settings import Settings, get_settings
+from db.connection import DatabaseUnavailable
 from db.database import Database
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,10 @@ def create_app(
         app.state.db = db
         app.state.settings = settings
         app.state.access = Access(db, mode=settings.auth, host=settings.host)
-        await app.state.access.announce()
+        try:
+            await app.state.access.announce()
+        except DatabaseUnavailable as exc:  # an API started during an outage serves its 503s
+            log.warning("could not say how callers are admitted: the database is away (%s)", exc)
         app.state.observer = Observer(db, dead_after_seconds=settings.dead_after_seconds)
         batcher = CreateBatcher(
             db, shards=settings.shards, max_batch=settings.create_batch_max,

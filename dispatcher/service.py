@@ -58,6 +58,11 @@ def make_sender(settings: Settings) -> Sender:
     )
 
 
+# While the database is away at start, the preparation is tried again this often (seconds):
+# the pool's own reconnect pace.
+START_RETRY_SECONDS = 0.5
+
+
 class Dispatcher:
     """Claims due timers and sends them; ``await start()``, later ``await stop()``."""
 
@@ -142,7 +147,32 @@ class Dispatcher:
 
     async def start(self) -> None:
         """Plans its statements ahead, registers, opens the HTTP session and starts the
-        stages and maintenance jobs."""
+        stages and maintenance jobs. A database away at start is waited for (said once):
+        a dispatcher restarted during an outage starts when it is back, not crashes."""
+        waited = False
+        while True:
+            try:
+                await self._prepare()
+                break
+            except DatabaseUnavailable as exc:
+                if not waited:
+                    log.warning("the database is away at start (%s); waiting for it", exc)
+                    waited = True
+                await asyncio.sleep(START_RETRY_SECONDS)
+        if waited:
+            log.info("the database is back: dispatcher %s starts", self.id)
+        await self.sender.start()
+        self._drain_task = asyncio.create_task(self._drain_loop(), name=f"drain-{self.id}")
+        self.recorder.start()
+        self.maintenance.start()
+        self.listener.start()
+        self.db.outage.on_recovery(self._database_back)
+        self._wake.set()  # whatever fell due while nothing ran goes out now
+        log.info("dispatcher %s started", self.id)
+
+    async def _prepare(self) -> None:
+        """What start does in the database, safe to run again: partitions, the cap's seed,
+        the statements planned ahead, the warm connections, the registration."""
         await self.db.partitions.ensure(horizon_days=self.settings.horizon_days)
         if self.settings.max_per_minute:
             await self.db.caps.seed(scope=GLOBAL, per_minute=self.settings.max_per_minute)
@@ -160,14 +190,6 @@ class Dispatcher:
         # Registered once it can claim on time: what waits for a dispatcher waits for that.
         await self._register()
         await self.maintenance.learn_peers()  # the split of the keys, then every heartbeat
-        await self.sender.start()
-        self._drain_task = asyncio.create_task(self._drain_loop(), name=f"drain-{self.id}")
-        self.recorder.start()
-        self.maintenance.start()
-        self.listener.start()
-        self.db.outage.on_recovery(self._database_back)
-        self._wake.set()  # whatever fell due while nothing ran goes out now
-        log.info("dispatcher %s started", self.id)
 
     async def stop(self) -> None:
         """Stops claiming, gives back unsent rows, finishes sends in progress, deregisters."""
