@@ -80,6 +80,11 @@ class CappedStream:
         return found
 
 
+def stream_scopes(stream: CappedStream | None) -> list[str]:
+    """The caps a claim's tokens come from: a capped stream's, or the global cap alone."""
+    return stream.scopes if stream is not None else [GLOBAL]
+
+
 def cap_turn(scopes: Sequence[str], caps: Mapping[str, Cap], now: datetime) -> str | None:
     """Why a due timer that no dispatcher has claimed waits for a cap, or None: the first cap
     of ``scopes`` (those that apply to it) that binds, that is, whose last take (the planner's)

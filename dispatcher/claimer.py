@@ -27,7 +27,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
-from core.caps import GLOBAL, CappedScopes, CappedStream, cap_wait
+from core.caps import CappedScopes, CappedStream, cap_wait, stream_scopes
 from core.plan import HeldCandidate, choose_held
 from core.settings import Settings
 from db.database import Database
@@ -144,7 +144,7 @@ class Claimer:
             chosen += granted[stream]
             if grant.granted < len(rows):
                 self.capped = True
-                why = cap_wait(stream.scopes if stream else [GLOBAL], grant.per_minute)
+                why = cap_wait(stream_scopes(stream), grant.per_minute)
                 waiting += [(c, why) for c in rows[grant.granted :]]
         if waiting:
             await self.db.leases.note_waiting([(c.id, c.bucket, why) for c, why in waiting])

@@ -28,7 +28,7 @@ from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from core.caps import GLOBAL, CappedStream, cap_wait
+from core.caps import CappedStream, cap_wait, stream_scopes
 from core.plan import circuit_wait
 from db.connection import DatabaseUnavailable
 from db.database import Database
@@ -97,7 +97,7 @@ class Pipeline:
         waiting = self._waiting
         limits: dict[str, int | None] = {}  # per host, for this claim (most name one host)
         # a row a cap paces to a second or more past its time says so while it waits
-        paced = cap_wait(stream.scopes if stream else [GLOBAL], per_minute) if per_minute else None
+        paced = cap_wait(stream_scopes(stream), per_minute) if per_minute else None
         for row, deadline in self.planner.deadlines(claim, per_minute, stream):
             if self._revoked and self.is_revoked(row):
                 self._spawn(self._answer(row, dropped=True))

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from core.caps import GLOBAL, NO_CAPPED, CappedScopes, CappedStream, Grant
+from core.caps import NO_CAPPED, CappedScopes, CappedStream, Grant, stream_scopes
 from core.settings import Settings
 from db.connection import DatabaseUnavailable
 from db.database import Database
@@ -189,7 +189,7 @@ class Planner:
         was_binding = pace.binding
         if was_binding and pace.next - started > CAP_IN_HAND_SECONDS:
             return Grant(0, pace.per_minute)  # enough in hand: ask again at the next poll
-        scopes = stream.scopes if stream is not None else [GLOBAL]
+        scopes = stream_scopes(stream)
         grant = await self.db.caps.take(scopes=scopes, wanted=wanted, now=now)
         since, pace.last_take = started - pace.last_take, started
         pace.binding = grant.granted < wanted
@@ -206,7 +206,7 @@ class Planner:
 
     async def give_back(self, n: int, stream: CappedStream | None = None) -> None:
         """Returns tokens taken for rows that were not there."""
-        scopes = stream.scopes if stream is not None else [GLOBAL]
+        scopes = stream_scopes(stream)
         await self.db.caps.give_back(scopes=scopes, n=n)
 
     def _pace(self, stream: CappedStream | None) -> Pace:
