@@ -19,17 +19,14 @@ run: export TIMERHOOK_ALLOW_PRIVATE_TARGETS ?= 1
 run: $(STAMP)
 	$(BIN)/timerhook serve
 
-## Every check: lint, types, import contracts, then the whole test suite. The tests that
-## mostly wait (marked long: a host slower than a lease, a frozen database, the fault
-## checker) run in a second pytest process beside the rest, each on its own PostgreSQL.
+## Every check: lint, types, import contracts, then the whole test suite, spread over
+## TEST_WORKERS pytest-xdist workers, each on its own PostgreSQL (a template database per
+## worker, copied for each test). Most tests mostly wait (ticks, sinks, real processes), so
+## three workers fit 2 cores; the tests marked long (a host slower than a lease, a frozen
+## database, the fault checker) are handed out first, side by side.
+TEST_WORKERS ?= 3
 test: lint browser
-	@mkdir -p .timerhook
-	@$(BIN)/python -m pytest -q --durations=10 -m long > .timerhook/long-tests.log 2>&1 & long=$$!; \
-	$(BIN)/python -m pytest -q --durations=15 -m "not long"; rest=$$?; \
-	wait $$long; late=$$?; \
-	echo "-- the long tests (marked long), run beside the rest:"; \
-	cat .timerhook/long-tests.log; \
-	exit $$(( rest != 0 ? rest : late ))
+	@$(BIN)/python -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist load --maxschedchunk 1
 
 ## The dashboard test drives Debian's chromium (headless, through Playwright): installed here
 ## when missing and this is root on Debian or Ubuntu; elsewhere, this says what to install.

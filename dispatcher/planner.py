@@ -105,10 +105,21 @@ MIN_LATENCY = 0.001
 class Planner:
     """Caps, pacing, per-host limits, circuits and the dispatcher's concurrency."""
 
-    def __init__(self, db: Database, settings: Settings, *, owner: str) -> None:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        *,
+        owner: str,
+        changed: Callable[[], None] = lambda: None,
+    ) -> None:
         self.db = db
         self.settings = settings
         self.owner = owner
+        self._changed = changed
+        # Circuit openings and closes stored so far (signals for callers and tests).
+        self.circuits_opened = 0
+        self.circuits_closed = 0
         self._global = Pace()  # the stream of every row without a cap of its own
         self._paces: dict[CappedStream, Pace] = {}
         # The tenants and hosts with caps of their own (refreshed every tick).
@@ -318,8 +329,11 @@ class Planner:
         return rows / self.gate.limit * self._latency.get(host, 0.0)
 
     def forget_latency(self, keep: set[str]) -> None:
-        """Forgets the latencies of hosts other than ``keep`` (those with rows held)."""
-        self._latency = {h: s for h, s in self._latency.items() if h in keep}
+        """Forgets the latencies of hosts with no row held: none waiting (``keep``) and none
+        being sent. A host whose every held row is being sent keeps its latency, so that the
+        rows claimed meanwhile are held to ``hold_limit`` (forgotten, the next claim's rows
+        for it were all kept, up to the whole buffer)."""
+        self._latency = {h: s for h, s in self._latency.items() if h in keep or self.gate.active(h)}
 
     def observe(self, host: str, result: Result) -> None:
         """Feeds a send's result to the host's breaker, which opens or closes its circuit,
@@ -358,9 +372,13 @@ class Planner:
         known = self._circuits.get(host)
         if known is not None:
             self._circuits[host] = OpenCircuit(known.until_mono, until, known.reason)
+        self.circuits_opened += 1
+        self._changed()
 
     async def _close(self, host: str) -> None:
         await self.db.circuits.close(host=host)
+        self.circuits_closed += 1
+        self._changed()
 
     async def refresh_circuits(self) -> None:
         """Learns the circuits other dispatchers opened (each tick)."""

@@ -48,6 +48,7 @@ class Recorder:
         wake_claims: Callable[[], None],
         recorded: Callable[[int], None],
         stats: SendStats,
+        changed: Callable[[], None] = lambda: None,
     ) -> None:
         self.db = db
         self.stats = stats
@@ -56,6 +57,9 @@ class Recorder:
         self.retry_soon_seconds = retry_soon_seconds
         self._wake_claims = wake_claims
         self._recorded = recorded
+        self._changed = changed
+        # Waiting notes written so far (a signal for callers and tests, with ``changed``).
+        self.notes_written = 0
         self.sent_total = 0
         self.failed_total = 0
         # Outcomes waiting to be written, each with the monotonic instant of its retry (if any).
@@ -303,6 +307,9 @@ class Recorder:
         except DatabaseUnavailable:
             # Only a display: a note lost to an outage is not worth holding outcomes back.
             log.debug("could not note why %d rows wait", len(notes))
+            return
+        self.notes_written += len(notes)
+        self._changed()
 
     async def release(self, rows: list[ClaimedTimer]) -> int:
         """Gives leased rows that were never sent back to pending (a clean shutdown)."""

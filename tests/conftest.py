@@ -25,6 +25,25 @@ from tests.support.sink import Sink
 TEST_HORIZON_DAYS = 30
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The long tests (marked ``long(seconds=…)``: mostly waiting, 10 s to minutes each) first,
+    the longest first, each followed by one short test, then the rest in file order.
+
+    ``make test`` runs the suite on pytest-xdist workers, which take the first two tests each
+    and then one more whenever one ends (``--maxschedchunk 1``). So each worker starts on one
+    long test (never two), the next long ones go to the first workers free, and the short
+    ones fill in around them: no worker is left finishing the long ones alone."""
+
+    def length(item: pytest.Item) -> float:
+        marker = item.get_closest_marker("long")
+        return 0.0 if marker is None else float(marker.kwargs.get("seconds", 60))
+
+    long = sorted((i for i in items if length(i)), key=lambda i: -length(i))
+    short = [i for i in items if not length(i)]
+    paired = [i for pair in zip(long, short, strict=False) for i in pair]
+    items[:] = paired + long[len(paired) // 2 :] + short[len(paired) // 2 :]
+
+
 @pytest.fixture(scope="session")
 def pg_admin_url() -> Iterator[str]:
     """The admin URL of this session's PostgreSQL server."""
@@ -43,7 +62,11 @@ def template_name(pg_admin_url: str) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def template_copies(pg_admin_url: str, template_name: str) -> Iterator[postgres.Copies]:
     """Copies of the template, made ahead while tests run."""
-    copies = postgres.Copies(pg_admin_url, template_name)
+    copies = postgres.Copies(
+        pg_admin_url,
+        template_name,
+        rebuild=lambda: postgres.build_template(pg_admin_url, TEST_HORIZON_DAYS),
+    )
     yield copies
     copies.close()
 
@@ -200,12 +223,12 @@ def make_service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
 
 @pytest.fixture(scope="module")
 def running_api(
-    pg_admin_url: str, template_name: str, tmp_path_factory: pytest.TempPathFactory
+    pg_admin_url: str, template_copies: postgres.Copies, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Service]:
     """A real `timerhook api` process for a module's tests that write nothing they read back
     (refusals, the fuzzer), on its own copy of the template."""
     name = f"timerhook_api_{secrets.token_hex(6)}"
-    url = postgres.create_database(pg_admin_url, name, template=template_name)
+    url = postgres.create_database(pg_admin_url, name, template=template_copies.template)
     log = Path(tmp_path_factory.mktemp("api")) / "api.log"
     service = Service(
         "api",

@@ -113,7 +113,7 @@ async def _answers_503_in_time(client: httpx.AsyncClient, sink: Sink, timer_id: 
     assert health.status_code == 200 and took < 0.25, took
 
 
-@pytest.mark.long
+@pytest.mark.long(seconds=20)
 async def test_a_database_outage_answers_503_fast_and_recovers_within_2_s(
     make_service: MakeService, external_pg: ExternalPostgres, sink: Sink
 ) -> None:
@@ -172,7 +172,7 @@ async def test_a_database_outage_answers_503_fast_and_recovers_within_2_s(
     assert "Traceback" not in log, log
 
 
-@pytest.mark.long
+@pytest.mark.long(seconds=30)
 async def test_a_frozen_database_answers_503_in_time_and_sends_nothing_twice(
     make_service: MakeService, external_pg: ExternalPostgres, sink: Sink
 ) -> None:
@@ -232,7 +232,7 @@ def _last_heartbeat(url: str) -> Any:
         return row[0]
 
 
-@pytest.mark.long
+@pytest.mark.long(seconds=10)
 async def test_a_killed_embedded_server_is_started_again_and_loses_nothing(
     make_service: MakeService, tmp_path: Path, sink: Sink
 ) -> None:

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.long, pytest.mark.timeout(360)]
+pytestmark = [pytest.mark.slow, pytest.mark.long(seconds=90), pytest.mark.timeout(360)]
 
 
 def test_a_minute_of_faults_loses_nothing_sends_nothing_early_or_twice(

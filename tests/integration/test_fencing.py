@@ -77,7 +77,7 @@ def _registered(url: str, service: Service) -> str | None:
     return str(rows[0][0]) if rows else None
 
 
-@pytest.mark.long
+@pytest.mark.long(seconds=25)
 async def test_a_dispatcher_paused_past_dead_after_sends_none_of_what_it_lost(
     dispatchers: Callable[..., Service], database_url: str, db: Database, sink: Sink
 ) -> None:
@@ -192,7 +192,7 @@ async def test_no_send_follows_a_2xx_cancel_or_pause_of_a_series_or_a_cancel_of_
     assert detail["status"] == "cancelled"
 
 
-@pytest.mark.long
+@pytest.mark.long(seconds=145)
 async def test_timers_queued_behind_a_host_slower_than_their_lease_are_each_sent_once(
     db: Database,
     sink: Sink,

@@ -8,6 +8,7 @@ import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 import httpx
 
@@ -123,31 +124,22 @@ async def test_waiting_on_names_the_resource_and_its_holder(
         "/timer", json={"url": f"{sink.url}/first", "resources": ["db", "db"], "priority": 7}
     )
     first = created.json()["id"]
-    await start_dispatcher()
+    dispatcher = await start_dispatcher()
     await sink.wait_for(1, timeout=10)
     body = {"url": f"{sink.url}/second", "resources": ["db"]}
     second = (await client.post("/timer", json=body)).json()["id"]
-    shown = await _poll(client, second, lambda b: b["waiting_on"] is not None)
+    # The first pass that began after the create found the second due and held back.
+    await dispatcher.wait_pass_after(datetime.now(UTC), timeout=10)
+    shown = (await client.get(f"/timer/{second}")).json()
     assert shown["waiting_on"] == f"resource db held by timer {first}"
     assert shown["status"] == "pending" and shown["resources"] == ["db"]
     assert shown["priority"] == 5
     detail = (await client.get(f"/timer/{first}")).json()
     assert detail["resources"] == ["db"] and detail["priority"] == 7  # stored distinct
     await sink.wait_for(2, timeout=10)
-    shown = await _poll(client, second, lambda b: b["status"] == "delivered")
-    assert shown["waiting_on"] is None
-
-
-async def _poll(
-    client: httpx.AsyncClient, timer_id: str, done: Callable[[dict[str, object]], bool]
-) -> dict[str, object]:
-    """GET /timer/{id} until ``done`` holds (the dispatcher runs on its own; 10 s at most)."""
-    deadline = time.monotonic() + 10
-    while True:
-        body: dict[str, object] = (await client.get(f"/timer/{timer_id}")).json()
-        if done(body) or time.monotonic() > deadline:
-            return body
-        await asyncio.sleep(0.05)
+    await dispatcher.wait_recorded(2, timeout=10)
+    shown = (await client.get(f"/timer/{second}")).json()
+    assert shown["status"] == "delivered" and shown["waiting_on"] is None
 
 
 async def test_waiting_on_names_a_binding_cap(
@@ -155,10 +147,12 @@ async def test_waiting_on_names_a_binding_cap(
 ) -> None:
     await db.caps.set(scope="global", per_minute=60)
     await _insert(db, f"{sink.url}/h", [0] * 5)
-    await start_dispatcher()
+    dispatcher = await start_dispatcher()
     await sink.wait_for(1, timeout=5)
     last = (await client.post("/timer", json={"url": f"{sink.url}/h"})).json()["id"]
-    shown = await _poll(client, last, lambda b: b["waiting_on"] is not None)
+    # A pass that began after the create asked the cap for the due rows, the last among them.
+    await dispatcher.wait_pass_after(datetime.now(UTC), timeout=10)
+    shown = (await client.get(f"/timer/{last}")).json()
     assert shown["status"] == "pending"
     assert shown["waiting_on"] == "global cap: 60/min, no token left now"
 
@@ -211,13 +205,11 @@ async def test_a_slow_host_does_not_hold_up_the_others(
     assert late[0] >= 0 and late[-1] < 1.0, (late[0], late[-1])
     # The slow host has exactly its per-host share in flight, no more.
     assert other_sink.max_in_flight == 128
-    # A row that has waited a second for the slow host says why (noted at the next tick).
-    waiting: list[CreatedTimer] = []
-    deadline = time.monotonic() + 5
-    while not waiting and time.monotonic() < deadline:
-        found = [await db.timers.get(t.id) for t in slow[200:260]]
-        waiting = [t for t, f in zip(slow[200:260], found, strict=True) if f and f.waiting_on]
-        await asyncio.sleep(0.2)
+    # A row that has waited a second for the slow host says why (noted at the next tick,
+    # every row waiting at once).
+    await dispatcher.wait_until(lambda: dispatcher.recorder.notes_written > 0, timeout=5)
+    found = [await db.timers.get(t.id) for t in slow[200:260]]
+    waiting = [t for t, f in zip(slow[200:260], found, strict=True) if f and f.waiting_on]
     assert waiting, "no waiting row was noted"
     found_one = await db.timers.get(waiting[0].id)
     assert found_one is not None and found_one.waiting_on is not None
@@ -241,11 +233,12 @@ async def test_a_host_that_keeps_refusing_is_backed_off_without_using_attempts(
     # keeps it open for the whole test.
     settings = make_settings(circuit_failures=3, circuit_seconds=60.0, max_per_minute=600)
     refused = await db.creates.insert([0] * 20, [dead_url] * 20, shards=16)
-    await start_dispatcher(settings)
-    circuits = await _wait_circuit(db)
+    dispatcher = await start_dispatcher(settings)
+    await dispatcher.wait_until(lambda: dispatcher.planner.circuits_opened >= 1, timeout=10)
+    circuits = await db.circuits.list()
     assert [(c.host, c.open, c.failures) for c in circuits] == [("127.0.0.3", True, 3)]
     assert "consecutive failures" in circuits[0].reason
-    states = await _settled(db, [t.id for t in refused])
+    states = await _settled(db, dispatcher, [t.id for t in refused])
     held_back = [t for t in states if t.attempts == 0]
     # Timers held back while it is open wait pending, charged no attempt, and say why.
     assert len(held_back) >= 10, [(t.attempts, t.state, t.waiting_on) for t in states]
@@ -261,24 +254,16 @@ async def test_a_host_that_keeps_refusing_is_backed_off_without_using_attempts(
     assert {_id(r) for r in sink.received} == {str(t.id) for t in other}
 
 
-async def _settled(db: Database, ids: list[uuid.UUID]) -> list[Timer]:
-    """Polls until every timer was tried or held back with a reason (10 s at most)."""
+async def _settled(db: Database, dispatcher: Dispatcher, ids: list[uuid.UUID]) -> list[Timer]:
+    """The timers once each was tried or held back with a reason: looked at after each pass
+    that ends with nothing held or unrecorded (10 s at most)."""
     deadline = time.monotonic() + 10
     while True:
+        await dispatcher.wait_pass_after(datetime.now(UTC), timeout=10)
+        await dispatcher.wait_idle(timeout=10)
         found = [t for t in [await db.timers.get(i) for i in ids] if t is not None]
         if all(t.attempts or t.waiting_on for t in found) or time.monotonic() > deadline:
             return found
-        await asyncio.sleep(0.1)
-
-
-async def _wait_circuit(db: Database) -> list[object]:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        found = await db.circuits.list()
-        if found:
-            return found  # type: ignore[return-value]
-        await asyncio.sleep(0.05)
-    raise AssertionError("no circuit opened")
 
 
 async def test_a_circuit_closes_when_the_host_answers_again(
@@ -294,8 +279,8 @@ async def test_a_circuit_closes_when_the_host_answers_again(
     await sink.stop()
     settings = make_settings(circuit_failures=2, circuit_seconds=1.0, retry_base_seconds=0.2)
     created = await db.creates.insert([0] * 6, [url] * 6, shards=16)
-    await start_dispatcher(settings)
-    await _wait_circuit(db)
+    dispatcher = await start_dispatcher(settings)
+    await dispatcher.wait_until(lambda: dispatcher.planner.circuits_opened >= 1, timeout=10)
     port = int(url.split(":")[2].split("/")[0])
     back = Sink(host="127.0.0.4")
     back.status_for = lambda r: 200
@@ -303,10 +288,8 @@ async def test_a_circuit_closes_when_the_host_answers_again(
     try:
         await back.wait_for(6, timeout=15)
         assert {_id(r) for r in back.received} == {str(t.id) for t in created}
-        deadline = time.monotonic() + 5
-        # The close is written in the background: the database is polled, there is no event.
-        while await db.circuits.list() and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
+        # The close is written in the background; the dispatcher says when it is stored.
+        await dispatcher.wait_until(lambda: dispatcher.planner.circuits_closed >= 1, timeout=5)
         assert await db.circuits.list() == []  # closed by the first success
     finally:
         await back.stop()

@@ -15,7 +15,7 @@ import pytest
 from tests.support.processes import Service
 from tests.support.sink import Received, Sink
 
-pytestmark = [pytest.mark.slow, pytest.mark.long, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.slow, pytest.mark.long(seconds=20), pytest.mark.timeout(180)]
 
 
 def _n(r: Received) -> int:

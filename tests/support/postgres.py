@@ -16,7 +16,8 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, date, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -128,12 +129,28 @@ class Copies:
     threads keep ``ahead`` copies ready. They work only between tests (``pause`` while a test
     runs, ``resume`` after it): copies made during a test's body took CPU from it and made
     timing tests fail (test_retries' backoff spread, 3 runs of 5).
+
+    A template's partitions start the day before the UTC day it was built on. When a session
+    runs past midnight UTC, ``take`` has a new template built by ``rebuild`` (and drops the
+    copies of the old one): a copy always starts the day before today, as a database freshly
+    migrated does.
     """
 
-    def __init__(self, admin_url: str, template: str, *, ahead: int = 4, makers: int = 3) -> None:
+    def __init__(
+        self,
+        admin_url: str,
+        template: str,
+        *,
+        rebuild: Callable[[], str],
+        ahead: int = 4,
+        makers: int = 3,
+    ) -> None:
         self._admin_url = admin_url
         self._template = template
-        self._ready: queue.Queue[str] = queue.Queue(maxsize=ahead)
+        self._day = _utc_day()
+        self._rebuild = rebuild
+        self._rebuilt: list[str] = []  # templates built after the first one (dropped at close)
+        self._ready: queue.Queue[tuple[str, str]] = queue.Queue(maxsize=ahead)
         self._stop = threading.Event()
         self._allowed = threading.Event()
         self._allowed.set()
@@ -157,16 +174,17 @@ class Copies:
                     if not self._allowed.is_set():
                         continue
                     self._busy += 1
+                    template = self._template
                 try:
                     name = f"timerhook_test_{secrets.token_hex(6)}"
-                    create_database(self._admin_url, name, template=self._template)
+                    create_database(self._admin_url, name, template=template)
                 finally:
                     with self._idle:
                         self._busy -= 1
                         self._idle.notify_all()
                 while not self._stop.is_set():
                     try:
-                        self._ready.put(name, timeout=0.2)
+                        self._ready.put((template, name), timeout=0.2)
                         break
                     except queue.Full:
                         continue
@@ -175,16 +193,32 @@ class Copies:
         except BaseException as exc:  # reported to the test that waits for a copy
             self._failed = exc
 
+    @property
+    def template(self) -> str:
+        """The template copies are made of now."""
+        return self._template
+
     def take(self) -> str:
-        """The name of a fresh copy (waits for one if none is ready)."""
+        """The name of a fresh copy of today's template (waits for one if none is ready)."""
+        if _utc_day() != self._day:
+            self._renew()
         self._allowed.set()
         while True:
             if self._failed is not None:
                 raise RuntimeError("making a copy of the template failed") from self._failed
             try:
-                return self._ready.get(timeout=0.2)
+                template, name = self._ready.get(timeout=0.2)
             except queue.Empty:
                 continue
+            if template == self._template:
+                return name
+            drop_database(self._admin_url, name)  # a copy of yesterday's template
+
+    def _renew(self) -> None:
+        self.pause()
+        self._day = _utc_day()
+        self._template = self._rebuild()
+        self._rebuilt.append(self._template)
 
     def pause(self) -> None:
         """No new copies, and the ones under way finished: a test body runs alone."""
@@ -203,4 +237,10 @@ class Copies:
         for thread in self._threads:
             thread.join()
         while not self._ready.empty():
-            drop_database(self._admin_url, self._ready.get_nowait())
+            drop_database(self._admin_url, self._ready.get_nowait()[1])
+        for template in self._rebuilt:
+            drop_database(self._admin_url, template)
+
+
+def _utc_day() -> date:
+    return datetime.now(UTC).date()
