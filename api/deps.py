@@ -13,7 +13,7 @@ from fastapi import Depends, HTTPException, Request
 
 from api.auth import Access, Principal
 from api.batcher import CreateBatcher
-from api.observe import ProcessMetrics
+from api.observe import Observer, ProcessMetrics
 from core.settings import Settings
 from db.database import Database
 
@@ -36,6 +36,11 @@ async def _batcher(request: Request) -> CreateBatcher:
 async def _metrics(request: Request) -> ProcessMetrics:
     metrics: ProcessMetrics = request.app.state.metrics
     return metrics
+
+
+async def _observer(request: Request) -> Observer:
+    observer: Observer = request.app.state.observer
+    return observer
 
 
 async def _access(request: Request) -> Access:
@@ -78,6 +83,8 @@ DatabaseDep = Annotated[Database, Depends(_database)]
 BatcherDep = Annotated[CreateBatcher, Depends(_batcher)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 MetricsDep = Annotated[ProcessMetrics, Depends(_metrics)]
+# The cached reads of the whole deployment that /metrics, /dispatchers and the dashboard share.
+ObserverDep = Annotated[Observer, Depends(_observer)]
 AccessDep = Annotated[Access, Depends(_access)]
 # The caller (401 when a key is required and missing or invalid).
 PrincipalDep = Annotated[Principal, Depends(_principal)]

@@ -9,11 +9,11 @@ from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, HTTPException, Response
 from pydantic import BaseModel, Field
 
-from api.deps import AdminDep
-from api.observe import Observer, Point
+from api.deps import AdminDep, ObserverDep
+from api.observe import Point
 from api.views import DispatcherPublic, dispatcher_public
 from core.targets import netloc_of
 from db.models import BacklogStep, TimerSummary
@@ -142,10 +142,9 @@ def _dead_letter(t: TimerSummary) -> DeadLetter:
 
 
 @router.get("/dashboard/state", response_model=DashboardState)
-async def state(request: Request, _admin: AdminDep) -> DashboardState:
+async def state(o: ObserverDep, _admin: AdminDep) -> DashboardState:
     """What the dashboard shows, as one document (cached reads: 0.5 s, or longer for a read
     that is slow, so that polling keeps the database busy at most a tenth of the time)."""
-    o: Observer = request.app.state.observer
     counts, totals = await o.counts.get(), await o.totals.get()
     now = datetime.now(UTC)
     return DashboardState(

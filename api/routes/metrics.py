@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -20,8 +20,8 @@ from prometheus_client.core import (
     Metric,
 )
 
-from api.deps import AdminDep
-from api.observe import Counts, Observer, ProcessMetrics
+from api.deps import AdminDep, MetricsDep, ObserverDep
+from api.observe import Counts
 from api.views import DispatcherPublic, dispatcher_public
 from core.caps import Cap
 from db.models import Dispatcher
@@ -144,12 +144,10 @@ class _Snapshot:
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text."}},
 )
-async def metrics(request: Request, _admin: AdminDep) -> Response:
+async def metrics(observer: ObserverDep, own: MetricsDep, _admin: AdminDep) -> Response:
     """Prometheus metrics: webhooks by outcome, lateness and attempt latency histograms, the
     backlog, dispatchers and caps (the whole deployment, cached for half a second), and this
     process's creates. Every metric is listed in docs/operations.md."""
-    observer: Observer = request.app.state.observer
-    own: ProcessMetrics = request.app.state.metrics
     read = cluster_metrics(
         await observer.counts.get(), await observer.totals.get(),
         await observer.dispatchers.get(), await observer.caps.get(), datetime.now(UTC),
@@ -161,9 +159,8 @@ async def metrics(request: Request, _admin: AdminDep) -> Response:
 
 
 @router.get("/dispatchers", response_model=list[DispatcherPublic])
-async def dispatchers(request: Request, _admin: AdminDep) -> list[DispatcherPublic]:
+async def dispatchers(observer: ObserverDep, _admin: AdminDep) -> list[DispatcherPublic]:
     """The dispatcher registry, newest first: live ones, and stopped or silent ones for a
     while after (a minute after a clean stop, an hour after a crash). Cached for half a second."""
-    observer: Observer = request.app.state.observer
     now = datetime.now(UTC)
     return [dispatcher_public(d, now) for d in await observer.dispatchers.get()]
