@@ -97,6 +97,7 @@ async def test_a_dispatcher_paused_past_dead_after_sends_none_of_what_it_lost(
     assert first.proc is not None
     os.kill(first.proc.pid, signal.SIGSTOP)
     paused_at = time.monotonic()
+    paused_wall = time.time()
     try:
         # The second saw the first's heartbeat unchanged for 10 s, declared it dead, took its
         # leases over and sent every timer.
@@ -109,14 +110,26 @@ async def test_a_dispatcher_paused_past_dead_after_sends_none_of_what_it_lost(
     # heartbeat, which finds it declared dead: it drops them all and registers again.
     await _until(lambda: "was declared dead by a peer" in first.log(), "the news", 30)
     await _until(lambda: _registered(database_url, first) is not None, "re-registration", 30)
-    # The outcomes of the requests it had on the wire when paused are stale: counted.
-    stale = "select stale from send_totals"
-    await _until(lambda: int(_query(database_url, stale)[0][0]) >= 1, "the stale count", 30)  # type: ignore[call-overload]
     assert len(sink.received) == before, "the woken dispatcher sent what it had lost"
     counts = Counter(json.loads(r.body)["id"] for r in sink.received)
     assert set(counts) == ids
-    # Only what was on the wire at the pause (two requests, the host limit) went twice.
-    assert sum(n - 1 for n in counts.values()) <= 2, counts
+    # Only what the first had sent and not recorded at the pause went twice: the requests on
+    # the wire (two, the host limit) and any answered within its last record interval
+    # (docs/architecture.md, "Once"; once seen under a loaded CI: four). Each was first
+    # received before the pause, and each is an outcome the first could not record on
+    # waking: stale, and counted.
+    twice = {i for i, n in counts.items() if n > 1}
+    assert all(counts[i] == 2 for i in twice), counts
+    first_seen = {
+        i: min(r.at for r in sink.received if json.loads(r.body)["id"] == i) for i in twice
+    }
+    assert all(at < paused_wall for at in first_seen.values()), (first_seen, paused_wall)
+    stale = "select stale from send_totals"
+    need = max(1, len(twice))
+    await _until(
+        lambda: int(_query(database_url, stale)[0][0]) >= need,  # type: ignore[call-overload]
+        f"{need} stale outcomes", 30,
+    )  # fmt: skip
     # The second records its last sends (answered half a second after they arrived).
     states = "select state, count(*) from timers group by state"
     await _until(lambda: _query(database_url, states) == [("delivered", len(ids))], "records", 10)
