@@ -23,7 +23,7 @@ from pydantic import (
 
 from api.problems import FieldError
 from core.ids import parse_series_id, parse_timer_id
-from core.recurrence import Misfire, ScheduleError, cron_trigger
+from core.recurrence import Misfire, ScheduleError, first_cron_time
 from core.settings import Settings
 from core.states import DeadLetterState, TimerState
 from core.targets import host_problem, literal_refused
@@ -45,6 +45,8 @@ _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")
 _HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
 MAX_PAYLOAD_DEPTH = 32
 MAX_CRON_LENGTH = 200
+# The most occurrences a series may ask for (its occurrence numbers are PostgreSQL integers).
+MAX_COUNT = 1_000_000_000
 MAX_WINDOW_SECONDS = 7 * 86_400
 MAX_AFTER = 32
 MAX_EVERY_SECONDS = 3650 * 86_400
@@ -237,7 +239,11 @@ class TimerCreate(BaseModel):
         " exactly at it is sent.",
     )
     count: int | None = Field(
-        default=None, ge=1, description="Recurring: the most occurrences (numbered 1 to count)."
+        default=None,
+        ge=1,
+        le=MAX_COUNT,
+        description="Recurring: the most occurrences (numbered 1 to count), at most "
+        f"{MAX_COUNT:,}.",
     )
     window: int | str | None = Field(
         default=None,
@@ -489,10 +495,20 @@ def _check_when(body: TimerCreate, settings: Settings, now: datetime | None) -> 
     if body.timezone is not None and body.cron is None:
         raise FieldError("timezone", "applies only to cron (an every series has no time zone)")
     if body.cron is not None:
+        now = now or datetime.now(UTC)
+        start = body.at or now + timedelta(seconds=body.delay_seconds)
         try:
-            cron_trigger(body.cron, body.timezone or "UTC")
+            first = first_cron_time(
+                body.cron, body.timezone or "UTC", start, now + timedelta(seconds=horizon)
+            )
         except ScheduleError as exc:
             raise FieldError(exc.field, exc.reason) from None
+        if first is None:
+            raise FieldError(
+                "cron",
+                f"matches no time from the first due time to the horizon ({settings.horizon_days}"
+                " days ahead, the longest accepted delay)",
+            )
     if body.until is not None and body.until < (now or datetime.now(UTC)):
         raise FieldError("until", f"is in the past ({body.until.isoformat()})")
 

@@ -79,9 +79,9 @@ def _day_of_week(field: str) -> str:
     return ",".join(str(d) for d in sorted({_APS_DAY[d] for d in days}))
 
 
-def cron_trigger(expression: str, timezone: str) -> BaseTrigger:
-    """The trigger of a five-field crontab(5) expression in an IANA time zone; ScheduleError
-    when either cannot be used."""
+def cron_trigger(expression: str, timezone: str, *, end: datetime | None = None) -> BaseTrigger:
+    """The trigger of a five-field crontab(5) expression in an IANA time zone, matching
+    nothing after ``end`` if given; ScheduleError when either cannot be used."""
     zone = time_zone(timezone)
     fields = expression.split()
     if len(fields) != 5:
@@ -94,17 +94,29 @@ def cron_trigger(expression: str, timezone: str) -> BaseTrigger:
         # crontab(5): a field restricts the day unless it starts with '*'
         if not dom.startswith("*") and not dow.startswith("*"):
             return OrTrigger([
-                CronTrigger(minute=minute, hour=hour, day=dom, month=month, timezone=zone),
+                CronTrigger(minute=minute, hour=hour, day=dom, month=month, timezone=zone,
+                            end_date=end),
                 CronTrigger(minute=minute, hour=hour, month=month, day_of_week=aps_dow,
-                            timezone=zone),
+                            timezone=zone, end_date=end),
             ])  # fmt: skip
         return CronTrigger(
-            minute=minute, hour=hour, day=dom, month=month, day_of_week=aps_dow, timezone=zone
-        )
+            minute=minute, hour=hour, day=dom, month=month, day_of_week=aps_dow, timezone=zone,
+            end_date=end,
+        )  # fmt: skip
     except ScheduleError:
         raise
     except ValueError as exc:
         raise ScheduleError(f"{expression!r}: {exc}") from None
+
+
+def first_cron_time(
+    expression: str, timezone: str, start: datetime, end: datetime
+) -> datetime | None:
+    """A cron's first match at or after ``start`` and not after ``end`` (UTC), or None. The
+    search stops at ``end``: a cron that never matches (31 February) or matches only past it
+    costs microseconds, not APScheduler's walk to the year 9999 (0.1 to 0.3 s)."""
+    found = cron_trigger(expression, timezone, end=end).get_next_fire_time(None, start)
+    return found.astimezone(UTC) if found is not None else None
 
 
 def time_zone(name: str) -> ZoneInfo:

@@ -223,6 +223,8 @@ async def test_a_cron_series_and_an_at_timer_and_listing_by_kind(
         ({"misfire": "all"}, "misfire"),
         ({"every": 60, "misfire": "some"}, "misfire"),
         ({"every": 60, "count": 0}, "count"),
+        ({"every": 60, "count": 10**12}, "count"),  # past MAX_COUNT: a 422, never a 500
+        ({"cron": "0 0 30 2 *", "timezone": "Europe/Paris"}, "cron"),  # never matches
         ({"every": 60, "until": "2020-01-01T00:00:00Z"}, "until"),
         ({"every": 60, "seconds": 120, "until": SOON}, "until"),
     ],
