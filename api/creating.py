@@ -174,9 +174,10 @@ async def endpoint(request: Request) -> Response:
     create itself, docs/benchmarks.md) and documented by the APIRoute there, which calls it
     too. Errors go through the app's exception handlers as from any route."""
     parts = await app_parts(request)
-    parsed = await _create_body(request, parts.settings)  # the body first: refused, a 422
-    key = idempotency_key(request)
+    # The caller first: without a valid key, a 401 before a byte of the body is parsed.
     principal = await parts.access.principal(request)
+    parsed = await _create_body(request, parts.settings)
+    key = idempotency_key(request)
     return await create(parsed, principal, parts, key)
 
 

@@ -241,7 +241,7 @@ def install(app: FastAPI, *, body_limit: int) -> None:
         # The outage itself is logged once, where it was seen (db/connection.py).
         log.debug("%s %s: database unavailable: %s", request.method, request.url.path, exc)
         return problem(
-            503, f"the database is unavailable; retry shortly ({exc})",
+            503, f"the database is unavailable; retry shortly ({exc.public})",
             headers={"Retry-After": "1"},
         )  # fmt: skip
 

@@ -42,10 +42,17 @@ def host_of(url: str) -> str:
 
 
 def refused_reason(address: IPAddress, allowed: Networks = ()) -> str | None:
-    """Why an address may not be a webhook target, or None if it may.
+    """Why an address written in a URL may not be a webhook target ("10.0.0.1 is a private
+    address"), or None if it may. ``allowed`` networks (TIMERHOOK_ALLOWED_NETWORKS) are let
+    through whatever they are."""
+    kind = refused_kind(address, allowed)
+    return None if kind is None else f"{address} is a {kind} address"
 
-    ``allowed`` networks (TIMERHOOK_ALLOWED_NETWORKS) are let through whatever they are.
-    """
+
+def refused_kind(address: IPAddress, allowed: Networks = ()) -> str | None:
+    """What kind of refused address this is ("private", "loopback", ...), or None if it may
+    be a target. A name's resolved address is refused by its kind alone: its tenant stores
+    and reads the error, and the network behind the name is not theirs to learn."""
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     if any(address in net for net in allowed):
@@ -62,7 +69,7 @@ def refused_reason(address: IPAddress, allowed: Networks = ()) -> str | None:
     ]
     for name, hit in checks:
         if hit:
-            return f"{address} is a {name} address"
+            return name
     return None
 
 

@@ -38,7 +38,13 @@ T = TypeVar("T")
 
 
 class DatabaseUnavailable(RuntimeError):
-    """The database could not be reached; the request can be retried later."""
+    """The database could not be reached; the request can be retried later. ``str(exc)`` is
+    the detail for the logs (the driver's text, with the server's host and port); ``public``
+    says what failed in words an HTTP answer may carry."""
+
+    def __init__(self, detail: str, public: str | None = None) -> None:
+        super().__init__(detail)
+        self.public = public or detail
 
 
 # Errors after which the same statement can simply be run again.
@@ -284,7 +290,9 @@ async def retry_transient(
         if not isinstance(exc, pg_errors.SerializationFailure | pg_errors.DeadlockDetected):
             outage.failed(what, exc)
         log.debug("database operation %s failed: %s", what, exc)
-        raise DatabaseUnavailable(f"{what}: {_one_line(exc)}") from exc
+        raise DatabaseUnavailable(
+            f"{what}: {_one_line(exc)}", "no answer within the timeout, or the connection failed"
+        ) from exc
 
 
 async def _retrying(op: Callable[[], Awaitable[T]], *, budget: float, attempts: int) -> T:
@@ -404,7 +412,9 @@ class PoolOwner:
             if not conn.broken:
                 raise  # a statement-level error (a cancel, a lock timeout)
             self.outage.failed("query", exc)
-            raise DatabaseUnavailable(f"connection lost: {_one_line(exc)}") from exc
+            raise DatabaseUnavailable(
+                f"connection lost: {_one_line(exc)}", "the connection was lost"
+            ) from exc
         finally:
             await self.pool.putconn(conn)
 

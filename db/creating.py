@@ -272,7 +272,7 @@ class CreateStore(PoolOwner):
         except DatabaseUnavailable:
             raise
         except TRANSIENT as exc:  # a statement-level failure: nothing was written
-            raise DatabaseUnavailable(f"timer_insert: {exc}") from exc
+            raise DatabaseUnavailable(f"timer_insert: {exc}", "the insert failed") from exc
 
     async def purge_idempotency(self, *, hours: int, now: datetime | None = None) -> int:
         """Forgets idempotency keys older than ``hours``; returns how many."""

@@ -248,7 +248,7 @@ class ScheduleStore(PoolOwner):
         except DatabaseUnavailable:
             raise
         except TRANSIENT as exc:
-            raise DatabaseUnavailable(f"schedule_insert: {exc}") from exc
+            raise DatabaseUnavailable(f"schedule_insert: {exc}", "the insert failed") from exc
 
     async def get(
         self, series_id: uuid.UUID, *, tenant: str | None = None, conn: Any = None,

@@ -19,6 +19,7 @@ from core.targets import (
     netloc_address,
     netloc_of,
     netloc_problem,
+    refused_kind,
     refused_reason,
 )
 from db.models import ClaimedTimer
@@ -118,11 +119,11 @@ class Sender:
 
     def _guard(self, url: str, address: str) -> str | None:
         """Why libcurl may not connect to the address a URL's host resolved to, or None."""
-        reason = refused_reason(ipaddress.ip_address(address), self._allowed)
-        if reason is None:
+        kind = refused_kind(ipaddress.ip_address(address), self._allowed)
+        if kind is None:
             return None
         return (
-            f"target refused: {host_of(url)} resolves to {reason} "
+            f"target refused: {host_of(url)} resolves to a {kind} address "
             "(TIMERHOOK_ALLOW_PRIVATE_TARGETS=1 allows)"
         )
 

@@ -30,7 +30,7 @@ async def readyz(db: DatabaseDep) -> JSONResponse:
     try:
         reason = await db.not_ready()
     except DatabaseUnavailable as exc:
-        reason = f"the database does not answer ({exc})"
+        reason = f"the database does not answer ({exc.public})"
     if reason is not None:
         return problem(503, f"not ready: {reason}", headers={"Retry-After": "1"})
     return JSONResponse({"status": "ready"})

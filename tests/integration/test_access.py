@@ -134,6 +134,14 @@ async def test_keys_are_required_once_one_exists_and_admin_routes_need_an_admin_
             assert response.status_code == 401, (method, path, headers, response.text)
             assert response.headers["content-type"] == PROBLEM
             assert response.headers["www-authenticate"] == "Bearer"
+    # The key is checked before the body is parsed: a body no create could take, without a
+    # valid key, is a 401, never a 422 that read it.
+    for headers in bad_keys:
+        for content in (b"{not json", b'{"url": 5}', b"x" * 10_000):
+            response = await api.post(
+                "/timer", content=content, headers={**headers, "content-type": "application/json"}
+            )
+            assert response.status_code == 401, (headers, content[:20], response.text)
     for method, path, body in admin_routes:
         refused = await api.request(method, path, json=body, headers=keys.of("a"))
         assert refused.status_code == 403, (path, refused.text)

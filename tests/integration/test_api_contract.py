@@ -137,7 +137,8 @@ async def test_a_lost_database_is_a_503_problem_never_a_500(
 
     from tests.support import postgres
 
-    postgres.drop_database(pg_admin_url, str(conninfo_to_dict(database_url)["dbname"]))
+    server = conninfo_to_dict(database_url)
+    postgres.drop_database(pg_admin_url, str(server["dbname"]))
     for method, path, body in [
         ("POST", "/timer", {"seconds": 5, "url": URL}),
         ("GET", "/timer/01a208e8-fcba-7d11-90dc-a8ad99086503", None),
@@ -148,6 +149,12 @@ async def test_a_lost_database_is_a_503_problem_never_a_500(
         assert response.status_code == 503, (path, response.text)
         assert response.headers["content-type"] == "application/problem+json"
         assert response.headers["retry-after"] == "1"
+        # What failed, in words: never the driver's text, the server's host, port or database.
+        detail = response.json()["detail"]
+        assert "database" in detail, detail
+        for secret in (server.get("host"), server.get("port"), server["dbname"], "psycopg",
+                       "connection to server"):  # fmt: skip
+            assert not secret or str(secret) not in detail, (path, detail)
     assert (await client.get("/healthz")).status_code == 200  # the process itself is alive
 
 
