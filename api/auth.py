@@ -7,9 +7,13 @@
   any key was ever made; on loopback with no key yet the API stays open, as before keys.
 
 A key given on an open API still counts (its tenant, its rights), and an unknown key is a
-401 whatever the mode. Checked keys are cached for KEY_CACHE_SECONDS, so the hot path costs
-no round trip and a revoke takes effect within that time (plus one check's duration). The
-health checks and the dashboard's page (not its data) are never behind a key.
+401 whatever the mode. Each API process holds every valid key's SHA-256 in memory, reloaded
+every KEY_CACHE_SECONDS (one statement, whatever the number of callers), so that a check
+costs no round trip and a revoke takes effect within that time. A key not in memory (made
+since the last load, or bad) waits for one more load, shared by every such key at once and
+run at most every MISS_RELOAD_SECONDS: a flood of distinct bad keys costs no statement each
+and evicts nothing. The health checks and the dashboard's page (not its data) are never behind
+a key.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Literal
 
 from fastapi import HTTPException, Request
 
-from db.access import DEFAULT_TENANT
+from db.access import DEFAULT_TENANT, key_hash
 from db.database import Database
 from db.models import Tenant
 
@@ -31,14 +35,14 @@ log = logging.getLogger(__name__)
 
 AuthMode = Literal["auto", "keys", "none"]
 
-# How long a checked key (valid or not) is believed; a revoke takes effect within this.
+# How long the valid keys loaded are believed; a revoke takes effect within this.
 KEY_CACHE_SECONDS = 5.0
+# The least time between two loads of the valid keys made for keys not found.
+MISS_RELOAD_SECONDS = 0.5
 # How long "no key exists yet" is believed (auto mode on loopback).
 ANY_KEY_SECONDS = 2.0
 # How long tenants' quotas are believed by an API process.
 TENANT_CACHE_SECONDS = 5.0
-# Cached key checks kept at most (unknown keys included, so a flood of bad keys is bounded).
-KEY_CACHE_MAX = 10_000
 
 CREATE_KEY_HINT = (
     "create one with `timerhook keys create --tenant NAME --admin` and send it as "
@@ -84,7 +88,12 @@ class Access:
         self.db = db
         self.mode = mode
         self.loopback = is_loopback(host)
-        self._keys: dict[str, tuple[float, Principal | None]] = {}
+        # Every valid key's SHA-256 -> whom it speaks for, as loaded at _loaded_at
+        self._keys: dict[str, Principal] = {}
+        self._loaded_at = float("-inf")
+        self._loading: asyncio.Task[None] | None = None
+        self._used: set[str] = set()  # key ids checked since the last load
+        self.loads = 0  # loads of the valid keys so far (each one statement)
         self._any_key: tuple[float, bool] = (0.0, False)
         self._tenants: tuple[float, dict[str, Tenant]] = (0.0, {})
         self._tenant_lock = asyncio.Lock()
@@ -128,18 +137,45 @@ class Access:
         return found
 
     async def _check(self, key: str) -> Principal | None:
-        now = time.monotonic()
-        cached = self._keys.get(key)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        owner = await self.db.keys.use(key)
-        found = Principal(owner.tenant, owner.admin, owner.id) if owner else None
-        if len(self._keys) >= KEY_CACHE_MAX:
-            self._keys.clear()
-        self._keys[key] = (now + KEY_CACHE_SECONDS, found)
+        hashed = key_hash(key)
+        if time.monotonic() - self._loaded_at >= KEY_CACHE_SECONDS:
+            await self._load(0.0)
+        found = self._keys.get(hashed)
+        if found is None:
+            # made since the last load, or bad: one more load, shared, at most so often
+            await self._load(MISS_RELOAD_SECONDS)
+            found = self._keys.get(hashed)
         if found is not None:
-            self._any_key = (now + ANY_KEY_SECONDS, True)
+            if found.key_id is not None:
+                self._used.add(found.key_id)
+            self._any_key = (time.monotonic() + ANY_KEY_SECONDS, True)
         return found
+
+    async def _load(self, spacing: float) -> None:
+        """Loads the valid keys, ``spacing`` seconds after the last load at the earliest;
+        callers at the same time share one load."""
+        if self._loading is None:
+            self._loading = asyncio.get_running_loop().create_task(self._reload(spacing))
+        loading = self._loading
+        try:
+            await asyncio.shield(loading)
+        finally:
+            if self._loading is loading and loading.done():
+                self._loading = None
+
+    async def _reload(self, spacing: float) -> None:
+        wait = self._loaded_at + spacing - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        started = time.monotonic()
+        valid = await self.db.keys.valid()
+        self._keys = {k.key_hash: Principal(k.tenant, k.admin, k.id) for k in valid}
+        self._loaded_at = started
+        self.loads += 1
+        used = sorted(self._used)
+        if used:
+            await self.db.keys.used(used)
+            self._used.difference_update(used)
 
     async def _keys_exist(self) -> bool:
         until, known = self._any_key

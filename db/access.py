@@ -12,12 +12,13 @@ import logging
 import math
 import re
 import secrets
+from collections.abc import Sequence
 
 import psycopg
 from psycopg.rows import TupleRow
 
 from db.connection import PoolOwner
-from db.models import ApiKey, KeyOwner, QuotaRefusal, Tenant
+from db.models import ApiKey, QuotaRefusal, Tenant, ValidKey
 from db.query_loader import query
 
 log = logging.getLogger(__name__)
@@ -67,9 +68,14 @@ class KeyStore(PoolOwner):
             log.info("API key %s revoked", key_id)
         return done
 
-    async def use(self, key: str) -> KeyOwner | None:
-        """Whom a key speaks for (None: unknown or revoked); notes its use."""
-        return await self.fetch_one("key_use", KeyOwner, {"key_hash": key_hash(key)})
+    async def valid(self) -> Sequence[ValidKey]:
+        """Every valid (unrevoked) key, by its hash."""
+        return await self.fetch_all("key_valid_list", ValidKey, {})
+
+    async def used(self, ids: Sequence[str]) -> None:
+        """Notes the use of these keys (``last_used_at``)."""
+        if ids:
+            await self.run("key_used", {"ids": list(ids)})
 
     async def any(self) -> bool:
         """Whether any key was ever made."""

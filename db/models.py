@@ -350,9 +350,10 @@ class ApiKey:
 
 
 @dataclass(frozen=True, slots=True)
-class KeyOwner:
-    """Whom a valid key speaks for."""
+class ValidKey:
+    """A valid key as stored (its SHA-256) and whom it speaks for."""
 
+    key_hash: str
     id: str
     tenant: str
     admin: bool

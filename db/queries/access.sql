@@ -14,12 +14,14 @@ from api_keys order by created_at desc, id;
 -- Revokes a key (once: a second revoke changes nothing and says so by its row count).
 update api_keys set revoked_at = now() where id = %(id)s and revoked_at is null;
 
--- name: key_use
--- The owner of a valid (unrevoked) key, noting its use; no row for an unknown or revoked key.
--- Run when an API process's cache of the key expires, so at most every few seconds per key.
-update api_keys set last_used_at = now()
-where key_hash = %(key_hash)s and revoked_at is null
-returning id, tenant, admin;
+-- name: key_valid_list
+-- Every valid (unrevoked) key, by its SHA-256: what an API process checks keys against, in
+-- memory, reloaded every few seconds (api/auth.py), so that no key check costs a statement.
+select key_hash, id, tenant, admin from api_keys where revoked_at is null;
+
+-- name: key_used
+-- Notes the use of the keys an API process checked since its last reload.
+update api_keys set last_used_at = now() where id = any(%(ids)s::text[]);
 
 -- name: key_any
 -- Whether any key was ever made: from then on TIMERHOOK_AUTH=auto requires keys (revoking

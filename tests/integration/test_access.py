@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -14,6 +15,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from api.app import create_app
+from api.auth import KEY_CACHE_SECONDS, MISS_RELOAD_SECONDS, Access
 from core.settings import Settings
 from db.database import Database
 from dispatcher.service import Dispatcher
@@ -167,6 +169,37 @@ async def test_a_revoked_key_is_locked_out_within_ten_seconds(
     assert (await api.get("/timer", headers=who)).status_code == 401
     [listed] = [k for k in await db.keys.list() if k.id == key_id]
     assert listed.revoked_at is not None and listed.last_used_at is not None
+
+
+async def test_a_flood_of_bad_keys_costs_no_statement_each_and_evicts_no_good_key(
+    keys: Keys, settings: Settings, database_url: str
+) -> None:
+    app = create_app(settings, database_url)
+    async with app.router.lifespan_context(app):
+        access: Access = app.state.access
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as api:
+            assert (await api.get("/timer", headers=keys.of("a"))).status_code == 200
+            loads, began = access.loads, time.monotonic()
+            # 10,000 distinct keys of the right shape, none valid, a thousand at a time
+            bad = [f"thk_{secrets.token_urlsafe(32)}" for _ in range(10_000)]
+            for i in range(0, len(bad), 1000):
+                answers = await asyncio.gather(*(
+                    api.get("/timer", headers={"Authorization": f"Bearer {key}"})
+                    for key in bad[i : i + 1000]
+                ))  # fmt: skip
+                assert {r.status_code for r in answers} == {401}
+            spent = time.monotonic() - began
+            # Each load of the valid keys is one statement. The misses share loads, at most
+            # one every MISS_RELOAD_SECONDS, besides the periodic ones: not one per key.
+            most = spent / MISS_RELOAD_SECONDS + spent / KEY_CACHE_SECONDS + 2
+            assert access.loads - loads <= most, (access.loads - loads, spent)
+            assert access.loads - loads < 100
+            # The good key was not evicted: still answered from memory (a periodic load at
+            # most, if one came due).
+            loads = access.loads
+            assert (await api.get("/timer", headers=keys.of("a"))).status_code == 200
+            assert access.loads - loads <= 1
 
 
 async def _count(db: Database, tenant: str) -> int:
