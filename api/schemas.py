@@ -208,7 +208,8 @@ class TimerCreate(BaseModel):
     resources: list[str] | None = Field(
         default=None,
         description=f"Up to {MAX_RESOURCES} names (1 to 64 of letters, digits, '.', '_', ':', "
-        "'-'). Two timers that share a name are never in flight at the same time.",
+        "'-'). Two timers of one tenant that share a name are never in flight at the same time"
+        " (each tenant's names are its own).",
     )
     at: datetime | None = Field(
         default=None,

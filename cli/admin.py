@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, TypeVar
@@ -14,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from core.caps import GLOBAL, HOST, TENANT, Cap
-from core.plan import PlanRow, plan_pass
+from core.plan import Holds, PlanRow, plan_pass
 from core.settings import get_settings
 from core.targets import host_of
 from core.windows import yds_curve
@@ -216,7 +215,7 @@ def plan(
     settings = get_settings()
     lookahead = settings.claim_window_seconds
 
-    async def read(db: Database) -> tuple[list[PlanRow], dict[str, uuid.UUID], list[Circuit],
+    async def read(db: Database) -> tuple[list[PlanRow], Holds, list[Circuit],
                                          list[Cap], datetime]:  # fmt: skip
         rows = await db.timers.plan_candidates(lookahead_seconds=lookahead, limit=limit)
         names = sorted({n for r in rows for n in r.resources or ()})

@@ -19,6 +19,11 @@ def circuit_wait(host: str, reason: str) -> str:
     return f"circuit open for host {host}: {reason}"
 
 
+# Who holds each held resource now: (tenant, name) -> the holding timer's id. A resource
+# name means the same resource only within one tenant.
+Holds = dict[tuple[str, str], uuid.UUID]
+
+
 @dataclass(frozen=True, slots=True)
 class HeldCandidate:
     """A due pending row that names resources, as the resource pass sees it."""
@@ -57,24 +62,24 @@ class PlanRow:
     tenant: str = "default"
 
 
-def choose_held(
-    candidates: Sequence[HeldCandidate], holds: dict[str, uuid.UUID], room: int
-) -> HeldChoice:
+def choose_held(candidates: Sequence[HeldCandidate], holds: Holds, room: int) -> HeldChoice:
     """The resource choice of one pass: ``candidates`` in priority order (then due time),
-    ``holds`` maps each held resource to the timer holding it. Greedy: each candidate whose
-    resources are free and not taken by one chosen before it goes, up to ``room`` of them;
-    every other candidate gets the reason it waits."""
-    taken: dict[str, HeldCandidate] = {}
+    ``holds`` maps each held resource, by (tenant, name), to the timer holding it: a name
+    means the same resource only within one tenant. Greedy: each candidate whose resources
+    are free and not taken by one chosen before it goes, up to ``room`` of them; every other
+    candidate gets the reason it waits."""
+    taken: dict[tuple[str, str], HeldCandidate] = {}
     chosen: list[HeldCandidate] = []
     waiting: list[tuple[HeldCandidate, str]] = []
     for cand in candidates:
         reason = None
         for name in cand.resources:
-            if name in holds:
-                reason = f"resource {name} held by timer {holds[name]}"
+            key = (cand.tenant, name)
+            if key in holds:
+                reason = f"resource {name} held by timer {holds[key]}"
                 break
-            if name in taken:
-                first = taken[name]
+            if key in taken:
+                first = taken[key]
                 reason = (
                     f"resource {name} goes first to timer {first.id} (priority {first.priority})"
                 )
@@ -85,7 +90,7 @@ def choose_held(
             waiting.append((cand, reason))
             continue
         chosen.append(cand)
-        taken.update((name, cand) for name in cand.resources)
+        taken.update(((cand.tenant, name), cand) for name in cand.resources)
     return HeldChoice(chosen, waiting)
 
 
@@ -101,7 +106,7 @@ class Decision:
 def plan_pass(
     rows: Sequence[PlanRow],
     *,
-    holds: dict[str, uuid.UUID],
+    holds: Holds,
     circuits: dict[str, str],
     tokens: float | None,
     room: int,
@@ -115,7 +120,7 @@ def plan_pass(
     pending = [r for r in rows if r.state == "pending"]
     held_rows = [r for r in pending if r.resources and host_of(r.url) not in circuits]
     candidates = [
-        HeldCandidate(r.id, r.bucket, r.priority, r.run_at, list(r.resources or ()))
+        HeldCandidate(r.id, r.bucket, r.priority, r.run_at, list(r.resources or ()), r.tenant)
         for r in held_rows
     ]
     choice = choose_held(candidates, holds, room)

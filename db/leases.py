@@ -13,7 +13,7 @@ from psycopg.rows import class_row
 
 from core.caps import NO_CAPPED, CappedScopes, CappedStream
 from core.ids import lock_key
-from core.plan import HeldCandidate
+from core.plan import HeldCandidate, Holds
 from db.connection import PoolOwner, model_row
 from db.models import Claim, ClaimedTimer, DueKey, ReapedLease, Renewal
 from db.params import array_literal, named_rows
@@ -140,7 +140,7 @@ class LeaseStore(PoolOwner):
 
     async def held_view(
         self, *, lookahead_seconds: float, limit: int = 1000, now: datetime | None = None
-    ) -> tuple[list[HeldCandidate], dict[str, uuid.UUID]]:
+    ) -> tuple[list[HeldCandidate], Holds]:
         """What a resource pass chooses from: the due rows that name resources (highest
         priority first) and the timer holding each of their resources now. A read; the
         choice is the planner's, and ``claim_held`` checks it again under the pass lock."""
@@ -186,11 +186,12 @@ class LeaseStore(PoolOwner):
         params = {**named_rows([(n[0], n[1]) for n in notes]), "reason": [n[2] for n in notes]}
         return await self.run("timer_waiting_note", params)
 
-    async def holds(self, resources: Sequence[str]) -> dict[str, uuid.UUID]:
-        """Which timer holds each of these resources now (those held)."""
+    async def holds(self, resources: Sequence[str]) -> Holds:
+        """Which timer holds each resource of these names now, in any tenant, by (tenant,
+        name): a name means the same resource only within one tenant."""
         async with self.connection() as conn:
             cur = await conn.execute(query("hold_list"), {"resources": list(resources)})
-            return {str(r): h for r, h in await cur.fetchall()}
+            return {(str(t), str(r)): h for t, r, h in await cur.fetchall()}
 
     async def release(
         self,

@@ -308,16 +308,19 @@ create table idempotency_keys (
 );
 create index idempotency_keys_created_idx on idempotency_keys (created_at);
 
--- Who holds a named resource right now: one row per resource, so two timers that share one
--- can never be in flight together, across every dispatcher (the primary key decides). Taken
--- in the transaction that leases the timer; deleted when its outcome is recorded, when it is
--- given back unsent, or when its lease is reaped.
+-- Who holds a named resource right now: one row per resource of a tenant (a name means the
+-- same resource only within one tenant), so two timers that share one can never be in flight
+-- together, across every dispatcher (the primary key decides). Taken in the transaction that
+-- leases the timer; deleted when its outcome is recorded, when it is given back unsent, or
+-- when its lease is reaped.
 create table resource_holds (
-    resource  text        primary key,
+    resource  text        not null,
     timer_id  uuid        not null,
     bucket    timestamptz not null,
     owner     text        not null,
-    held_at   timestamptz not null default now()
+    held_at   timestamptz not null default now(),
+    tenant    text        not null,
+    primary key (tenant, resource)
 );
 create index resource_holds_timer_idx on resource_holds (timer_id);
 

@@ -291,8 +291,9 @@ order by t.priority desc, t.run_at
 limit %(limit)s;
 
 -- name: hold_list
--- The holds on any of the given resources, with the timer that holds each.
-select resource, timer_id from resource_holds where resource = any(%(resources)s::text[]);
+-- The holds on any of the given resource names, in any tenant: tenant, name, holding timer.
+select tenant, resource, timer_id from resource_holds
+where resource = any(%(resources)s::text[]);
 
 -- name: timer_claim_held
 -- Leases the rows the resource pass chose and takes their holds, in one statement: a hold
@@ -309,7 +310,8 @@ with clock as (
     where t.id = any(%(id)s::uuid[])
       and t.bucket between %(first_bucket)s::timestamptz and %(last_bucket)s::timestamptz
       and t.state = 'pending'
-      and not exists (select 1 from resource_holds h where h.resource = any(t.resources))
+      and not exists (select 1 from resource_holds h
+                      where h.tenant = t.tenant and h.resource = any(t.resources))
     for update of t skip locked
 ), leased as (
     update timers t
@@ -319,8 +321,8 @@ with clock as (
     -- use: claimed_row
 ), held as (
     -- the primary key on resource is the last word: two holders of one resource cannot exist
-    insert into resource_holds (resource, timer_id, bucket, owner)
-    select unnest(l.resources), l.id, l.bucket, %(owner)s from leased l
+    insert into resource_holds (tenant, resource, timer_id, bucket, owner)
+    select l.tenant, unnest(l.resources), l.id, l.bucket, %(owner)s from leased l
 )
 select * from leased;
 

@@ -150,8 +150,8 @@ async def test_plan_shows_what_goes_now_and_why_the_rest_waits(
     )  # fmt: skip
     async with db.pool.connection() as conn:  # someone holds the scanner
         await conn.execute(
-            "insert into resource_holds (resource, timer_id, bucket, owner) "
-            "values ('scanner', gen_random_uuid(), now(), 'd1')"
+            "insert into resource_holds (tenant, resource, timer_id, bucket, owner) "
+            "values ('default', 'scanner', gen_random_uuid(), now(), 'd1')"
         )
     await db.circuits.open(host="c.example", seconds=60, failures=5, reason="refused", owner="d1")
     await db.creates.insert([-5000], ["https://c.example/z"], shards=16)

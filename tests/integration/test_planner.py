@@ -116,6 +116,32 @@ async def test_the_selectors_example_capture_first_then_clean_and_upgrade_togeth
     assert await db.leases.holds(["camera", "disk", "proc"]) == {}
 
 
+async def test_two_tenants_that_name_the_same_resource_do_not_wait_for_each_other(
+    db: Database, sink: Sink, client: httpx.AsyncClient, start_dispatcher: StartDispatcher
+) -> None:
+    # Each holds "customer:42" for the 2 s its send takes. Within a tenant the second timer
+    # waits for the first; across tenants they go together, and neither names the other's.
+    sink.status_for = lambda r: Reply(delay=2.0)
+    made = {
+        (tenant, n): (await _insert(db, f"{sink.url}/{tenant}{n}", [500], tenant=tenant,
+                                    resources=("customer:42",)))[0]
+        for tenant in ("a", "b") for n in (1, 2)
+    }  # fmt: skip
+    dispatcher = await start_dispatcher()
+    await sink.wait_for(2, timeout=10)
+    first_two = {r.path for r in sink.received}
+    assert len({p[1] for p in first_two}) == 2, first_two  # one of a's and one of b's
+    at = [r.at for r in sink.received]
+    assert abs(at[0] - at[1]) < 0.5, at
+    await dispatcher.wait_pass_after(datetime.now(UTC), timeout=10)
+    for tenant in ("a", "b"):
+        for n in (1, 2):
+            shown = (await client.get(f"/timer/{made[tenant, n].id}")).json()
+            other = "b" if tenant == "a" else "a"
+            assert all(str(made[other, k].id) not in (shown["waiting_on"] or "") for k in (1, 2))
+    await sink.wait_for(4, timeout=10)
+
+
 async def test_waiting_on_names_the_resource_and_its_holder(
     db: Database, sink: Sink, client: httpx.AsyncClient, start_dispatcher: StartDispatcher
 ) -> None:
@@ -318,7 +344,7 @@ async def test_holds_are_released_when_a_dead_dispatchers_leases_are_reaped(
     chosen = choose_held(candidates, holds, room=10).chosen
     claim = await db.leases.claim_held(chosen, owner="ghost", lease_seconds=60)
     assert claim is not None and [r.id for r in claim.rows] == [first.id]
-    assert await db.leases.holds(["printer"]) == {"printer": first.id}
+    assert await db.leases.holds(["printer"]) == {("default", "printer"): first.id}
     [ghost] = [b for b in await db.dispatchers.peers(dead_after_seconds=10) if b.id == "ghost"]
     reaped = await db.leases.reap(dead=[("ghost", ghost.heartbeat_at)])
     assert [r.id for r in reaped] == [first.id]

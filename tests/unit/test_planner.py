@@ -37,7 +37,7 @@ def test_the_selectors_example_capture_goes_first_and_alone() -> None:
     assert reasons[clean.id] == f"resource disk goes first to timer {capture.id} (priority 9)"
     assert reasons[upgrade.id] == f"resource proc goes first to timer {capture.id} (priority 9)"
     # While capture is in flight its holds keep both waiting, and they name it.
-    holds = dict.fromkeys(capture.resources, capture.id)
+    holds = {(capture.tenant, name): capture.id for name in capture.resources}
     during = choose_held(_ordered(clean, upgrade), holds, room=10)
     assert during.chosen == []
     assert {why for _, why in during.waiting} == {
@@ -87,7 +87,7 @@ def test_the_plan_spends_tokens_by_priority_and_names_every_reason() -> None:
     holder = uuid.uuid4()
     decisions = plan_pass(
         [broken, hi, held, mid, lo, waiting],
-        holds={"db": holder},
+        holds={("default", "db"): holder},
         circuits={"down.example": "5 consecutive failures"},
         tokens=2.4,
         room=100,
@@ -213,3 +213,20 @@ def test_capped_streams_are_each_tenant_each_host_and_each_pair() -> None:
     assert planner.stream_of("b", "h2") == CappedStream(None, "h2")
     assert planner.stream_of("b", "other") is None
     assert CappedStream("a", "h1").scopes == ["global", "tenant:a", "host:h1"]
+
+
+def test_a_resource_name_means_one_resource_only_within_a_tenant() -> None:
+    # Tenant a holds customer:42; b's timer naming customer:42 is free to go, and never
+    # learns a's timer id. Within b, its own two timers on customer:42 still go one at a time.
+    now = datetime(2026, 12, 8, tzinfo=UTC)
+    mine = HeldCandidate(uuid.uuid4(), now, 5, now, ["customer:42"], "b")
+    again = HeldCandidate(uuid.uuid4(), now, 5, now, ["customer:42"], "b")
+    holder = uuid.uuid4()
+    choice = choose_held([mine, again], {("a", "customer:42"): holder}, room=10)
+    assert choice.chosen == [mine]
+    [(waiting, why)] = choice.waiting
+    assert waiting == again and str(holder) not in why
+    assert why == f"resource customer:42 goes first to timer {mine.id} (priority 5)"
+    held = choose_held([mine], {("b", "customer:42"): holder}, room=10)
+    assert held.chosen == []
+    assert held.waiting[0][1] == f"resource customer:42 held by timer {holder}"
