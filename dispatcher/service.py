@@ -191,6 +191,11 @@ class Dispatcher:
         # Registered once it can claim on time: what waits for a dispatcher waits for that.
         await self._register()
         await self.maintenance.learn_peers()  # the split of the keys, then every heartbeat
+        # Before the first pass: a peer found dead at once (its process gone from this host,
+        # as after a restart) has its leases taken back now, so that the first schedule pass
+        # sees its unsent occurrences pending and coalesces them with the rest it missed,
+        # instead of making the latest while they are still leased and sent after it.
+        await self.maintenance.reap(everything=True)
 
     async def stop(self) -> None:
         """Stops claiming, gives back unsent rows, finishes sends in progress, deregisters."""
