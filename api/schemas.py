@@ -460,6 +460,7 @@ def _check_when(body: TimerCreate, settings: Settings, now: datetime | None) -> 
     timer, both every and cron, a cron or time zone that cannot be read. The API's clock
     only judges the input here; due times come from the database clock."""
     horizon = settings.horizon_days * 86_400
+    now = now or datetime.now(UTC)
     delays = [name for name in ("hours", "minutes", "seconds") if name in body.model_fields_set]
     if body.at is not None:
         if delays:
@@ -467,7 +468,6 @@ def _check_when(body: TimerCreate, settings: Settings, now: datetime | None) -> 
                 ", ".join(["at", *delays]),
                 "give either an absolute time (at) or a delay (hours, minutes, seconds), not both",
             )
-        now = now or datetime.now(UTC)
         if body.at < now:
             raise FieldError(
                 "at", f"is in the past ({body.at.isoformat()}; it is {now.isoformat()} now)"
@@ -496,7 +496,6 @@ def _check_when(body: TimerCreate, settings: Settings, now: datetime | None) -> 
     if body.timezone is not None and body.cron is None:
         raise FieldError("timezone", "applies only to cron (an every series has no time zone)")
     if body.cron is not None:
-        now = now or datetime.now(UTC)
         start = body.at or now + timedelta(seconds=body.delay_seconds)
         try:
             first = first_cron_time(
@@ -510,7 +509,7 @@ def _check_when(body: TimerCreate, settings: Settings, now: datetime | None) -> 
                 f"matches no time from the first due time to the horizon ({settings.horizon_days}"
                 " days ahead, the longest accepted delay)",
             )
-    if body.until is not None and body.until < (now or datetime.now(UTC)):
+    if body.until is not None and body.until < now:
         raise FieldError("until", f"is in the past ({body.until.isoformat()})")
 
 

@@ -119,14 +119,15 @@ class Maintenance:
             self.heartbeat, IntervalTrigger(seconds=s.heartbeat_seconds, timezone=UTC),
             id="heartbeat", max_instances=1, coalesce=True,
         )  # fmt: skip
-        # at start, then half an interval out of step with the heartbeat: the two never hold
-        # a connection at once, so with the claims, the recorder and the circuit refresh the
-        # dispatcher needs no more than the connections it keeps warm (WARM_CONNECTIONS)
+        # half an interval out of step with the heartbeat (the start-up reap ran before the
+        # first pass, Dispatcher._prepare): the two never hold a connection at once, so with
+        # the claims, the recorder and the circuit refresh the dispatcher needs no more than
+        # the connections it keeps warm (WARM_CONNECTIONS)
         reap_phase = now + timedelta(seconds=s.heartbeat_seconds / 2)
         scheduler.add_job(
             self.reap,
             IntervalTrigger(seconds=s.heartbeat_seconds, start_date=reap_phase, timezone=UTC),
-            id="reap", max_instances=1, coalesce=True, next_run_time=now,
+            id="reap", max_instances=1, coalesce=True,
         )  # fmt: skip
         scheduler.add_job(
             self.circuits, IntervalTrigger(seconds=s.tick_seconds, timezone=UTC),
